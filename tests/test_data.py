@@ -1,0 +1,135 @@
+"""Datasets: builtin digits, image folders, CIFAR-10 batches, the split, the batch order; every bad input."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tvm_nas.data import batches, load_data, train_val_split
+from tvm_nas.errors import TvmNasError
+from tvm_nas.space import load_space
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_space("tiny")
+
+
+def test_builtin_fits_the_space(tiny):
+    d = load_data("builtin", tiny)
+    assert d.images.shape == (1797, 3, 16, 16) and d.images.dtype == torch.uint8
+    assert sorted(d.labels.unique().tolist()) == list(range(10)) and len(d.classes) == 10
+    assert d.images.float().std() > 10  # real pictures, not blank
+    gray_space = tiny.model_copy(update={"input": tiny.input.model_copy(update={"channels": 1})})
+    gray = load_data("builtin", gray_space)
+    assert gray.images.shape == (1797, 1, 16, 16)
+    a, b = (load_data("builtin", tiny, max_samples=100, seed=3) for _ in range(2))
+    assert torch.equal(a.images, b.images) and len(a) == 100
+
+
+def test_split_and_batches_are_deterministic():
+    tr, va = train_val_split(100, 0.2, seed=1)
+    assert len(va) == 20 and len(tr) == 80 and not set(tr) & set(va) and set(tr) | set(va) == set(range(100))
+    tr2, va2 = train_val_split(100, 0.2, seed=1)
+    assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+    assert not np.array_equal(va, train_val_split(100, 0.2, seed=2)[1])
+    with pytest.raises(TvmNasError):
+        train_val_split(1, 0.2, seed=0)
+
+
+def test_batch_order_depends_on_seed_and_epoch(tiny):
+    d = load_data("builtin", tiny, max_samples=50)
+    idx = np.arange(50)
+
+    def order(seed, epoch):
+        return torch.cat([y for _, y in batches(d, idx, 16, seed, epoch)])
+
+    assert torch.equal(order(0, 1), order(0, 1))
+    assert not torch.equal(order(0, 1), order(0, 2))
+    x, _ = next(batches(d, idx, 16))
+    assert x.dtype == torch.float32 and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert sum(len(y) for _, y in batches(d, idx, 16, 0, 0, drop_last=True)) == 48
+
+
+def _folder(root, classes=("cat", "dog"), n=3, size=(20, 12), mode="RGB"):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / c / f"{i}.png")
+    return root
+
+
+def test_imagefolder(tiny, tmp_path):
+    root = _folder(tmp_path / "imgs", mode="L")
+    d = load_data(f"imagefolder:{root}", tiny)
+    assert d.images.shape == (6, 3, 16, 16) and d.classes == ["cat", "dog"]
+    assert d.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def _cifar(root, n=8, data=None, labels=None):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8) if data is None else data,
+             b"labels": list(rng.integers(0, 10, n)) if labels is None else labels}
+    with open(root / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return root
+
+
+def test_cifar10(tiny, tmp_path):
+    root = _cifar(tmp_path / "cifar")
+    d = load_data(f"cifar10:{root}", tiny)
+    assert d.images.shape == (8, 3, 16, 16) and d.classes[0] == "c0" and len(d.labels) == 8
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _bad_cases(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    noimg = tmp_path / "noimg"
+    (noimg / "a").mkdir(parents=True)
+    corrupt = _folder(tmp_path / "corrupt")
+    (corrupt / "cat" / "9.png").write_bytes(b"not a png")
+    many = _folder(tmp_path / "many", classes=[f"k{i}" for i in range(11)], n=1)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    with open(evil / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Evil()}, f)
+    trunc = _cifar(tmp_path / "trunc")
+    (trunc / "data_batch_1").write_bytes((trunc / "data_batch_1").read_bytes()[:100])
+    return [
+        ("mnist", "unknown data spec"),
+        ("imagefolder:", "unknown data spec"),
+        (f"imagefolder:{tmp_path / 'missing'}", "not found"),
+        (f"imagefolder:{empty}", "no class sub-folders"),
+        (f"imagefolder:{noimg}", "has no images"),
+        (f"imagefolder:{corrupt}", "9.png: corrupt"),
+        (f"imagefolder:{many}", "11 classes"),
+        (f"cifar10:{tmp_path / 'missing'}", "not found"),
+        (f"cifar10:{empty}", "no data_batch"),
+        (f"cifar10:{evil}", "corrupt CIFAR-10 batch"),
+        (f"cifar10:{trunc}", "corrupt CIFAR-10 batch"),
+        (f"cifar10:{_cifar(tmp_path / 'shape', data=np.zeros((4, 100), np.uint8), labels=[0] * 4)}", "shape"),
+        (f"cifar10:{_cifar(tmp_path / 'labels', n=4, labels=[0, 1, 2, 99])}", "labels"),
+    ]
+
+
+def test_bad_data_is_one_clear_line(tiny, tmp_path, capfd):
+    for spec, match in _bad_cases(tmp_path):
+        with pytest.raises(TvmNasError, match=match) as e:
+            load_data(spec, tiny)
+        assert "\n" not in str(e.value), spec
+    assert "pwned" not in capfd.readouterr().out  # the pickle's code never ran

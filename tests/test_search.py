@@ -1,0 +1,316 @@
+"""Search: binary gates, latency loss, alternating loop, resume, derivation, training, and bad inputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tvm_nas.data import load_data
+from tvm_nas.errors import TvmNasError
+from tvm_nas.latency_table import LatencyTable, table_path
+from tvm_nas.search import ARCH_FILE, ProxylessSearch, SearchConfig, Supernet, load_arch
+from tvm_nas.search.cli import add_search_args, add_train_args, run_search, run_train
+from tvm_nas.search.derive import derive, fit_budget, write_arch
+from tvm_nas.search.loss import ExpectedLatency, latency_loss, pair_probs
+from tvm_nas.space import load_space
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny nets: intra-op threads only add contention on a 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_table(tmp_path):
+    """TEMPORARY stand-in for conftest's real TVM-measured table: a plausible tiny-space table on 'host'.
+
+    Latency grows with expansion, kernel area and the input size, like the measured one.
+    """
+    space = load_space("tiny")
+    entries = {}
+    for k in space.unique_op_keys():
+        c, h, w = k.in_shape
+        if k.op.startswith("mbconv"):
+            kernel, expand = (int(t[1:]) for t in k.op.split("_")[1:])
+            median = 2.0 + 0.002 * c * h * w * expand * (1 + kernel * kernel / 9) / k.stride
+        else:
+            median = 5.0
+        entries[k.key] = {"median": median, "mean": median, "std": 0.0, "count": 1, "source": "measured"}
+    table = LatencyTable({"name": space.name, "hash": space.hash}, {"name": "host", "tvm": {"kind": "llvm"},
+                                                                    "hash": "test"}, {}, entries)
+    return table.save(table_path(tmp_path / "tuning_logs", "host", space.name))
+
+
+@pytest.fixture(scope="module")
+def space():
+    return load_space("tiny")
+
+
+@pytest.fixture(scope="module")
+def data(space):
+    return load_data("builtin", space, max_samples=400, seed=0)
+
+
+def _search(space, table_file, data, run_dir, **settings):
+    table = LatencyTable.load(table_file, space=space, target_name="host")
+    base = {"latency_budget_us": 60.0, "epochs": 3, "warmup_epochs": 1, "batch_size": 32}
+    return ProxylessSearch(space, table, data, SearchConfig(**{**base, **settings}), run_dir)
+
+
+# -- binary gates --------------------------------------------------------------------------------------
+def test_arch_step_gives_nonzero_alpha_gradients(space, tiny_table, data, tmp_path):
+    s = _search(space, tiny_table, data, tmp_path)
+    s._build()
+    x, y = data.images[:32], data.labels[:32]
+    from tvm_nas.data import normalize
+
+    details = s.arch_step(normalize(x), y)
+    assert details["expected_latency_us"] > 0 and np.isfinite(details["loss"])
+    for m in s.supernet_.mixed_ops:
+        grad = m.alpha.grad
+        assert grad is not None
+        assert torch.all(grad[m.pair()] != 0), m.pair()
+        unsampled = [i for i in range(len(m.candidates)) if i not in m.pair()]
+        assert torch.all(grad[unsampled] == 0)  # only the two sampled paths get a gradient
+        assert not torch.equal(m.alpha.detach(), torch.zeros_like(m.alpha))
+
+
+def test_rescale_keeps_unsampled_probabilities(space, tiny_table, data, tmp_path):
+    from tvm_nas.data import normalize
+
+    s = _search(space, tiny_table, data, tmp_path, arch_lr=0.05)
+    s._build()
+    for step in range(5):
+        x, y = normalize(data.images[32 * step:32 * step + 32]), data.labels[32 * step:32 * step + 32]
+        before = [m.probs.detach().clone() for m in s.supernet_.mixed_ops]
+        s.arch_step(x, y)
+        for m, p0 in zip(s.supernet_.mixed_ops, before, strict=True):
+            p1 = m.probs.detach()
+            pair = m.pair()
+            rest = [i for i in range(len(p0)) if i not in pair]
+            torch.testing.assert_close(p1[rest], p0[rest], rtol=0, atol=1e-6)
+            torch.testing.assert_close(p1[pair].sum(), p0[pair].sum(), rtol=0, atol=1e-6)
+            assert not torch.allclose(p1[pair], p0[pair])  # the pair itself was updated
+
+
+def test_weight_step_runs_only_the_sampled_ops(space, tiny_table, data, tmp_path):
+    from tvm_nas.data import normalize
+
+    s = _search(space, tiny_table, data, tmp_path)
+    s._build()
+    calls = []
+    for b, m in enumerate(s.supernet_.mixed_ops):
+        for i, op in enumerate(m.ops):
+            op.register_forward_hook(lambda *_, b=b, i=i: calls.append((b, i)))
+    x, y = normalize(data.images[:32]), data.labels[:32]
+    for _ in range(3):
+        calls.clear()
+        s.weight_step(x, y)
+        active = [(b, m.active) for b, m in enumerate(s.supernet_.mixed_ops)]
+        assert calls == active
+        for b, m in enumerate(s.supernet_.mixed_ops):
+            for i, op in enumerate(m.ops):
+                grads = [p.grad for p in op.parameters()]
+                if i == m.active:
+                    assert not grads or any(g is not None and g.abs().sum() > 0 for g in grads)
+                else:
+                    assert all(g is None for g in grads), (b, i)
+    calls.clear()
+    s.arch_step(x, y)
+    assert sorted(calls) == sorted((b, i) for b, m in enumerate(s.supernet_.mixed_ops) for i in m.pair())
+
+
+# -- latency objective ---------------------------------------------------------------------------------
+def test_expected_latency_and_loss_forms(space, tiny_table):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    expected = ExpectedLatency(table, space)
+    fast, slow = table.extremes(space)
+    for ops in (fast, slow):
+        onehot = [torch.nn.functional.one_hot(torch.tensor(b.candidates.index(op)), len(b.candidates)).float()
+                  for b, op in zip(space.blocks(), ops, strict=True)]
+        assert float(expected(onehot)) == pytest.approx(table.predict(space, ops), rel=1e-5)
+    net = Supernet(space)
+    e = expected(net.probs())
+    uniform = table.fixed_latency(space) + sum(v.mean() for v in table.block_matrix(space))
+    assert float(e.detach()) == pytest.approx(uniform, rel=1e-5)
+    ce = torch.tensor(2.0)
+    loss, d = latency_loss(ce, e, 50.0, "mul", a=0.2, b=0.3)
+    assert float(loss) == pytest.approx(2.0 * 0.2 * (np.log(float(e)) / np.log(50.0)) ** 0.3, rel=1e-5)
+    loss, d = latency_loss(ce, e, 50.0, "add", lam=0.5)
+    assert float(loss) == pytest.approx(2.0 + 0.5 * float(e) / 50.0, rel=1e-5)
+    assert set(d) == {"ce", "expected_latency_us", "latency_term", "loss"}
+    # the latency term pushes the sampled pair towards the faster op
+    m = net.mixed_ops[1]
+    pair = [0, 2]  # mbconv_k3_e3 (fast) vs mbconv_k3_e6 (slow)
+    lat = ExpectedLatency(table, space)([pair_probs(n.alpha, pair) for n in net.mixed_ops])
+    lat.backward()
+    assert m.alpha.grad[0] < 0 < m.alpha.grad[2]
+    with pytest.raises(TvmNasError, match="budget"):
+        latency_loss(ce, e, 0.5, "add")
+
+
+def test_tight_budget_derives_a_faster_net(space, tiny_table, data, tmp_path):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    fast, slow = table.extremes(space)
+    t_fast, t_slow = table.predict(space, fast), table.predict(space, slow)
+    results = {}
+    for name, budget in (("tight", t_fast), ("loose", 100 * t_slow)):
+        s = _search(space, tiny_table, data, tmp_path / name, latency_budget_us=budget, loss="add",
+                    arch_lr=0.02,
+                    epochs=5, warmup_epochs=1, enforce_budget=False).fit()
+        results[name] = s.arch_["derivation"]["argmax_latency_us"]
+        assert s.history_[-1]["expected_latency_us"] > 0
+    assert results["tight"] < results["loose"], results
+
+
+# -- loop, checkpoints, resume ---------------------------------------------------------------------------
+def test_resume_reaches_the_uninterrupted_result(space, tiny_table, data, tmp_path):
+    full = _search(space, tiny_table, data, tmp_path / "full", arch_lr=0.01).fit()
+    first = _search(space, tiny_table, data, tmp_path / "cut", arch_lr=0.01).fit(stop_after=2)
+    assert first.epoch_ == 2 and not (tmp_path / "cut" / ARCH_FILE).exists()
+    resumed = _search(space, tiny_table, data, tmp_path / "cut", arch_lr=0.01).fit(resume=True)
+    for a, b in zip(full.supernet_.arch_parameters(), resumed.supernet_.arch_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    resumed_state = resumed.supernet_.state_dict()
+    for k, a in full.supernet_.state_dict().items():
+        b = resumed_state[k]
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    assert full.arch_["probabilities"] == resumed.arch_["probabilities"]
+    log = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+    record = json.loads(log[-1])
+    assert {"train_loss", "val_accuracy", "expected_latency_us", "entropy", "ops", "probabilities"} <= set(
+        record)
+    assert len(record["entropy"]) == len(space.blocks())
+    with pytest.raises(TvmNasError, match="--resume"):
+        _search(space, tiny_table, data, tmp_path / "full").fit()
+
+
+def test_reinforce_updates_alpha(space, tiny_table, data, tmp_path):
+    s = _search(space, tiny_table, data, tmp_path, arch_update="reinforce", arch_lr=0.05, epochs=2).fit()
+    assert any(not torch.allclose(a, torch.zeros_like(a)) for a in s.supernet_.arch_parameters())
+    assert "reward" in s.history_[-1]["arch"] and s.history_[-1]["arch"]["baseline"] > 0
+    assert (tmp_path / ARCH_FILE).exists()
+
+
+# -- derivation and architecture files -------------------------------------------------------------------
+def test_derive_and_load_arch(space, tiny_table, tmp_path, monkeypatch):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    probs = [np.linspace(1, 2, len(b.candidates)) / np.linspace(1, 2, len(b.candidates)).sum()
+             for b in space.blocks()]
+    doc = derive(probs, space, table, budget_us=None)
+    assert doc["ops"] == [b.candidates[-1] for b in space.blocks()]
+    fast, _ = table.extremes(space)
+    budget = table.predict(space, fast) + 1.0
+    doc = derive(probs, space, table, budget_us=budget)
+    assert doc["predicted_latency_us"] <= budget and doc["derivation"]["budget_met"]
+    ops, changed = fit_budget(doc["derivation"]["argmax_ops"], probs, space, table, 1e9)
+    assert changed == []
+    path = write_arch(tmp_path / "a.arch.json", doc)
+    space2, ops2, doc2 = load_arch(path)
+    assert space2.hash == space.hash and ops2 == doc["ops"] and doc2["warnings"] == []
+    assert doc2["latency_table"]["target"] == "host" and doc2["latency_table"]["hash"] == table.hash
+    # a space of that name on disk with another definition: loads from the embedded one, with a warning
+    home = tmp_path / "home"
+    (home / "search_space").mkdir(parents=True)
+    text = (load_space.__globals__["data_dir"]("search_space") / "tiny.yaml").read_text()
+    (home / "search_space" / "tiny.yaml").write_text(text.replace("head: {out: 32}", "head: {out: 40}"))
+    monkeypatch.setenv("TVM_NAS_HOME", str(home))
+    space3, _, doc3 = load_arch(path)
+    assert space3.hash == space.hash and "hash" in doc3["warnings"][0]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: "{not json", "corrupted"),
+    (lambda d: {**d, "schema": 9}, "schema"),
+    (lambda d: {**d, "ops": d["ops"][:-1]}, "'ops'"),
+    (lambda d: {**d, "ops": ["mbconv_k9_e9"] + d["ops"][1:]}, r"ops\[0\]"),
+    (lambda d: {**d, "ops": ["zero"] + d["ops"][1:]}, r"ops\[0\]"),
+    (lambda d: {**d, "space": {**d["space"], "hash": "0" * 16}}, "space.hash"),
+    (lambda d: {**d, "space": {**d["space"], "definition": {**d["space"]["definition"], "num_classes": -1}}},
+     "space.definition.num_classes"),
+])
+def test_load_arch_refuses_bad_files(space, tiny_table, tmp_path, edit, match):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    doc = derive([np.ones(len(b.candidates)) / len(b.candidates) for b in space.blocks()], space, table)
+    bad = edit(doc)
+    path = tmp_path / "bad.arch.json"
+    path.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+    with pytest.raises(TvmNasError, match=match) as e:
+        load_arch(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+# -- command line --------------------------------------------------------------------------------------
+def _args(add, argv):
+    p = argparse.ArgumentParser()
+    add(p)
+    return p.parse_args(argv)
+
+
+def test_cli_search_resume_and_train(space, tiny_table, tmp_path, capsys):
+    logs = tiny_table.parent.parent
+    run = tmp_path / "run"
+    argv = ["--space", "tiny", "--target", "host", "--data", "builtin", "--latency-ms", "0.05", "--logs-dir",
+            str(logs), "--out", str(run), "--epochs", "2", "--warmup-epochs", "1", "--max-samples", "300",
+            "--batch-size", "32", "--quiet"]
+    assert run_search(_args(add_search_args, argv)) == 0
+    arch = run / ARCH_FILE
+    assert {p.name for p in run.iterdir()} >= {ARCH_FILE, "config.json", "checkpoint.pt", "log.jsonl"}
+    doc = json.loads(arch.read_text())
+    assert doc["predicted_latency_us"] <= 50.0 and doc["search"]["epochs"] == 2
+    assert json.loads((run / "config.json").read_text())["search"]["latency_budget_us"] == 50.0
+    # resuming a finished run re-derives the same architecture
+    assert run_search(_args(add_search_args, ["--resume", "--out", str(run), "--quiet"])) == 0
+    assert json.loads(arch.read_text())["ops"] == doc["ops"]
+    with pytest.raises(TvmNasError, match="--resume"):
+        run_search(_args(add_search_args, argv))
+    # train the derived net from scratch and from the supernet
+    for extra in ([], ["--init-from", str(run)]):
+        out = tmp_path / f"train{len(extra)}"
+        targs = ["--arch", str(arch), "--data", "builtin", "--epochs", "1", "--max-samples", "300", "--out",
+                 str(out), "--quiet", *extra]
+        assert run_train(_args(add_train_args, targs)) == 0
+        result = json.loads((out / "train.json").read_text())
+        assert 0.0 <= result["val_accuracy"] <= 1.0 and (out / "model.pt").is_file()
+    assert "validation accuracy" in capsys.readouterr().out
+
+
+def test_cli_bad_inputs(space, tiny_table, tmp_path):
+    logs = tiny_table.parent.parent
+    base = ["--space", "tiny", "--data", "builtin", "--latency-ms", "0.1", "--logs-dir", str(logs), "--quiet",
+            "--out", str(tmp_path / "r"), "--epochs", "1", "--max-samples", "100"]
+    # a table from another target is refused (copied under another target's folder)
+    other = table_path(logs, "x86-64-v2", "tiny")
+    other.parent.mkdir(parents=True)
+    other.write_text(tiny_table.read_text())
+    cases = [
+        (base + ["--target", "x86-64-v2"], "measured on target 'host'"),
+        (base + ["--target", "rpi4b"], "not found"),
+        (base + ["--target", "nope"], "not found"),
+        (["--space", "proxyless-cifar", "--target", "host", "--table", str(tiny_table), "--latency-ms", "1",
+          "--quiet", "--out", str(tmp_path / "r2")], "space"),
+        (base + ["--target", "host", "--data", "imagefolder:/does/not/exist"], "not found"),
+        (base + ["--target", "host", "--data", "mnist"], "unknown data spec"),
+        (base + ["--target", "host", "--epochs", "0"], "--epochs"),
+        (["--target", "host", "--quiet"], "missing --space"),
+        (["--resume", "--out", str(tmp_path / "none"), "--quiet"], "not found"),
+    ]
+    for argv, match in cases:
+        with pytest.raises(TvmNasError, match=match) as e:
+            run_search(_args(add_search_args, argv))
+        assert "\n" not in str(e.value)
+    # a corrupted checkpoint on resume
+    run = tmp_path / "r"
+    assert run_search(_args(add_search_args, base + ["--target", "host"])) == 0
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(TvmNasError, match="corrupted checkpoint"):
+        run_search(_args(add_search_args, ["--resume", "--out", str(run), "--quiet"]))

@@ -1,0 +1,94 @@
+"""Running and timing compiled modules, in this process or on a device through the RPC tracker."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .target import is_gpu, set_runtime_threads
+
+
+@dataclass
+class Timing:
+    """Latency statistics in microseconds over `count` repeats (each the mean of `number` runs)."""
+
+    median: float
+    mean: float
+    std: float
+    min: float
+    count: int
+    number: int
+    where: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _device(spec, sess=None):
+    import tvm
+
+    kind = "cuda" if is_gpu(spec) else "cpu"
+    return (sess or tvm).device(kind, 0) if sess else tvm.device(kind, 0)
+
+
+def export(executable, path: str | os.PathLike, spec) -> Path:
+    """Write a compiled module as a shared library (cross-linked when the target has a cross compiler)."""
+    from tvm.support import cc
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.so")
+    if spec.cross_compiler:
+        spec.check_cross_compiler()
+        executable.export_library(str(tmp), fcompile=cc.cross_compiler(spec.cross_compiler))
+    else:
+        executable.export_library(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _time(vm, dev, inputs, spec, where: str) -> Timing:
+    ev = spec.evaluator
+    vm.set_input("main", *inputs)
+    f = vm.time_evaluator("invoke_stateful", dev, number=ev.number, repeat=ev.repeat,
+                          min_repeat_ms=ev.min_repeat_ms)
+    res = f("main")
+    r = np.asarray(res.results) * 1e6
+    return Timing(float(np.median(r)), float(r.mean()), float(r.std()), float(r.min()), len(r), ev.number, where)
+
+
+def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = True) -> tuple[list[np.ndarray], Timing | None]:
+    """Run `main` once on the target (outputs returned) and time it with the target's evaluator settings."""
+    from tvm import relax, runtime
+
+    if spec.is_rpc:
+        from .remote import session
+
+        sess = session(spec)
+        with tempfile.TemporaryDirectory() as d:
+            lib = export(executable, Path(d) / "mod.so", spec)
+            sess.upload(str(lib))
+        rexec = sess.load_module("mod.so")
+        dev = _device(spec, sess)
+        vm = relax.VirtualMachine(rexec, dev)
+        args = [runtime.tensor(x, dev) for x in inputs]
+        vm.set_input("main", *args)
+        vm.invoke_stateful("main")
+        outs = vm.get_outputs("main")
+        outs = [o.numpy() for o in (outs if isinstance(outs, (list, tuple)) else [outs])] if not hasattr(
+            outs, "numpy") else [outs.numpy()]
+        timing = _time(vm, dev, args, spec, f"rpc {spec.runner.tracker_host}:{spec.runner.tracker_port} "
+                       f"key={spec.runner.key}") if measure else None
+        return outs, timing
+    set_runtime_threads(spec)
+    dev = _device(spec)
+    vm = relax.VirtualMachine(executable, dev)
+    args = [runtime.tensor(x, dev) for x in inputs]
+    out = vm["main"](*args)
+    outs = [o.numpy() for o in out] if not hasattr(out, "numpy") else [out.numpy()]
+    timing = _time(vm, dev, args, spec, f"local {dev}, {spec.threads or 'default'} threads") if measure else None
+    return outs, timing

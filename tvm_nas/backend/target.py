@@ -1,0 +1,60 @@
+"""TargetSpec -> tvm.target.Target, and the device to run on."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from ..errors import TvmNasError
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu() -> str:
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def _resolve(conf, threads, where):
+    if isinstance(conf, str):
+        conf = {"tag": conf}
+    conf = dict(conf)
+    if conf.get("mcpu") == "auto":
+        conf["mcpu"] = host_cpu()
+    if threads and conf.get("kind", "llvm") == "llvm" and "tag" not in conf:
+        conf.setdefault("num-cores", threads)
+    return conf
+
+
+def to_tvm_target(spec, where: str | None = None):
+    """Build the `tvm.target.Target` of a target spec (with its host for CUDA or cross builds)."""
+    import tvm
+
+    where = where or f"target '{spec.name}': field 'tvm'"
+    conf = _resolve(spec.tvm, spec.threads, where)
+    if conf.get("kind") == "cuda" and "arch" not in conf and "tag" not in conf:
+        raise TvmNasError(f"{where}: a CUDA target needs 'arch' (e.g. sm_80, sm_87, sm_90): nvcc rejects the default")
+    if spec.host is not None:
+        conf["host"] = _resolve(spec.host, spec.threads, where)
+    try:
+        return tvm.target.Target(conf)
+    except Exception as e:  # TVM raises several error types for bad tags and attributes
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
+        if "tag" in conf:
+            raise TvmNasError(f"{where}: unknown TVM tag or bad attribute {conf!r} ({msg}); list the tags with: "
+                              "python -c 'import tvm; print(list(tvm.target.list_tags()))'") from None
+        raise TvmNasError(f"{where}: TVM rejects {conf!r} ({msg})") from None
+
+
+def target_kind(spec) -> str:
+    return to_tvm_target(spec).kind.name
+
+
+def is_gpu(spec) -> bool:
+    return target_kind(spec) in ("cuda", "rocm", "vulkan", "metal", "opencl")
+
+
+def set_runtime_threads(spec) -> None:
+    """Thread count of TVM's runtime pool in this process (read when the pool first starts)."""
+    if spec.threads:
+        os.environ["TVM_NUM_THREADS"] = str(spec.threads)

@@ -1,0 +1,234 @@
+"""Datasets for search and training, held in memory as uint8 images; a deterministic train/validation split.
+
+A data spec is one string:
+
+* ``builtin`` — scikit-learn's handwritten digits (1797 gray 8x8 images, 10 classes), shipped inside the
+  installed scikit-learn, resized to the space's input resolution and channel count;
+* ``imagefolder:PATH`` — one sub-folder per class, images readable by PIL;
+* ``cifar10:PATH`` — the CIFAR-10 "python version" folder (``data_batch_1`` … ``data_batch_5``).
+
+Every problem with the data (missing, empty, corrupt, wrongly shaped, more classes than the space has outputs)
+is a :class:`~tvm_nas.errors.TvmNasError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import TvmNasError
+from .space import SearchSpace
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class ImageData:
+    """Images of one dataset, already at the space's input size.
+
+    Attributes:
+        images: uint8 tensor ``(N, C, H, W)``.
+        labels: int64 tensor ``(N,)`` with values in ``[0, len(classes))``.
+        classes: class names, index = label.
+        spec: the data spec string it was loaded from.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    spec: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "samples": len(self), "classes": len(self.classes),
+                "shape": list(self.images.shape[1:])}
+
+
+# -- loading -------------------------------------------------------------------------------------------
+def load_data(spec: str, space: SearchSpace, max_samples: int | None = None, seed: int = 0) -> ImageData:
+    """Load a dataset by spec and fit it to the space's input (resolution, channels) and number of classes.
+
+    Args:
+        spec: ``builtin``, ``imagefolder:PATH`` or ``cifar10:PATH``.
+        space: the search space whose input the images must match.
+        max_samples: keep a deterministic random subset of this many samples (quick runs).
+        seed: seed of that subset.
+
+    Raises:
+        TvmNasError: unknown spec, missing/empty/corrupt/wrongly shaped data, too many classes.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "builtin" and not arg:
+        images, labels, classes = _load_builtin()
+    elif kind == "imagefolder" and arg:
+        images, labels, classes = _load_imagefolder(Path(arg), space.input.channels)
+    elif kind == "cifar10" and arg:
+        images, labels, classes = _load_cifar10(Path(arg))
+    else:
+        raise TvmNasError(f"--data: unknown data spec {spec!r}; accepted: builtin, imagefolder:PATH, "
+                          "cifar10:PATH")
+    if len(classes) > space.num_classes:
+        raise TvmNasError(f"--data {spec}: {len(classes)} classes, but space '{space.name}' has only "
+                          f"num_classes={space.num_classes} outputs; use a space with enough classes")
+    if max_samples is not None and max_samples < len(labels):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:max_samples])
+        images, labels = images[keep], labels[keep]
+    tensor = fit_images(torch.from_numpy(np.ascontiguousarray(images)), space.input.resolution,
+                        space.input.channels)
+    return ImageData(tensor, torch.from_numpy(labels.astype(np.int64)), classes, spec)
+
+
+def fit_images(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
+    """Resize uint8 ``(N, C, H, W)`` images to ``resolution`` and convert 1 <-> 3 channels (gray <-> RGB)."""
+    x = images
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1:
+            w = torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)
+            x = (x[:, :3].float() * w).sum(1, keepdim=True).round().to(torch.uint8)
+        else:
+            raise TvmNasError(f"images have {x.shape[1]} channels; cannot convert to the space's {channels}")
+    if x.shape[-2:] != (resolution, resolution):
+        out = []
+        for chunk in x.split(4096):
+            y = F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
+                              align_corners=False)
+            out.append(y.round().clamp(0, 255).to(torch.uint8))
+        x = torch.cat(out)
+    return x.contiguous()
+
+
+def _load_builtin() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    return images, d.target.astype(np.int64), [str(c) for c in d.target_names]
+
+
+def _load_imagefolder(root: Path, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise TvmNasError(f"{root}: image folder not found (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise TvmNasError(f"{root}: no class sub-folders (expected {root}/<class>/<image>.png ...)")
+    images, labels, size = [], [], None
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise TvmNasError(f"{root / name}: class folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("L" if channels == 1 else "RGB")
+                    if size is None:
+                        size = im.size
+                    if im.size != size:
+                        im = im.resize(size, Image.BILINEAR)
+                    arr = np.asarray(im, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise TvmNasError(f"{f}: corrupt or unreadable image ({e.__class__.__name__})") from e
+            images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            labels.append(label)
+    return np.stack(images), np.array(labels, dtype=np.int64), classes
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches hold dicts of numpy arrays and lists; refuse any other class a pickle could name."""
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar",
+                                                         "_frombuffer"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden class {module}.{name}")
+
+
+def _load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if not root.is_dir():
+        raise TvmNasError(f"{root}: CIFAR-10 folder not found (expected data_batch_1 ... data_batch_5)")
+    files = sorted(root.glob("data_batch_*"))
+    if not files:
+        raise TvmNasError(f"{root}: no data_batch_* files (is this the CIFAR-10 python version?)")
+    images, labels = [], []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                d = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
+            data = np.asarray(d[b"data"], dtype=np.uint8)
+            lab = np.asarray(d[b"labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise TvmNasError(f"{f}: corrupt CIFAR-10 batch ({e.__class__.__name__}: {e})") from e
+        if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
+            raise TvmNasError(f"{f}: field 'data': expected shape (N, 3072) with N labels, got {data.shape} "
+                              f"and {len(lab)} labels")
+        if lab.size and (lab.min() < 0 or lab.max() > 9):
+            raise TvmNasError(f"{f}: field 'labels': values must be 0..9")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(lab)
+    meta = root / "batches.meta"
+    classes = [str(i) for i in range(10)]
+    if meta.is_file():
+        try:
+            with open(meta, "rb") as fh:
+                names = _NumpyOnlyUnpickler(fh, encoding="bytes").load()[b"label_names"]
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        except Exception:  # noqa: BLE001 - the names are cosmetic
+            pass
+    images_all = np.concatenate(images)
+    if len(images_all) == 0:
+        raise TvmNasError(f"{root}: CIFAR-10 batches are empty")
+    return images_all, np.concatenate(labels), classes
+
+
+# -- splitting and batching ----------------------------------------------------------------------------
+def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of ``range(n)`` into (train, validation) indices, both sorted.
+
+    Raises:
+        TvmNasError: either part would be empty.
+    """
+    n_val = int(round(n * val_fraction))
+    if n_val < 1 or n - n_val < 1:
+        raise TvmNasError(f"--data: {n} samples cannot be split with validation fraction {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def batches(data: ImageData, indices: np.ndarray, batch_size: int, seed: int | None = None,
+            epoch: int = 0, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalized ``(x, y)`` batches; shuffled by ``(seed, epoch)`` when ``seed`` is given.
+
+    The order depends only on ``seed`` and ``epoch``, so a resumed run sees the same batches.
+    """
+    idx = np.asarray(indices)
+    if seed is not None:
+        idx = idx[np.random.default_rng([seed, epoch]).permutation(len(idx))]
+    stop = len(idx) - (len(idx) % batch_size if drop_last and len(idx) >= batch_size else 0)
+    for i in range(0, stop, batch_size):
+        b = torch.from_numpy(idx[i:i + batch_size])
+        yield normalize(data.images[b]), data.labels[b]
+
+
+def endless_batches(data: ImageData, indices: np.ndarray, batch_size: int, seed: int,
+                    epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled batches that start over (with a new order) when the indices run out."""
+    rnd = 0
+    while True:
+        yield from batches(data, indices, batch_size, seed=seed + 7919 * (rnd + 1), epoch=epoch)
+        rnd += 1

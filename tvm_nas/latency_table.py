@@ -1,0 +1,133 @@
+"""The latency table (DESIGN.md): one measured (or predicted) latency per unique op of a space on one target."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TvmNasError
+from .io import atomic_write_json, read_json, sha256_json
+from .space import Block, OpKey, SearchSpace
+
+SCHEMA = 1
+UNITS = "us"
+
+
+@dataclass
+class LatencyTable:
+    """Per-op latencies (µs) of one search space on one target.
+
+    Attributes:
+        space: ``{"name", "hash"}`` of the space it was measured for.
+        target: ``{"name", "tvm", "hash"}`` of the target it was measured on.
+        meta: everything else of the file header (TVM version, evaluator, batch size, dtype, settings...).
+        entries: key (:attr:`OpKey.key`) -> entry dict with mean/median/std/count/trials/tasks/source.
+    """
+
+    space: dict
+    target: dict
+    meta: dict = field(default_factory=dict)
+    entries: dict[str, dict] = field(default_factory=dict)
+    path: Path | None = None
+
+    # -- file format ---------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "space": self.space, "target": self.target, **self.meta, "units": UNITS,
+                "entries": self.entries}
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        path = Path(path or self.path)
+        atomic_write_json(path, self.to_json())
+        self.path = path
+        return path
+
+    @property
+    def hash(self) -> str:
+        return sha256_json({"space": self.space, "target": self.target, "entries": self.entries})[:16]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, space: SearchSpace | None = None,
+             target_name: str | None = None) -> LatencyTable:
+        """Load a table, refusing a corrupted file or one measured for another space or target."""
+        path = Path(path)
+        d = read_json(path, "latency table")
+        try:
+            if d.get("schema") != SCHEMA:
+                raise TvmNasError(f"{path}: field 'schema': {d.get('schema')!r} is not supported (expected {SCHEMA})")
+            for f in ("space", "target", "entries"):
+                if not isinstance(d.get(f), dict):
+                    raise TvmNasError(f"{path}: corrupted latency table: field '{f}' missing or not an object")
+            for k, e in d["entries"].items():
+                OpKey.from_key(k)
+                if not (isinstance(e, dict) and isinstance(e.get("median"), (int, float)) and e["median"] > 0):
+                    raise TvmNasError(f"{path}: corrupted latency table: entry '{k}' has no positive 'median'")
+        except (ValueError, AttributeError) as e:
+            raise TvmNasError(f"{path}: corrupted latency table ({e})") from e
+        meta = {k: v for k, v in d.items() if k not in ("schema", "space", "target", "entries", "units")}
+        table = cls(d["space"], d["target"], meta, d["entries"], path)
+        if space is not None:
+            table.check_space(space)
+        if target_name is not None:
+            table.check_target(target_name)
+        return table
+
+    def check_space(self, space: SearchSpace) -> None:
+        if self.space.get("name") != space.name or self.space.get("hash") != space.hash:
+            raise TvmNasError(
+                f"{self.path}: field 'space': table was measured for space '{self.space.get('name')}' "
+                f"(hash {self.space.get('hash')}), not '{space.name}' (hash {space.hash}); "
+                f"run: tvm-nas profile --space {space.name} --target {self.target.get('name')}")
+
+    def check_target(self, target_name: str) -> None:
+        if self.target.get("name") != target_name:
+            raise TvmNasError(
+                f"{self.path}: field 'target': table was measured on target '{self.target.get('name')}', "
+                f"not '{target_name}'; a table is only valid for its own target")
+
+    # -- lookups -------------------------------------------------------------------------------------
+    def latency(self, key: OpKey | str) -> float:
+        """Median latency (µs) of one op; ``zero`` costs nothing."""
+        k = key.key if isinstance(key, OpKey) else key
+        if (key.op if isinstance(key, OpKey) else OpKey.from_key(k).op) == "zero":
+            return 0.0
+        try:
+            return float(self.entries[k]["median"])
+        except KeyError:
+            raise TvmNasError(f"{self.path}: op '{k}' is not in the latency table; "
+                              f"run: tvm-nas profile --space {self.space.get('name')} "
+                              f"--target {self.target.get('name')}") from None
+
+    def fixed_latency(self, space: SearchSpace) -> float:
+        """Latency (µs) of the layers every net has: stem, first block, head, classifier."""
+        return sum(self.latency(k) for k in space.fixed_layers())
+
+    def block_vector(self, block: Block) -> np.ndarray:
+        """Latency (µs) of each candidate of a block, in the block's candidate order (zero -> 0)."""
+        return np.array([self.latency(block.key(op)) for op in block.candidates], dtype=np.float64)
+
+    def block_matrix(self, space: SearchSpace) -> list[np.ndarray]:
+        """One latency vector per searchable block, so expected latency is ``fixed + Σ p_b @ v_b``."""
+        return [self.block_vector(b) for b in space.blocks()]
+
+    def predict(self, space: SearchSpace, ops: list[str]) -> float:
+        """Predicted latency (µs) of a whole net: fixed layers plus the chosen op of every block."""
+        blocks = space.blocks()
+        if len(ops) != len(blocks):
+            raise TvmNasError(f"{len(ops)} ops given for the {len(blocks)} blocks of space '{space.name}'")
+        return self.fixed_latency(space) + sum(self.latency(b.key(op)) for b, op in zip(blocks, ops, strict=True))
+
+    def extremes(self, space: SearchSpace) -> tuple[list[str], list[str]]:
+        """The fastest and the slowest net of the space under this table (per-block argmin / argmax)."""
+        fast, slow = [], []
+        for b in space.blocks():
+            v = self.block_vector(b)
+            fast.append(b.candidates[int(np.argmin(v))])
+            slow.append(b.candidates[int(np.argmax(v))])
+        return fast, slow
+
+
+def table_path(logs_dir: str | os.PathLike, target_name: str, space_name: str) -> Path:
+    return Path(logs_dir) / target_name / f"{space_name}.latency.json"

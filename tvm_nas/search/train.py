@@ -1,0 +1,126 @@
+"""Train a derived architecture from scratch, or fine-tune it from the supernet's weights."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..data import ImageData, batches, load_data, train_val_split
+from ..errors import TvmNasError
+from ..io import atomic_write_bytes, atomic_write_json
+from ..network import Network
+from .derive import load_arch
+from .loop import CHECKPOINT
+from .supernet import Supernet
+
+
+class TrainConfig(BaseModel):
+    """Settings of ``tvm-nas train`` (SGD + Nesterov, cosine schedule, label smoothing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=4e-5, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    max_samples: int | None = Field(default=None, ge=2)
+    seed: int = 0
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, data: ImageData, indices: np.ndarray) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on the given samples."""
+    model.eval()
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches(data, indices, 256))
+    return correct / len(indices)
+
+
+def train_network(model: torch.nn.Module, data: ImageData, config: TrainConfig, console=None) -> dict:
+    """Train ``model`` on the training split; returns per-epoch history and the final validation accuracy.
+
+    The split is the same deterministic one the search used (same seed and fraction), so validation images are
+    never trained on.
+    """
+    torch.manual_seed(config.seed)
+    train_idx, val_idx = train_val_split(len(data), config.val_fraction, config.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+    history = []
+    for epoch in range(config.epochs):
+        model.train()
+        losses = []
+        for x, y in batches(data, train_idx, config.batch_size, config.seed, epoch, drop_last=True):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        sched.step()
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                  "val_accuracy": accuracy(model, data, val_idx)}
+        history.append(record)
+        if console is not None:
+            console.print(f"epoch {epoch + 1:>3}/{config.epochs} loss {record['train_loss']:.3f} "
+                          f"val acc {record['val_accuracy']:.3f}")
+    return {"history": history, "val_accuracy": history[-1]["val_accuracy"]}
+
+
+def supernet_weights(space, ops: list[str], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The chosen ops' weights from a search run's checkpoint (``RUN_DIR`` or ``RUN_DIR/checkpoint.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise TvmNasError(f"{path}: search checkpoint not found (--init-from takes a search run directory)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["supernet"]
+        net = Supernet(space)
+        net.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - unreadable or from another space: one line
+        raise TvmNasError(f"{path}: not a search checkpoint of space '{space.name}' "
+                          f"({e.__class__.__name__})") from e
+    return net.network_state(ops)
+
+
+def train_arch(arch: str | os.PathLike, data_spec: str, config: TrainConfig, out_dir: str | os.PathLike,
+               init_from: str | os.PathLike | None = None, console=None) -> dict:
+    """Train the net of an architecture file and write ``model.pt`` and ``train.json`` into ``out_dir``.
+
+    Args:
+        arch: the ``*.arch.json`` file.
+        data_spec: see :func:`tvm_nas.data.load_data`.
+        config: training settings.
+        out_dir: output folder.
+        init_from: a search run (directory or checkpoint) whose supernet weights initialize the net.
+        console: a ``rich`` console for per-epoch lines, or None.
+
+    Returns:
+        The result document (also written to ``out_dir/train.json``) with ``val_accuracy``.
+    """
+    space, ops, doc = load_arch(arch)
+    data = load_data(data_spec, space, max_samples=config.max_samples, seed=config.seed)
+    torch.manual_seed(config.seed)
+    model = Network(space, ops, where=str(arch))
+    if init_from is not None:
+        model.load_state_dict(supernet_weights(space, ops, init_from))
+    result = train_network(model, data, config, console)
+    out_dir = Path(out_dir)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(out_dir / "model.pt", buf.getvalue())
+    result = {"schema": 1, "arch": str(arch), "ops": ops, "space": space.name, "data": data.describe(),
+              "init_from": None if init_from is None else str(init_from),
+              "config": config.model_dump(mode="json"),
+              "predicted_latency_us": doc.get("predicted_latency_us"), **result}
+    atomic_write_json(out_dir / "train.json", result)
+    return result

@@ -1,0 +1,246 @@
+"""Search spaces: loading and validating `search_space/*.yaml`, enumerating blocks and their candidate ops."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import TvmNasError
+from .io import sha256_json
+from .ops import parse_op
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir(kind: str) -> Path:
+    """Folder of the user-editable YAML files (`search_space` or `targets`); `TVM_NAS_HOME` overrides the root."""
+    root = Path(os.environ.get("TVM_NAS_HOME", PROJECT_ROOT))
+    return root / kind
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    resolution: int = Field(gt=0)
+    channels: int = Field(default=3, gt=0)
+
+
+class StemSpec(_Strict):
+    out: int = Field(gt=0)
+    stride: int = Field(default=2, ge=1, le=2)
+
+
+class FirstBlockSpec(_Strict):
+    op: str = "mbconv_k3_e1"
+    out: int = Field(gt=0)
+
+    @field_validator("op")
+    @classmethod
+    def _op(cls, v: str) -> str:
+        if parse_op(v, "first_block.op").kind != "mbconv":
+            raise ValueError(f"must be an mbconv op, got {v!r}")
+        return v
+
+
+class StageSpec(_Strict):
+    out: int = Field(gt=0)
+    blocks: int = Field(gt=0)
+    stride: int = Field(ge=1, le=2)
+
+
+class HeadSpec(_Strict):
+    out: int = Field(gt=0)
+
+
+class SearchSpace(_Strict):
+    """A validated search space (see DESIGN.md). Build one with :func:`load_space`."""
+
+    name: str
+    description: str = ""
+    input: InputSpec
+    num_classes: int = Field(gt=0)
+    width_mult: float = Field(default=1.0, gt=0)
+    stem: StemSpec
+    first_block: FirstBlockSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    candidates: list[str] = Field(min_length=1)
+    allow_zero: bool = True
+    head: HeadSpec
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, v: list[str]) -> list[str]:
+        for i, sig in enumerate(v):
+            if parse_op(sig, f"candidates[{i}]").kind != "mbconv":
+                raise ValueError(f"candidates[{i}] {sig!r}: only mbconv ops are candidates (zero: use allow_zero)")
+        if len(set(v)) != len(v):
+            raise ValueError("candidates are repeated")
+        return v
+
+    # -- derived structure -------------------------------------------------------------------------------
+    def channels(self, c: int) -> int:
+        """Apply the width multiplier, rounded to a multiple of 8 (never below 8 unless c itself is)."""
+        if self.width_mult == 1.0:
+            return c
+        v = max(8, int(c * self.width_mult + 4) // 8 * 8)
+        return v if v >= 0.9 * c * self.width_mult else v + 8
+
+    @property
+    def hash(self) -> str:
+        return sha256_json(self.model_dump(mode="json"))[:16]
+
+    def blocks(self) -> list[Block]:
+        """Every searchable block, in order, with its shapes and candidate ops."""
+        out: list[Block] = []
+        c = self.channels(self.first_block.out)
+        hw = self.stem_output_hw
+        for s, stage in enumerate(self.stages):
+            cout = self.channels(stage.out)
+            for b in range(stage.blocks):
+                stride = stage.stride if b == 0 else 1
+                cands = list(self.candidates)
+                if self.allow_zero and stride == 1 and c == cout:
+                    cands.append("zero")
+                out.append(Block(len(out), s, c, cout, stride, hw, tuple(cands)))
+                hw = _down(hw, stride)
+                c = cout
+        return out
+
+    @property
+    def stem_output_hw(self) -> int:
+        return _down(self.input.resolution, self.stem.stride)
+
+    def fixed_layers(self) -> list[OpKey]:
+        """The layers every net of the space has, as op keys (stem, first block, head, classifier)."""
+        r, cin = self.input.resolution, self.input.channels
+        stem_c = self.channels(self.stem.out)
+        hw = self.stem_output_hw
+        blocks = self.blocks()
+        last_c, last_hw = blocks[-1].out_channels, _down(blocks[-1].in_hw, blocks[-1].stride)
+        head_c = self.channels(self.head.out) if self.width_mult <= 1 else self.channels(self.head.out)
+        return [
+            OpKey("stem_conv_k3", (cin, r, r), stem_c, self.stem.stride),
+            OpKey(self.first_block.op, (stem_c, hw, hw), self.channels(self.first_block.out), 1),
+            OpKey("head_conv_k1", (last_c, last_hw, last_hw), head_c, 1),
+            OpKey("classifier", (head_c, last_hw, last_hw), self.num_classes, 1),
+        ]
+
+    def op_keys(self) -> list[OpKey]:
+        """Every (block, candidate) op key, fixed layers first, with repeats (zero excluded: it costs nothing)."""
+        keys = list(self.fixed_layers())
+        for blk in self.blocks():
+            keys += [blk.key(op) for op in blk.candidates if op != "zero"]
+        return keys
+
+    def unique_op_keys(self) -> list[OpKey]:
+        return list(dict.fromkeys(self.op_keys()))
+
+    def describe(self) -> dict:
+        """The space as plain data, for writing next to results."""
+        return {"name": self.name, "hash": self.hash, "definition": self.model_dump(mode="json")}
+
+
+def _down(hw: int, stride: int) -> int:
+    return (hw + stride - 1) // stride
+
+
+@dataclass(frozen=True)
+class OpKey:
+    """One unique operator instance: signature, input shape (C, H, W), output channels, stride."""
+
+    op: str
+    in_shape: tuple[int, int, int]
+    out_channels: int
+    stride: int
+
+    @property
+    def key(self) -> str:
+        c, h, w = self.in_shape
+        return f"{self.op}|{c}x{h}x{w}|{self.out_channels}|s{self.stride}"
+
+    def __str__(self) -> str:
+        return self.key
+
+    @classmethod
+    def from_key(cls, key: str) -> OpKey:
+        op, shape, cout, stride = key.split("|")
+        c, h, w = (int(v) for v in shape.split("x"))
+        return cls(op, (c, h, w), int(cout), int(stride.lstrip("s")))
+
+
+@dataclass(frozen=True)
+class Block:
+    """One searchable block position."""
+
+    index: int
+    stage: int
+    in_channels: int
+    out_channels: int
+    stride: int
+    in_hw: int
+    candidates: tuple[str, ...]
+
+    def key(self, op: str) -> OpKey:
+        return OpKey(op, (self.in_channels, self.in_hw, self.in_hw), self.out_channels, self.stride)
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in data_dir("search_space").glob("*.yaml"))
+
+
+def resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
+    """A name in `search_space/` (or `targets/`) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise TvmNasError(f"{p}: no such file")
+        return p
+    cand = data_dir(kind) / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        names = ", ".join(sorted(q.stem for q in data_dir(kind).glob("*.yaml")))
+        raise TvmNasError(f"{kind} '{name_or_path}' not found in {data_dir(kind)} (known: {names}); or give a path")
+    return cand
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise TvmNasError(f"{path}: malformed YAML{at}: {getattr(e, 'problem', e)}") from e
+    if not isinstance(data, dict):
+        raise TvmNasError(f"{path}: expected a mapping of fields at the top level")
+    return data
+
+
+def validation_error(path: Path, e: ValidationError) -> TvmNasError:
+    err = e.errors()[0]
+    field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    extra = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return TvmNasError(f"{path}: field '{field}': {msg}{extra}")
+
+
+def load_space(name_or_path: str | os.PathLike) -> SearchSpace:
+    """Load and validate a search space by name (from `search_space/`) or by path."""
+    if isinstance(name_or_path, SearchSpace):
+        return name_or_path
+    path = resolve(name_or_path, "search_space")
+    data = load_yaml(path)
+    data.setdefault("name", path.stem)
+    try:
+        space = SearchSpace.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(path, e) from e
+    except TvmNasError as e:
+        raise TvmNasError(f"{path}: {e}") from e
+    space.blocks()  # shapes must be buildable
+    return space

@@ -1,0 +1,113 @@
+"""Hardware targets: loading and validating `targets/*.yaml`; what to compile for, where to measure, how to export.
+
+No TVM import at module level: the TVM-facing conversions live in :mod:`tvm_nas.backend.target`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import TvmNasError
+from .io import sha256_json
+from .space import load_yaml, resolve, validation_error
+
+CROSS_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+                  "arm-linux-gnueabihf-g++": "g++-arm-linux-gnueabihf"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RPCRunnerSpec(_Strict):
+    """Measure on a device registered with TVM's RPC tracker under `key`."""
+
+    kind: Literal["rpc"] = "rpc"
+    tracker_host: str = "127.0.0.1"
+    tracker_port: int = Field(default=9190, gt=0, lt=65536)
+    key: str
+    session_timeout_s: int = Field(default=60, gt=0)
+
+
+class EvaluatorSpec(_Strict):
+    number: int = Field(default=10, gt=0)
+    repeat: int = Field(default=20, gt=1)
+    min_repeat_ms: int = Field(default=50, ge=0)
+
+
+class TargetSpec(_Strict):
+    """A validated hardware target. Build one with :func:`load_target`."""
+
+    name: str
+    description: str = ""
+    tvm: str | dict = Field(description="a TVM tag, {tag: ..., overrides}, or a JSON target dict with 'kind'")
+    host: str | dict | None = None
+    runner: Literal["local"] | RPCRunnerSpec = "local"
+    cross_compiler: str | None = None
+    threads: int | None = Field(default=None, gt=0)
+    evaluator: EvaluatorSpec = EvaluatorSpec()
+
+    @field_validator("tvm")
+    @classmethod
+    def _tvm(cls, v):
+        if isinstance(v, str):
+            if " " in v or v.startswith("-") or v in ("llvm", "cuda", "c"):
+                raise ValueError(f"{v!r} looks like a legacy target string; give a tag (e.g. "
+                                 "'raspberry-pi/4b-aarch64') or a dict like {kind: llvm, mcpu: auto}")
+        elif "kind" not in v and "tag" not in v:
+            raise ValueError("a target dict needs 'kind' (llvm, cuda, ...) or 'tag'")
+        return v
+
+    @property
+    def is_rpc(self) -> bool:
+        return isinstance(self.runner, RPCRunnerSpec)
+
+    @property
+    def hash(self) -> str:
+        return sha256_json(self.model_dump(mode="json", exclude={"description"}))[:16]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "hash": self.hash, "definition": self.model_dump(mode="json")}
+
+    def check_cross_compiler(self) -> str | None:
+        """The cross compiler's path, or a one-line error naming the Debian package that provides it."""
+        if not self.cross_compiler:
+            return None
+        path = shutil.which(self.cross_compiler)
+        if path is None:
+            pkg = CROSS_PACKAGES.get(self.cross_compiler, "the package that provides it")
+            raise TvmNasError(f"target '{self.name}': cross compiler '{self.cross_compiler}' is not installed; "
+                              f"install it with: apt-get install {pkg}")
+        return path
+
+
+def list_targets() -> list[str]:
+    from .space import data_dir
+
+    return sorted(p.stem for p in data_dir("targets").glob("*.yaml"))
+
+
+def load_target(name_or_path: str | os.PathLike | TargetSpec) -> TargetSpec:
+    """Load and validate a target by name (from `targets/`) or by path; checks the TVM target can be built."""
+    if isinstance(name_or_path, TargetSpec):
+        return name_or_path
+    path = resolve(name_or_path, "targets")
+    data = load_yaml(path)
+    data.setdefault("name", path.stem)
+    try:
+        spec = TargetSpec.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(path, e) from e
+    from .backend.target import to_tvm_target
+
+    to_tvm_target(spec, where=f"{path}: field 'tvm'")
+    return spec
+
+
+def target_dir(logs_dir: str | os.PathLike, spec: TargetSpec) -> Path:
+    return Path(logs_dir) / spec.name
