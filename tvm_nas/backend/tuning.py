@@ -133,7 +133,7 @@ def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Pat
          on_trials: Callable[[int], None] | None = None):
     """Tune the tasks that are owed trials, each up to what it is owed, into the target's database."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.utils import derived_object
+    from tvm.ir.utils import derived_object
 
     if not owed:
         return

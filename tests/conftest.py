@@ -1,0 +1,118 @@
+"""Shared fixtures: real TVM-measured tables, real RPC tracker and server on 127.0.0.1, tiny YAML files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# one op, one block: the smallest space that still has every kind of kernel (stem, block, head, classifier)
+MICRO_SPACE = {
+    "name": "micro", "input": {"resolution": 8, "channels": 3}, "num_classes": 4,
+    "stem": {"out": 8, "stride": 1}, "first_block": {"op": "mbconv_k3_e1", "out": 8},
+    "stages": [{"out": 8, "blocks": 1, "stride": 1}], "candidates": ["mbconv_k3_e3"], "allow_zero": True,
+    "head": {"out": 16},
+}
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def micro_space(tmp_path_factory) -> Path:
+    return write_yaml(tmp_path_factory.mktemp("spaces") / "micro.yaml", MICRO_SPACE)
+
+
+@pytest.fixture(scope="session")
+def tiny_logs(tmp_path_factory) -> Path:
+    """A logs dir holding the real latency table of the `tiny` space on `host` (TVM default schedules)."""
+    from tvm_nas.latency import profile
+
+    logs = tmp_path_factory.mktemp("tiny_logs")
+    profile("tiny", "host", trials=0, logs_dir=logs)
+    return logs
+
+
+@pytest.fixture(scope="session")
+def tiny_table(tiny_logs) -> Path:
+    return tiny_logs / "host" / "tiny.latency.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    # own process group: the tracker and server leave popen_worker children behind (TVM_NOTES.md)
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def rpc_tracker(tmp_path_factory):
+    """A real TVM RPC tracker and one server (this machine, key `loopback`) on 127.0.0.1."""
+    from tvm import rpc
+
+    logs = tmp_path_factory.mktemp("rpc")
+    port = free_port()
+    tracker = _start(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
+                     logs / "tracker.log")
+    server = None
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                rpc.connect_tracker("127.0.0.1", port).summary()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        sport = free_port()
+        server = _start(["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "loopback",
+                         "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1), "--no-fork"], logs / "server.log")
+        while "loopback" not in rpc.connect_tracker("127.0.0.1", port).summary().get("queue_info", {}):
+            if time.time() > deadline:
+                raise RuntimeError((logs / "server.log").read_text())
+            time.sleep(0.5)
+        yield port
+    finally:
+        if server:
+            _stop(server)
+        _stop(tracker)
+
+
+@pytest.fixture
+def rpc_target(tmp_path, rpc_tracker) -> Path:
+    """This machine's CPU as a target measured through the tracker."""
+    return write_yaml(tmp_path / "loopback.yaml", {
+        "name": "loopback", "tvm": {"kind": "llvm", "mcpu": "auto"},
+        "runner": {"kind": "rpc", "tracker_host": "127.0.0.1", "tracker_port": rpc_tracker, "key": "loopback"},
+        "threads": 2, "evaluator": {"number": 5, "repeat": 5, "min_repeat_ms": 10}})
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real `tvm-nas` command line in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "tvm_nas.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
