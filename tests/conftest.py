@@ -91,7 +91,8 @@ def rpc_tracker(tmp_path_factory):
                 time.sleep(0.5)
         sport = free_port()
         server = _start(["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "loopback",
-                         "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1), "--no-fork"], logs / "server.log")
+                         "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1),
+                         "--no-fork"], logs / "server.log")
         while "loopback" not in rpc.connect_tracker("127.0.0.1", port).summary().get("queue_info", {}):
             if time.time() > deadline:
                 raise RuntimeError((logs / "server.log").read_text())

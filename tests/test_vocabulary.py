@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MICRO_SPACE, write_yaml
 
 from tvm_nas.errors import TvmNasError
 from tvm_nas.network import Network, reference_ops
 from tvm_nas.ops import MBConv, build_op, parse_op, prepare_for_deploy
 from tvm_nas.space import OpKey, list_spaces, load_space
 from tvm_nas.targets import list_targets, load_target
-
-from conftest import MICRO_SPACE, write_yaml
 
 
 @pytest.mark.parametrize("sig,kind,k,e", [("mbconv_k3_e6", "mbconv", 3, 6), ("mbconv_k7_e1", "mbconv", 7, 1),

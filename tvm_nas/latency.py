@@ -50,8 +50,8 @@ def _settings(spec: TargetSpec, trials: int, seed: int, batch: int) -> dict:
             "runner": "local" if not spec.is_rpc else f"rpc:{spec.runner.key}"}
 
 
-def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0, logs_dir: str | os.PathLike = DEFAULT_LOGS,
-            seed: int = 0, batch: int = 1, console: Console | None = None) -> LatencyTable:
+def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
+            logs_dir: str | os.PathLike = DEFAULT_LOGS, seed: int = 0, batch: int = 1, console: Console | None = None) -> LatencyTable:
     """Measure the latency table of a space on a target (resuming a table and database already on disk).
 
     Args:

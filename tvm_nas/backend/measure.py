@@ -61,7 +61,8 @@ def _time(vm, dev, inputs, spec, where: str) -> Timing:
     return Timing(float(np.median(r)), float(r.mean()), float(r.std()), float(r.min()), len(r), ev.number, where)
 
 
-def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = True) -> tuple[list[np.ndarray], Timing | None]:
+def run_and_time(executable, inputs: list[np.ndarray], spec,
+                 measure: bool = True) -> tuple[list[np.ndarray], Timing | None]:
     """Run `main` once on the target (outputs returned) and time it with the target's evaluator settings."""
     from tvm import relax, runtime
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,15 +88,17 @@ def records(db, mod) -> int:
 
 # -- tuning ------------------------------------------------------------------------------------------------------
 def split_budget(trials: int, tasks: dict[str, Task], db) -> dict[str, int]:
-    """Trials still owed to each task: an equal share of the budget less the records already in the database."""
+    """Trials still owed to each task: an equal share of the budget less the records already in the database.
+
+    The shares add up to `trials`; with fewer trials than tasks, the first `trials` tasks get one each.
+    """
     if trials <= 0 or not tasks:
         return {}
-    share = max(1, math.ceil(trials / len(tasks))) if trials >= len(tasks) else 1
+    base, extra = divmod(trials, len(tasks))
     owed = {}
     for i, (k, t) in enumerate(tasks.items()):
-        if trials < len(tasks) and i >= trials:
-            break  # a budget smaller than the number of tasks: the first `trials` tasks get one each
-        owed[k] = max(0, share - records(db, t.mod))
+        share = base + (1 if i < extra else 0)
+        owed[k] = max(0, share - records(db, t.mod)) if share else 0
     return {k: v for k, v in owed.items() if v > 0}
 
 
@@ -132,11 +133,14 @@ def _runner(spec):
 def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Path, seed: int = 0,
          on_trials: Callable[[int], None] | None = None):
     """Tune the tasks that are owed trials, each up to what it is owed, into the target's database."""
-    from tvm.s_tir import meta_schedule as ms
     from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
 
     if not owed:
         return
+    from .workers import import_tensor_intrinsics
+
+    import_tensor_intrinsics()  # TuneContext imports them all; do it with the fast stack walk
     target = to_tvm_target(spec)
     chosen = [tasks[k] for k in owed]
     per_task = max(owed.values())

@@ -1,0 +1,147 @@
+"""Profiling for real: TVM lowering, MetaSchedule tuning, measurement locally and through RPC, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import MICRO_SPACE, cli, write_yaml
+
+from tvm_nas.latency import profile
+from tvm_nas.latency_table import LatencyTable
+from tvm_nas.space import load_space
+
+
+def _assert_complete(table: LatencyTable, space) -> None:
+    keys = {k.key for k in space.unique_op_keys()}
+    assert set(table.entries) == keys
+    for e in table.entries.values():
+        assert e["median"] > 0 and e["mean"] > 0 and e["count"] > 1 and e["source"] == "measured"
+
+
+def test_untuned_tiny_table(tiny_table):
+    space = load_space("tiny")
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    _assert_complete(table, space)
+    d = json.loads(tiny_table.read_text())
+    assert d["schema"] == 1 and d["units"] == "us" and d["batch_size"] == 1 and d["dtype"] == "float32"
+    assert d["target"]["tvm"]["kind"] == "llvm" and d["tvm_version"].startswith("0.27")
+    assert d["dedup"]["unique_tasks"] <= d["dedup"]["tasks"]
+    # a block with 6x expansion costs more than the same block with 3x
+    blk = space.blocks()[-1]
+    assert table.latency(blk.key("mbconv_k3_e6")) > table.latency(blk.key("mbconv_k3_e3"))
+
+
+def test_tuned_micro_table_and_resume(micro_space, tmp_path):
+    space = load_space(micro_space)
+    table = profile(space, "host", trials=8, logs_dir=tmp_path)
+    _assert_complete(table, space)
+    assert all(e["trials"] > 0 for e in table.entries.values())  # every task got trials
+    db = tmp_path / "host" / "database_tuning_record.json"
+    n_records = len(db.read_text().splitlines())
+    assert n_records >= 8
+    before = {k: e["median"] for k, e in table.entries.items()}
+    again = profile(space, "host", trials=8, logs_dir=tmp_path)
+    assert {k: e["median"] for k, e in again.entries.items()} == before  # nothing re-measured
+    assert len(db.read_text().splitlines()) == n_records  # nothing re-tuned
+
+
+def test_profile_through_rpc(micro_space, rpc_target, tmp_path):
+    space = load_space(micro_space)
+    table = profile(space, rpc_target, trials=2, logs_dir=tmp_path)
+    _assert_complete(table, space)
+    assert all(e["measured_at"].startswith("rpc 127.0.0.1") for e in table.entries.values())
+    records = (tmp_path / "loopback" / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) >= 2  # tuning candidates ran through MetaSchedule's RPC runner
+
+
+def test_interrupted_profile_resumes(tmp_path):
+    """Ctrl-C in the middle of measuring, then the same command: measured ops are kept, the rest filled in."""
+    path = tmp_path / "host" / "tiny.latency.json"
+    proc = subprocess.Popen([sys.executable, "-m", "tvm_nas.cli", "profile", "--space", "tiny", "--target", "host",
+                             "--logs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if path.exists() and len(json.loads(path.read_text())["entries"]) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, out
+    partial = json.loads(path.read_text())["entries"]  # still valid JSON: written atomically
+    assert 2 <= len(partial) < 10
+    r = cli("profile", "--space", "tiny", "--target", "host", "--logs-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"{len(partial)} already measured" in r.stdout + r.stderr
+    full = json.loads(path.read_text())["entries"]
+    assert len(full) == 10
+    assert all(full[k]["median"] == v["median"] for k, v in partial.items())
+
+
+# -- bad input: one line, exit status 2, nothing overwritten ------------------------------------------------------
+def _bad_space(tmp_path, edit):
+    d = json.loads(json.dumps(MICRO_SPACE))
+    edit(d)
+    return str(write_yaml(tmp_path / "bad.yaml", d))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("unknown_op", "unknown operator"),
+    ("malformed", "malformed YAML"),
+    ("zero_channels", "stages.0.out"),
+    ("even_kernel", "kernel must be odd"),
+    ("unknown_tag", "unknown TVM tag"),
+    ("tracker", "query_rpc_tracker"),
+])
+def test_bad_input_cli(tmp_path, case, match):
+    space, target = "tiny", "host"
+    if case == "unknown_op":
+        space = _bad_space(tmp_path, lambda d: d["candidates"].append("sepconv_k3"))
+    elif case == "malformed":
+        (tmp_path / "m.yaml").write_text("name: [unclosed\n")
+        space = str(tmp_path / "m.yaml")
+    elif case == "zero_channels":
+        space = _bad_space(tmp_path, lambda d: d["stages"][0].update(out=0))
+    elif case == "even_kernel":
+        space = _bad_space(tmp_path, lambda d: d["candidates"].append("mbconv_k4_e3"))
+    elif case == "unknown_tag":
+        target = str(write_yaml(tmp_path / "t.yaml", {"name": "t", "tvm": {"tag": "acme/toaster"}}))
+    elif case == "tracker":
+        target = str(write_yaml(tmp_path / "t.yaml", {
+            "name": "t", "tvm": {"kind": "llvm"},
+            "runner": {"kind": "rpc", "tracker_host": "127.0.0.1", "tracker_port": 1, "key": "k"}}))
+    r = cli("profile", "--space", space, "--target", target, "--logs-dir", str(tmp_path / "logs"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and match in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("case,match", [("other_target", "field 'target'"), ("other_space", "field 'space'"),
+                                        ("corrupt", "corrupted latency table")])
+def test_bad_table_is_refused_and_kept(tiny_table, tmp_path, case, match):
+    logs = tmp_path / "logs"
+    space = "tiny"
+    if case == "other_target":  # host's table placed where x86-64-v2's belongs
+        dest = logs / "x86-64-v2" / "tiny.latency.json"
+        target = "x86-64-v2"
+    else:
+        dest = logs / "host" / "tiny.latency.json"
+        target = "host"
+    dest.parent.mkdir(parents=True)
+    data = tiny_table.read_bytes()
+    if case == "other_space":
+        d = json.loads(data)
+        d["space"]["hash"] = "0" * 16
+        data = json.dumps(d).encode()
+    if case == "corrupt":
+        data = data[: len(data) // 2]
+    dest.write_bytes(data)
+    r = cli("profile", "--space", space, "--target", target, "--logs-dir", str(logs))
+    assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert dest.read_bytes() == data  # nothing overwritten
+    assert os.listdir(dest.parent) == [dest.name] or all(not n.endswith(".tmp") for n in os.listdir(dest.parent))
