@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 from ..errors import TvmNasError
@@ -17,6 +18,11 @@ def check_tracker(spec, timeout_s: float = 10.0) -> None:
     from tvm import rpc
 
     r = spec.runner
+    try:  # a plain TCP probe first: connect_tracker retries for a minute before it gives up
+        socket.create_connection((r.tracker_host, r.tracker_port), timeout=5).close()
+    except OSError as e:
+        raise TvmNasError(f"target '{spec.name}': field 'runner': RPC tracker {r.tracker_host}:{r.tracker_port} "
+                          f"is unreachable ({e.strerror or e}); {_hint(spec)}") from None
     try:
         tracker = rpc.connect_tracker(r.tracker_host, r.tracker_port)
         summary = tracker.summary()

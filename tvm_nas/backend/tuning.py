@@ -144,8 +144,13 @@ def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Pat
     target = to_tvm_target(spec)
     chosen = [tasks[k] for k in owed]
     per_task = max(owed.values())
+    # The evolutionary search's defaults (2048 candidates evolved 4 times per round) cost ~1 min per task and
+    # round on 2 cores; a population scaled to the trials per task keeps small budgets affordable.
+    strategy = ms.search_strategy.EvolutionarySearch(
+        population_size=int(min(2048, max(128, 32 * per_task))), genetic_num_iters=2 if per_task < 64 else 4,
+        init_min_unmeasured=min(50, max(8, per_task)))
     ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [t.extracted for t in chosen], str(work_dir), seed=seed, num_threads=2)
+        [t.extracted for t in chosen], str(work_dir), strategy=strategy, seed=seed, num_threads=2)
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):
