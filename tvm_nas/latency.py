@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,8 @@ def _settings(spec: TargetSpec, trials: int, seed: int, batch: int) -> dict:
 
 
 def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
-            logs_dir: str | os.PathLike = DEFAULT_LOGS, seed: int = 0, batch: int = 1, console: Console | None = None) -> LatencyTable:
+            logs_dir: str | os.PathLike = DEFAULT_LOGS, seed: int = 0, batch: int = 1,
+            console: Console | None = None) -> LatencyTable:
     """Measure the latency table of a space on a target (resuming a table and database already on disk).
 
     Args:
@@ -95,6 +97,8 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                       f"{len(keys) - len(todo)} already measured")
         if todo:
             db = tuning.open_database(work_dir, spec) if trials > 0 else None
+            timing = table.meta.setdefault("timing", {})
+            t0 = time.perf_counter()
             with progress(console) as prog:
                 bar = prog.add_task("lowering ops", total=len(todo))
                 fused, by_op = {}, {}
@@ -107,6 +111,8 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                 console.print(f"tasks: {n_tasks} extracted from {len(todo)} ops -> {len(unique)} unique "
                               f"(dedup ratio {n_tasks / max(1, len(unique)):.2f}x)")
                 table.meta["dedup"] = {"ops": len(todo), "tasks": n_tasks, "unique_tasks": len(unique)}
+                timing["lower_s"] = round(time.perf_counter() - t0, 2)
+                t0 = time.perf_counter()
                 if trials > 0:
                     owed = tuning.split_budget(trials, unique, db)
                     if trials < len(unique):
@@ -119,6 +125,8 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                     else:
                         console.print("tuning: every task already has its share of records in the database")
                     db = tuning.open_database(work_dir, spec)  # re-read what the tuner wrote
+                    timing.update(tune_s=round(time.perf_counter() - t0, 2), tune_trials=sum(owed.values()))
+                    t0 = time.perf_counter()
                 task_of = {u: [t for t in unique.values() if u in t.users] for u in by_op}
                 mbar = prog.add_task("measuring", total=len(todo))
                 rng = np.random.default_rng(seed)
@@ -135,6 +143,7 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                         "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured",
                         "measured_at": t.where,
                     }
+                    timing.update(measure_s=round(time.perf_counter() - t0, 2), measured_ops=todo.index(k) + 1)
                     table.save(path)
                     prog.advance(mbar)
         table.meta["updated"] = _now()

@@ -48,6 +48,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads for training (default 1: TVM jobs share the cores)")
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; finished stages are kept")
+    p.add_argument("--stop-after", choices=STAGES, help="stop cleanly after this stage (continue with --resume)")
 
 
 def run_run(args) -> int:
@@ -65,7 +66,7 @@ def run_run(args) -> int:
         state = {"schema": 1, "config": config, "done": {}, "created": stamp}
         run_dir.mkdir(parents=True, exist_ok=True)
         _save(run_dir, state)
-    Run(run_dir, state, console).go()
+    Run(run_dir, state, console).go(stop_after=args.stop_after)
     return 0
 
 
@@ -86,7 +87,7 @@ class Run:
         self.target = load_target(self.cfg["target"])
 
     # -- driver ----------------------------------------------------------------------------------------------
-    def go(self) -> None:
+    def go(self, stop_after: str | None = None) -> None:
         import torch
 
         torch.set_num_threads(int(self.cfg["threads"]))
@@ -99,6 +100,9 @@ class Run:
             result = getattr(self, f"_{stage}")()
             self.state["done"][stage] = {"seconds": round(time.perf_counter() - t0, 1), **(result or {})}
             _save(self.dir, self.state)
+            if stage == stop_after:
+                self.console.print(f"stopped after {stage}; continue with: tvm-nas run --resume {self.dir}")
+                return
         self.console.print(f"run finished in {time.perf_counter() - t_all:.0f} s (this session)")
         from .report import terminal_summary
 
@@ -205,9 +209,10 @@ class Run:
         from .deploy import compile_arch
 
         d = self.state["done"]
+        untuned = int(self.cfg["trials"]) == 0  # a --trials 0 profile has no database: default schedules
         searched = compile_arch(self.dir / d["search"]["arch"], self.target, weights=self.dir / d["train"]["weights"],
                                 out=self.dir / "build" / self.target.name, trials=0, logs_dir=self.cfg["logs_dir"],
-                                console=self.console)
+                                untuned=untuned, console=self.console)
         measured = {"searched": _measured(searched)}
         partial = self.state.setdefault("compile_partial", {})
         for name, net in d["baselines"]["nets"].items():
@@ -215,7 +220,7 @@ class Run:
                 slug = Path(net["arch"]).stem.replace(".arch", "")
                 m = compile_arch(self.dir / net["arch"], self.target, weights=self.dir / net["weights"],
                                  out=self.dir / "build" / "baselines" / slug, trials=0,
-                                 logs_dir=self.cfg["logs_dir"], verify=False, console=self.console)
+                                 logs_dir=self.cfg["logs_dir"], verify=False, untuned=untuned, console=self.console)
                 partial[name] = _measured(m)
                 _save(self.dir, self.state)
         measured.update(partial)
@@ -234,7 +239,8 @@ class Run:
         d = self.state["done"]
         rows = compare([self.dir / d["search"]["arch"]], [self.target], baselines=True,
                        logs_dir=self.cfg["logs_dir"], trials=0, out=self.dir / "compare",
-                       weights=[self.dir / d["train"]["weights"]], console=self.console)
+                       weights=[self.dir / d["train"]["weights"]], untuned=int(self.cfg["trials"]) == 0,
+                       console=self.console)
         from .deploy import write_rows
 
         write_rows(rows, self.dir / "compare" / "compare.csv", self.dir / "compare" / "compare.json")
@@ -273,7 +279,8 @@ class Run:
             "budget_us": d["profile"]["budget_us"],
             "arch": {"ops": arch["ops"], "probabilities": arch.get("probabilities"),
                      "predicted_us": arch["predicted_latency_us"], "path": d["search"]["arch"]},
-            "latency_table": {"path": d["profile"]["table"], "blocks": [list(v) for v in table.block_matrix(self.space)],
+            "latency_table": {"path": d["profile"]["table"],
+                              "blocks": [[float(x) for x in v] for v in table.block_matrix(self.space)],
                               "fixed_us": table.fixed_latency(self.space)},
             "nets": nets,
             "peers": _peers(d.get("compare", {}).get("rows", [])),

@@ -1,0 +1,51 @@
+"""The whole chain on the tiny space, interrupted and resumed at every stage boundary, and its report."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+from conftest import cli
+
+from tvm_nas.run import STAGES
+
+
+def test_whole_chain_resumes_at_every_boundary(tiny_logs, tmp_path):
+    logs = tmp_path / "logs"
+    shutil.copytree(tiny_logs, logs)  # the profile stage reuses this table: same settings
+    run = tmp_path / "run"
+    common = ["--epochs", "2", "--warmup-epochs", "1", "--train-epochs", "1", "--max-samples", "240"]
+    seconds = {}
+    for i, stage in enumerate(STAGES):
+        args = (["--space", "tiny", "--target", "host", "--trials", "0", "--logs-dir", str(logs), "--out", str(run)]
+                if i == 0 else ["--resume", str(run)])
+        r = cli("run", *args, *common, "--stop-after", stage, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        state = json.loads((run / "run.json").read_text())
+        assert list(state["done"]) == list(STAGES[: i + 1])
+        for s, sec in seconds.items():  # finished stages are not run again
+            assert state["done"][s]["seconds"] == sec
+        seconds[stage] = state["done"][stage]["seconds"]
+    assert "0 already measured" not in r.stdout
+
+    summary = json.loads((run / "summary.json").read_text())
+    for name, rel in summary["artifacts"].items():
+        assert (run / rel).is_file(), name
+    page = (run / "report" / "index.html").read_text()
+    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert len(images) >= 4
+    for src in images:
+        data = (run / "report" / src).read_bytes()
+        assert data.startswith(b"\x89PNG") or b"<svg" in data[:500], src
+    searched = summary["nets"][0]
+    assert searched["kind"] == "searched" and searched["predicted_us"] <= summary["budget_us"] + 1e-6
+    assert f"{searched['predicted_us']:.1f}" in page
+    assert f"{searched['measured_us']:.1f}" in page
+    assert f"{100 * searched['accuracy']:.1f}%" in page
+    arch = json.loads((run / summary["arch"]["path"]).read_text())
+    assert arch["ops"] == summary["arch"]["ops"] == searched["ops"]
+    manifest = json.loads((run / summary["artifacts"]["manifest"]).read_text())
+    assert manifest["measured_latency_us"] == searched["measured_us"]
+    kinds = {n["kind"] for n in summary["nets"]}
+    assert {"searched", "reference", "fastest", "slowest", "random"} <= kinds
