@@ -1,0 +1,231 @@
+"""The run report: a realistic `summary.json` in, a static page with valid figures and the same numbers out."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tvm_nas.errors import TvmNasError
+from tvm_nas.report import fmt_pct, fmt_us, render_report, terminal_summary
+from tvm_nas.space import load_space
+
+FIGURES = ("architecture.png", "latency_table.png", "accuracy_latency.png", "predicted_measured.png", "peers.png")
+
+
+def make_summary(space_name: str = "tiny") -> dict:
+    """A summary.json as `tvm-nas run` writes it, with made-up but consistent numbers."""
+    space = load_space(space_name)
+    blocks = space.blocks()
+
+    def lat(b, op: str) -> float:
+        if op == "zero":
+            return 0.0
+        k, e = (int(v) for v in re.fullmatch(r"mbconv_k(\d+)_e(\d+)", op).groups())
+        return round(b.in_channels * b.in_hw * b.in_hw * e * k / 300 / b.stride + 7.25 * (b.index + 1), 1)
+
+    table = [[lat(b, op) for op in b.candidates] for b in blocks]
+    pick = ["mbconv_k5_e3", "zero", "mbconv_k3_e3"] if space_name == "tiny" else [
+        b.candidates[(b.index * 5) % len(b.candidates)] for b in blocks]
+    probs = [{op: (0.55 if op == pick[i] else 0.45 / (len(b.candidates) - 1)) for op in b.candidates}
+             for i, b in enumerate(blocks)]
+    fixed_us = 46.1
+    chosen = (row[b.candidates.index(op)] for row, b, op in zip(table, blocks, pick, strict=True))
+    predicted = round(fixed_us + sum(chosen), 1)
+    ref_ops = ["mbconv_k3_e6"] * len(blocks)
+    return {
+        "schema": 1,
+        "space": {"name": space.name, "hash": space.hash, "input": [space.input.channels, space.input.resolution,
+                                                                    space.input.resolution],
+                  "num_classes": space.num_classes,
+                  "blocks": [{"index": b.index, "in_channels": b.in_channels, "out_channels": b.out_channels,
+                              "stride": b.stride, "in_hw": b.in_hw, "candidates": list(b.candidates)} for b in blocks],
+                  "fixed": [{"op": f.op, "in_shape": list(f.in_shape), "out_channels": f.out_channels,
+                             "stride": f.stride} for f in space.fixed_layers()]},
+        "target": {"name": "host", "tvm": {"kind": "llvm", "target": "llvm -mcpu=znver3"}},
+        "budget_us": 300.0,
+        "arch": {"ops": pick, "probabilities": probs, "predicted_us": predicted, "path": "search/final.arch.json"},
+        "latency_table": {"path": f"table/{space.name}.latency.json", "blocks": table, "fixed_us": fixed_us},
+        "nets": [
+            {"name": "searched", "kind": "searched", "ops": pick, "accuracy": 0.8125, "predicted_us": predicted,
+             "measured_us": 171.34},
+            {"name": "mobilenetv2 (all k3_e6)", "kind": "reference", "ops": ref_ops, "accuracy": 0.843,
+             "predicted_us": 420.0, "measured_us": 455.0},
+            {"name": "fastest", "kind": "fastest", "ops": ["mbconv_k3_e3"] * len(blocks), "accuracy": 0.702,
+             "predicted_us": 120.5, "measured_us": 131.2},
+            {"name": "slowest", "kind": "slowest", "ops": ref_ops, "accuracy": 0.851, "predicted_us": 480.25,
+             "measured_us": 502.9},
+            {"name": "random-1", "kind": "random", "ops": pick, "accuracy": 0.77, "predicted_us": 250.0,
+             "measured_us": None},
+            {"name": "random-2", "kind": "random", "ops": pick, "accuracy": 0.79, "predicted_us": 280.4,
+             "measured_us": None},
+        ],
+        "peers": [
+            {"net": "searched", "tvm_us": 171.34, "tvm_untuned_us": 900.0, "pytorch_us": 400.0,
+             "onnxruntime_us": 150.06},
+            {"net": "mobilenetv2 (all k3_e6)", "tvm_us": 455.0, "pytorch_us": 812.3, "onnxruntime_us": 390.7},
+        ],
+        "stages": [{"name": "profile", "seconds": 62.0, "status": "done"},
+                   {"name": "search", "seconds": 140.5, "status": "done"},
+                   {"name": "train", "seconds": 33.3, "status": "done"},
+                   {"name": "compile", "seconds": 20.0, "status": "done"},
+                   {"name": "compare", "seconds": 9.9, "status": "done"}],
+        "artifacts": {"latency table": f"table/{space.name}.latency.json", "architecture": "search/final.arch.json",
+                      "weights": "train/final.pt", "onnx": "build/host/model.onnx", "module": "build/host/model.so",
+                      "manifest": "build/host/manifest.json", "report": "report/index.html"},
+    }
+
+
+def write_run(tmp_path: Path, summary: dict) -> Path:
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "summary.json").write_text(json.dumps(summary))
+    for rel in (summary.get("artifacts") or {}).values():
+        if rel != "report/index.html":
+            (run / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run / rel).write_bytes(b"x")
+    return run
+
+
+def images(page: Path) -> list[Path]:
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]+)"', page.read_text())
+    for src in srcs:
+        p = page.parent / src
+        assert p.is_file(), f"{src} referenced but missing"
+        head = p.read_bytes()[:200]
+        assert head.startswith(b"\x89PNG\r\n\x1a\n") or b"<svg" in head, f"{src} is neither PNG nor SVG"
+    return [page.parent / s for s in srcs]
+
+
+def text(page: Path) -> str:
+    """The page's visible text, tags removed, entities kept as written (numbers and % do not need escaping)."""
+    return re.sub(r"<[^>]+>", " ", page.read_text())
+
+
+def test_full_report(tmp_path):
+    summary = make_summary()
+    run = write_run(tmp_path, summary)
+    page = render_report(run)
+    assert page == run / "report" / "index.html" and page.is_file()
+    imgs = images(page)
+    assert sorted(p.name for p in imgs) == sorted(FIGURES)
+    body = text(page)
+    assert "not drawn" not in body and "failed" not in body
+    searched = summary["nets"][0]
+    assert "171.3" in body and fmt_us(searched["measured_us"]) == "171.3"
+    assert fmt_pct(searched["accuracy"]) == "81.2%" and "81.2%" in body
+    assert fmt_us(summary["arch"]["predicted_us"]) in body
+    for net in summary["nets"]:
+        assert fmt_pct(net["accuracy"]) in body and fmt_us(net["predicted_us"]) in body
+        if net["measured_us"] is not None:
+            assert fmt_us(net["measured_us"]) in body
+    for peer in summary["peers"]:
+        for key in ("tvm_us", "tvm_untuned_us", "pytorch_us", "onnxruntime_us"):
+            if key in peer:
+                assert fmt_us(peer[key]) in body
+    assert "150.1" in body and "2.33x" in body  # ORT 150.06 and PyTorch/TVM 400 / 171.34
+    for row in summary["latency_table"]["blocks"]:  # the chosen ops' latencies are in the architecture table
+        assert any(fmt_us(v) in body for v in row)
+    for stage in summary["stages"]:
+        assert stage["name"] in body
+    html = page.read_text()
+    for rel in summary["artifacts"].values():  # links relative to report/, opened without a server
+        target = "index.html" if rel == "report/index.html" else "../" + rel
+        assert f'href="{target}"' in html
+    assert "(missing)" not in html
+    assert not list((run / "report").glob(".*.tmp"))
+
+
+def test_tiny_numbers_format():
+    assert fmt_us(171.34) == "171.3" and fmt_us(None) == "n/a" and fmt_us(float("nan")) == "n/a"
+    assert fmt_pct(0.81) == "81.0%" and fmt_pct(None) == "n/a"
+
+
+@pytest.mark.parametrize("drop", ["peers", "measured", "untuned", "arch", "table", "accuracy", "nets", "bare", "nulls"])
+def test_missing_optional_pieces_still_render(tmp_path, drop):
+    summary = make_summary()
+    if drop == "peers":
+        summary["peers"] = []
+    elif drop == "measured":
+        for net in summary["nets"]:
+            net["measured_us"] = None
+    elif drop == "untuned":
+        for peer in summary["peers"]:
+            peer.pop("tvm_untuned_us", None)
+    elif drop == "arch":
+        summary["arch"] = None
+    elif drop == "table":
+        del summary["latency_table"]
+    elif drop == "accuracy":
+        for net in summary["nets"]:
+            net["accuracy"] = None
+    elif drop == "nets":
+        summary["nets"] = None
+    elif drop == "bare":
+        summary = {"schema": 1}
+    elif drop == "nulls":  # what `tvm-nas run` writes when the search kept no probabilities and a block failed
+        summary["arch"]["probabilities"] = None
+        summary["target"]["tvm"] = None
+        summary["artifacts"] = None
+        summary["latency_table"]["blocks"][0][1] = float("nan")
+        summary["latency_table"]["blocks"][1][0] = None
+        summary["latency_table"]["fixed_us"] = None
+    run = write_run(tmp_path, summary)
+    page = render_report(run)
+    imgs = images(page)
+    body = text(page)
+    assert "failed" not in body
+    if drop in ("peers", "measured", "accuracy", "nets", "bare", "arch", "table"):
+        assert "not drawn" in body and "n/a" in body
+    if drop == "untuned":
+        assert "n/a" in body and "900.0" not in body and "peers.png" in {p.name for p in imgs}
+    if drop == "nulls":
+        assert len(imgs) == len(FIGURES) and "not drawn" not in body
+    if drop == "measured":
+        assert {p.name for p in imgs} >= {"architecture.png", "accuracy_latency.png"}
+        assert "predicted_measured.png" not in {p.name for p in imgs}
+
+
+def test_rerender_removes_stale_figures(tmp_path):
+    summary = make_summary()
+    run = write_run(tmp_path, summary)
+    render_report(run)
+    assert (run / "report" / "peers.png").is_file()
+    summary["peers"] = []
+    (run / "summary.json").write_text(json.dumps(summary))
+    render_report(run)
+    assert not (run / "report" / "peers.png").exists()
+
+
+def test_large_space_renders(tmp_path):
+    summary = make_summary("proxyless-imagenet")
+    run = write_run(tmp_path, summary)
+    page = render_report(run)
+    assert len(images(page)) == len(FIGURES)
+    assert "not drawn" not in text(page)
+
+
+@pytest.mark.parametrize("content, match", [(None, "not found"), ("{", "corrupted"), ('{"schema": 7}', "schema 7"),
+                                            ('{"schema": 1, "budget_us": "fast"}', "budget_us")])
+def test_bad_summary_is_a_one_line_error(tmp_path, content, match):
+    if content is not None:
+        (tmp_path / "summary.json").write_text(content)
+    with pytest.raises(TvmNasError, match=match):
+        render_report(tmp_path)
+
+
+def test_terminal_summary_names_every_artifact(tmp_path):
+    from rich.console import Console
+
+    summary = make_summary()
+    run = write_run(tmp_path, copy.deepcopy(summary))
+    render_report(run)
+    console = Console(width=200, record=True, color_system=None)
+    console.print(terminal_summary(run))
+    out = console.export_text()
+    for name, rel in summary["artifacts"].items():
+        assert name in out and rel in out
+    assert "171.3" in out and "81.2%" in out and "missing" not in out
