@@ -31,7 +31,7 @@ def _run_profile(args) -> int:
 
 
 def _add_optional(sub, name: str, module: str, add: str, run: str, help: str) -> None:
-    """Register a subcommand whose arguments and runner live in another module."""
+    """Register a subcommand whose arguments and runner live in the module of its role."""
     import importlib
 
     mod = importlib.import_module(module, __package__)
@@ -52,15 +52,9 @@ def parser() -> argparse.ArgumentParser:
                                   "compile an architecture into a deployable module for a target"),
                                  ("compare", "add_compare_args", "run_compare",
                                   "latency of architectures x targets, against PyTorch and ONNX Runtime")):
-        try:
-            _add_optional(sub, name, ".deploy_cli", add, run, help)
-        except ImportError:
-            pass
-    try:
-        _add_optional(sub, "run", ".run", "add_run_args", "run_run", "the whole job: profile, search, train, "
-                      "compile, measure, compare and report")
-    except ImportError:
-        pass
+        _add_optional(sub, name, ".deploy_cli", add, run, help)
+    _add_optional(sub, "run", ".run", "add_run_args", "run_run", "the whole job: profile, search, train, "
+                  "compile, measure, compare and report")
     return ap
 
 

@@ -162,7 +162,9 @@ def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Pat
     ms.tune.tune_tasks(
         tasks=ctxs, task_weights=weights, work_dir=str(work_dir),
         max_trials_global=sum(owed.values()), max_trials_per_task=per_task,
-        num_trials_per_iter=max(1, min(64, per_task)),
+        # a round never sends more candidates than the smallest share: otherwise the first tasks' rounds eat the
+        # global budget and the last tasks get none (TVM_NOTES.md)
+        num_trials_per_iter=max(1, min(64, min(owed.values()))),
         builder=_builder(spec, target), runner=_runner(spec), database=open_database(work_dir, spec),
         measure_callbacks=callbacks, cost_model="xgb", task_scheduler="gradient")
 
