@@ -130,6 +130,20 @@ def _runner(spec):
     return ms.runner.LocalRunner(evaluator_config=ev, timeout_sec=60)
 
 
+def _quiet_logging() -> None:
+    """MetaSchedule logs every step to stdout at the level of its logger: keep the console to warnings (the
+    per-task logs in `<work_dir>/logs/` keep everything), and drop unnamed handlers, which its logging set-up
+    cannot reconfigure when a process tunes a second time."""
+    import logging
+
+    log = logging.getLogger("tvm.s_tir.meta_schedule")
+    for h in list(log.handlers):
+        if h.get_name() is None:
+            log.removeHandler(h)
+    if log.level in (logging.NOTSET, logging.DEBUG, logging.INFO):
+        log.setLevel(logging.WARNING)
+
+
 def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Path, seed: int = 0,
          on_trials: Callable[[int], None] | None = None):
     """Tune the tasks that are owed trials, each up to what it is owed, into the target's database."""
@@ -141,6 +155,7 @@ def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Pat
     from .workers import import_tensor_intrinsics
 
     import_tensor_intrinsics()  # TuneContext imports them all; do it with the fast stack walk
+    _quiet_logging()
     target = to_tvm_target(spec)
     chosen = [tasks[k] for k in owed]
     per_task = max(owed.values())
