@@ -58,7 +58,17 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _quiet_third_parties() -> None:
+    """Warnings of our dependencies that say nothing to a user of this tool."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export internals
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_third_parties()
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

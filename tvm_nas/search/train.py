@@ -64,7 +64,7 @@ def train_network(model: torch.nn.Module, data: ImageData, config: TrainConfig, 
             loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         sched.step()
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                   "val_accuracy": accuracy(model, data, val_idx)}
