@@ -18,7 +18,7 @@ def tvm_version() -> str:
 
 @contextmanager
 def cuda_build_env():
-    """Compile CUDA kernels with nvcc to a fatbin (TVM's default, NVRTC, needs a driver this machine may lack)."""
+    """Compile CUDA kernels with nvcc to a fatbin (TVM's default, NVRTC, needs a CUDA driver)."""
     old = os.environ.get("TVM_CUDA_COMPILE_MODE")
     os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
     try:
@@ -32,7 +32,7 @@ def cuda_build_env():
 
 def _all_modules(mod):
     yield mod
-    for m in getattr(mod, "imports", None) or getattr(mod, "imported_modules", []):
+    for m in mod.imports:
         yield from _all_modules(m)
 
 
@@ -41,10 +41,7 @@ def device_sources(executable, kind: str = "cuda") -> list[str]:
     out = []
     for m in _all_modules(executable.mod):
         if m.kind == kind:
-            try:
-                out.append(m.inspect_source())
-            except Exception:  # a module built from a binary only has no source to show
-                out.append(m.inspect_source("cu") if hasattr(m, "inspect_source") else "")
+            out.append(m.inspect_source())
     return out
 
 
