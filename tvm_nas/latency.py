@@ -70,7 +70,6 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
     import tvm
 
     from .backend import measure, tuning
-    from .backend.pipeline import build
     from .backend.target import is_gpu, to_tvm_target
 
     console = console or Console(stderr=True)
@@ -130,28 +129,39 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                 task_of = {u: [t for t in unique.values() if u in t.users] for u in by_op}
                 mbar = prog.add_task("measuring", total=len(todo))
                 rng = np.random.default_rng(seed)
-                for k in todo:
-                    exe = build(fused[k.key], tvm_target, db, gpu=gpu, prepack=not gpu)
-                    c, h, w = k.in_shape
-                    x = rng.standard_normal((batch, h, w, c), dtype=np.float32)
-                    _, t = measure.run_and_time(exe, [x], spec)
-                    tasks = task_of[k.key]
-                    table.entries[k.key] = {
-                        "op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels,
-                        "stride": k.stride, "median": t.median, "mean": t.mean, "std": t.std, "min": t.min,
-                        "count": t.count, "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
-                        "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured",
-                        "measured_at": t.where,
-                    }
-                    timing.update(measure_s=round(time.perf_counter() - t0, 2), measured_ops=todo.index(k) + 1)
-                    table.save(path)
-                    prog.advance(mbar)
+                with measure.target_session(spec) as sess:
+                    _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess,
+                                 lambda: prog.advance(mbar), timing)
         table.meta["updated"] = _now()
         table.save(path)
     console.print(summary_table(table, space))
     console.print(f"latency table: {path}")
     _ = tvm
     return table
+
+
+def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess, advance, timing):
+    """Compile each op with the database and time it on the target; the table is saved after every op."""
+    from .backend import measure, tuning
+    from .backend.pipeline import build
+
+    t0 = time.perf_counter()
+    for i, k in enumerate(todo):
+        exe = build(fused[k.key], tvm_target, db, gpu=gpu, prepack=not gpu)
+        c, h, w = k.in_shape
+        x = rng.standard_normal((batch, h, w, c), dtype=np.float32)
+        _, t = measure.run_and_time(exe, [x], spec, sess=sess)
+        tasks = task_of[k.key]
+        table.entries[k.key] = {
+            "op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels,
+            "stride": k.stride, "median": t.median, "mean": t.mean, "std": t.std, "min": t.min,
+            "count": t.count, "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
+            "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured",
+            "measured_at": t.where,
+        }
+        timing.update(measure_s=round(time.perf_counter() - t0, 2), measured_ops=i + 1)
+        table.save(path)
+        advance()
 
 
 def _now() -> str:

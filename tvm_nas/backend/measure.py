@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .target import is_gpu, set_runtime_threads
+
+_UPLOADS = itertools.count()
 
 
 @dataclass
@@ -61,35 +66,73 @@ def _time(vm, dev, inputs, spec, where: str) -> Timing:
     return Timing(float(np.median(r)), float(r.mean()), float(r.std()), float(r.min()), len(r), ev.number, where)
 
 
-def run_and_time(executable, inputs: list[np.ndarray], spec,
-                 measure: bool = True) -> tuple[list[np.ndarray], Timing | None]:
-    """Run `main` once on the target (outputs returned) and time it with the target's evaluator settings."""
+@contextmanager
+def target_session(spec):
+    """One RPC session for many measurements (None for a local target).
+
+    The server serves one session at a time and only lets go of one that is closed or timed out, so a session
+    must be released as soon as the work is done.
+    """
+    if not spec.is_rpc:
+        yield None
+        return
+    from .remote import session
+
+    sess = session(spec)
+    try:
+        yield sess
+    finally:
+        del sess
+        gc.collect()
+
+
+def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = True,
+                 sess=None) -> tuple[list[np.ndarray], Timing | None]:
+    """Run `main` once on the target (outputs returned) and time it with the target's evaluator settings.
+
+    Args:
+        sess: an open :func:`target_session` to reuse; for an RPC target without one, a session is opened and
+            closed around this call.
+    """
+    if spec.is_rpc and sess is None:
+        with target_session(spec) as s:
+            return run_and_time(executable, inputs, spec, measure, s)
+    if spec.is_rpc:
+        return _run_remote(executable, inputs, spec, measure, sess)
+    return _run_local(executable, inputs, spec, measure)
+
+
+def _outputs(out) -> list[np.ndarray]:
+    return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+
+
+def _run_remote(executable, inputs, spec, measure, sess):
     from tvm import relax, runtime
 
-    if spec.is_rpc:
-        from .remote import session
+    name = f"mod-{next(_UPLOADS)}.so"
+    with tempfile.TemporaryDirectory() as d:
+        lib = export(executable, Path(d) / name, spec)
+        sess.upload(str(lib))
+    rexec = sess.load_module(name)
+    dev = _device(spec, sess)
+    vm = relax.VirtualMachine(rexec, dev)
+    args = [runtime.tensor(x, dev) for x in inputs]
+    vm.set_input("main", *args)
+    vm.invoke_stateful("main")
+    outs = _outputs(vm.get_outputs("main"))
+    where = f"rpc {spec.runner.tracker_host}:{spec.runner.tracker_port} key={spec.runner.key}"
+    timing = _time(vm, dev, args, spec, where) if measure else None
+    del vm, rexec, args
+    return outs, timing
 
-        sess = session(spec)
-        with tempfile.TemporaryDirectory() as d:
-            lib = export(executable, Path(d) / "mod.so", spec)
-            sess.upload(str(lib))
-        rexec = sess.load_module("mod.so")
-        dev = _device(spec, sess)
-        vm = relax.VirtualMachine(rexec, dev)
-        args = [runtime.tensor(x, dev) for x in inputs]
-        vm.set_input("main", *args)
-        vm.invoke_stateful("main")
-        outs = vm.get_outputs("main")
-        outs = [o.numpy() for o in (outs if isinstance(outs, (list, tuple)) else [outs])] if not hasattr(
-            outs, "numpy") else [outs.numpy()]
-        timing = _time(vm, dev, args, spec, f"rpc {spec.runner.tracker_host}:{spec.runner.tracker_port} "
-                       f"key={spec.runner.key}") if measure else None
-        return outs, timing
+
+def _run_local(executable, inputs, spec, measure):
+    from tvm import relax, runtime
+
     set_runtime_threads(spec)
     dev = _device(spec)
     vm = relax.VirtualMachine(executable, dev)
     args = [runtime.tensor(x, dev) for x in inputs]
-    out = vm["main"](*args)
-    outs = [o.numpy() for o in out] if not hasattr(out, "numpy") else [out.numpy()]
+    outs = _outputs(vm["main"](*args))
     timing = _time(vm, dev, args, spec, f"local {dev}, {spec.threads or 'default'} threads") if measure else None
     return outs, timing
