@@ -77,7 +77,7 @@ def test_interrupted_profile_resumes(tmp_path):
     assert 2 <= len(partial) < 10
     r = cli("profile", "--space", "tiny", "--target", "host", "--logs-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert f"{len(partial)} already measured" in r.stdout + r.stderr
+    assert f"{len(partial)} already measured" in " ".join((r.stdout + r.stderr).split())
     full = json.loads(path.read_text())["entries"]
     assert len(full) == 10
     assert all(full[k]["median"] == v["median"] for k, v in partial.items())

@@ -64,7 +64,8 @@ def _quiet_third_parties() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export internals
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..."
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):  # "torchvision is not installed"
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
