@@ -366,8 +366,9 @@ def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tupl
         raise TvmNasError(f"target '{spec.name}': the module's outputs on the device differ from PyTorch's by "
                           f"{err:.2e} (> {ATOL})")
     ev = spec.evaluator
-    how = (f"time_evaluator on {t.where}: median of {t.count} repeats (the quieter of 2 rounds), each the mean of {t.number} runs "
-           f"(min_repeat_ms={ev.min_repeat_ms}); outputs checked on the device (max abs err {err:.1e})")
+    how = (f"time_evaluator on {t.where}: median of {t.count} repeats (the quieter of 2 rounds), each the mean "
+           f"of {t.number} runs (min_repeat_ms={ev.min_repeat_ms}); outputs checked on the device "
+           f"(max abs err {err:.1e})")
     return t.to_json(), how
 
 
