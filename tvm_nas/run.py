@@ -17,6 +17,7 @@ from rich.console import Console
 
 from .errors import TvmNasError
 from .io import atomic_write_json, read_json
+from .latency import progress
 from .latency_table import LatencyTable
 
 STAGES = ("profile", "search", "train", "baselines", "compile", "compare", "report")
@@ -179,15 +180,13 @@ class Run:
         return nets
 
     def _baselines(self) -> dict:
-        from rich.progress import Progress
-
         from .search.derive import arch_document, write_arch
         from .search.train import train_arch
 
         table, out = self.table(), {}
         nets = self.baseline_ops()
         done = self.state.setdefault("baselines_partial", {})
-        with Progress(console=self.console) as prog:
+        with progress(self.console) as prog:
             bar = prog.add_task("training baselines", total=len(nets), completed=len(done))
             for name, (kind, ops) in nets.items():
                 if name in done:
@@ -215,14 +214,19 @@ class Run:
                                 untuned=untuned, console=self.console)
         measured = {"searched": _measured(searched)}
         partial = self.state.setdefault("compile_partial", {})
-        for name, net in d["baselines"]["nets"].items():
-            if name not in partial:
+        nets = d["baselines"]["nets"]
+        with progress(self.console) as prog:
+            bar = prog.add_task("compiling baselines", total=len(nets), completed=len(partial))
+            for name, net in nets.items():
+                if name in partial:
+                    continue
                 slug = Path(net["arch"]).stem.replace(".arch", "")
                 m = compile_arch(self.dir / net["arch"], self.target, weights=self.dir / net["weights"],
                                  out=self.dir / "build" / "baselines" / slug, trials=0,
                                  logs_dir=self.cfg["logs_dir"], verify=False, untuned=untuned, console=self.console)
                 partial[name] = _measured(m)
                 _save(self.dir, self.state)
+                prog.advance(bar)
         measured.update(partial)
         self.state.pop("compile_partial", None)
         out = self.dir / "build" / self.target.name
