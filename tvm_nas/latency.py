@@ -67,8 +67,6 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
     Returns:
         The latency table, also written to `<logs_dir>/<target>/<space>.latency.json` after every op.
     """
-    import tvm
-
     from .backend import measure, tuning
     from .backend.target import is_gpu, to_tvm_target
 
@@ -136,7 +134,6 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
         table.save(path)
     console.print(summary_table(table, space))
     console.print(f"latency table: {path}")
-    _ = tvm
     return table
 
 

@@ -124,7 +124,7 @@ class SearchSpace(_Strict):
         hw = self.stem_output_hw
         blocks = self.blocks()
         last_c, last_hw = blocks[-1].out_channels, _down(blocks[-1].in_hw, blocks[-1].stride)
-        head_c = self.channels(self.head.out) if self.width_mult <= 1 else self.channels(self.head.out)
+        head_c = self.channels(self.head.out)
         return [
             OpKey("stem_conv_k3", (cin, r, r), stem_c, self.stem.stride),
             OpKey(self.first_block.op, (stem_c, hw, hw), self.channels(self.first_block.out), 1),

@@ -37,7 +37,7 @@ def _device(spec, sess=None):
     import tvm
 
     kind = "cuda" if is_gpu(spec) else "cpu"
-    return (sess or tvm).device(kind, 0) if sess else tvm.device(kind, 0)
+    return (sess or tvm).device(kind, 0)
 
 
 def export(executable, path: str | os.PathLike, spec) -> Path:

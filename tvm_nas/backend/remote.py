@@ -29,7 +29,7 @@ def check_tracker(spec, timeout_s: float = 10.0) -> None:
     except Exception as e:  # connection refused, timeout, bad magic
         raise TvmNasError(f"target '{spec.name}': field 'runner': RPC tracker {r.tracker_host}:{r.tracker_port} "
                           f"is unreachable ({e.__class__.__name__}); {_hint(spec)}") from None
-    keys = {k for q in summary.get("queue_info", {}) for k in [q]}
+    keys = set(summary.get("queue_info", {}))
     servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).split(":")[-1] == r.key]
     if r.key not in keys and not servers:
         deadline = time.time() + timeout_s

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import TvmNasError
 from ..io import atomic_write_json
-from .target import is_gpu, to_tvm_target
+from .target import to_tvm_target
 
 
 @dataclass
@@ -183,6 +183,3 @@ def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Pat
         builder=_builder(spec, target), runner=_runner(spec), database=open_database(work_dir, spec),
         measure_callbacks=callbacks, cost_model="xgb", task_scheduler="gradient")
 
-
-def gpu(spec) -> bool:
-    return is_gpu(spec)
