@@ -149,6 +149,10 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(x.mean(dim=(2, 3))))
 
+    def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """The same on NHWC input: the pooling kernel a network has once its layout is converted."""
+        return self.linear(self.dropout(x.mean(dim=(1, 2))))
+
 
 def build_op(sig: str | OpSig, cin: int, cout: int, stride: int, where: str = "operator") -> nn.Module:
     """Build the torch module an operator signature names, for given channels and stride."""

@@ -7,30 +7,15 @@ import itertools
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .target import is_gpu, set_runtime_threads
+from ..timing import Protocol, Sampler, Timing, interleave
+from .target import configure_remote_threads, is_gpu, set_runtime_threads
 
 _UPLOADS = itertools.count()
-
-
-@dataclass
-class Timing:
-    """Latency statistics in microseconds over `count` repeats (each the mean of `number` runs)."""
-
-    median: float
-    mean: float
-    std: float
-    min: float
-    count: int
-    number: int
-    where: str
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def _device(spec, sess=None):
@@ -56,23 +41,16 @@ def export(executable, path: str | os.PathLike, spec) -> Path:
     return path
 
 
-def _time(vm, dev, inputs, spec, where: str, rounds: int = 2) -> Timing:
-    """Time `main` in `rounds` rounds of the target's evaluator and keep the round with the lowest median.
+def tvm_sampler(vm, dev, inputs, spec) -> Sampler:
+    """One round of `main` under TVM's time_evaluator: ``repeat`` samples (µs per run), each filling the window.
 
-    On a shared machine a round can land in a burst of contention (TVM's spinning thread pool then slows down by
-    orders of magnitude); the quieter round is the one that describes the module.
+    The VM keeps its own inputs (``set_input``), so samplers of several VMs interleave without interfering.
     """
     ev = spec.evaluator
     vm.set_input("main", *inputs)
     f = vm.time_evaluator("invoke_stateful", dev, number=ev.number, repeat=ev.repeat,
                           min_repeat_ms=ev.min_repeat_ms)
-    best = None
-    for _ in range(rounds):
-        r = np.asarray(f("main").results) * 1e6
-        if best is None or np.median(r) < np.median(best):
-            best = r
-    return Timing(float(np.median(best)), float(best.mean()), float(best.std()), float(best.min()), len(best),
-                  ev.number, where)
+    return lambda: np.asarray(f("main").results, dtype=np.float64) * 1e6
 
 
 @contextmanager
@@ -95,9 +73,69 @@ def target_session(spec):
         gc.collect()
 
 
+@dataclass
+class Loaded:
+    """A module loaded on its device (here or through RPC), its inputs bound, ready to run and time."""
+
+    vm: object
+    dev: object
+    args: list
+    where: str
+    keep: tuple = ()
+
+    def outputs(self) -> list[np.ndarray]:
+        self.vm.set_input("main", *self.args)
+        self.vm.invoke_stateful("main")
+        return _outputs(self.vm.get_outputs("main"))
+
+    def sampler(self, spec) -> Sampler:
+        return tvm_sampler(self.vm, self.dev, self.args, spec)
+
+
+def load(executable, inputs: list[np.ndarray], spec, sess=None) -> Loaded:
+    """Load a compiled module (an executable, or an exported library path) on the target.
+
+    Locally the runtime's thread count is fixed first; through RPC the library is uploaded and the server's pool
+    is configured to the target's threads.
+    """
+    from tvm import relax, runtime
+
+    if spec.is_rpc:
+        name = f"mod-{os.getpid()}-{next(_UPLOADS)}.so"
+        with tempfile.TemporaryDirectory() as d:
+            if isinstance(executable, (str, os.PathLike)):
+                sess.upload(str(executable), target=name)
+            else:
+                sess.upload(str(export(executable, Path(d) / name, spec)))
+        configure_remote_threads(sess, spec)
+        rexec = sess.load_module(name)
+        dev = _device(spec, sess)
+        where = f"rpc {spec.runner.tracker_host}:{spec.runner.tracker_port} key={spec.runner.key}"
+        return Loaded(relax.VirtualMachine(rexec, dev), dev, [runtime.tensor(x, dev) for x in inputs], where,
+                      (rexec,))
+    set_runtime_threads(spec)
+    if isinstance(executable, (str, os.PathLike)):
+        executable = runtime.load_module(str(executable))
+    dev = _device(spec)
+    where = f"local {dev}, {spec.threads or 'default'} threads"
+    return Loaded(relax.VirtualMachine(executable, dev), dev, [runtime.tensor(x, dev) for x in inputs], where)
+
+
+def time_loaded(loaded: dict[str, Loaded], spec, extra: dict[str, tuple[Sampler, str, int]] | None = None,
+                protocol: Protocol | None = None, on_round=None) -> dict[str, Timing]:
+    """Time loaded modules (and `extra` samplers: name -> (sampler, where, runs per sample)) interleaved."""
+    protocol = protocol or Protocol.of(spec.evaluator)
+    samplers = {n: m.sampler(spec) for n, m in loaded.items()}
+    where = {n: m.where for n, m in loaded.items()}
+    number = {n: spec.evaluator.number for n in loaded}
+    for n, (s, w, k) in (extra or {}).items():
+        samplers[n], where[n], number[n] = s, w, k
+    return interleave(samplers, protocol, where, number, on_round)
+
+
 def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = True,
                  sess=None) -> tuple[list[np.ndarray], Timing | None]:
-    """Run `main` once on the target (outputs returned) and time it with the target's evaluator settings.
+    """Run `main` once on the target (outputs returned) and time it under the measurement protocol.
 
     Args:
         sess: an open :func:`target_session` to reuse; for an RPC target without one, a session is opened and
@@ -106,42 +144,12 @@ def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = Tru
     if spec.is_rpc and sess is None:
         with target_session(spec) as s:
             return run_and_time(executable, inputs, spec, measure, s)
-    if spec.is_rpc:
-        return _run_remote(executable, inputs, spec, measure, sess)
-    return _run_local(executable, inputs, spec, measure)
+    m = load(executable, inputs, spec, sess)
+    outs = m.outputs()
+    timing = time_loaded({"m": m}, spec)["m"] if measure else None
+    del m
+    return outs, timing
 
 
 def _outputs(out) -> list[np.ndarray]:
     return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
-
-
-def _run_remote(executable, inputs, spec, measure, sess):
-    from tvm import relax, runtime
-
-    name = f"mod-{next(_UPLOADS)}.so"
-    with tempfile.TemporaryDirectory() as d:
-        lib = export(executable, Path(d) / name, spec)
-        sess.upload(str(lib))
-    rexec = sess.load_module(name)
-    dev = _device(spec, sess)
-    vm = relax.VirtualMachine(rexec, dev)
-    args = [runtime.tensor(x, dev) for x in inputs]
-    vm.set_input("main", *args)
-    vm.invoke_stateful("main")
-    outs = _outputs(vm.get_outputs("main"))
-    where = f"rpc {spec.runner.tracker_host}:{spec.runner.tracker_port} key={spec.runner.key}"
-    timing = _time(vm, dev, args, spec, where) if measure else None
-    del vm, rexec, args
-    return outs, timing
-
-
-def _run_local(executable, inputs, spec, measure):
-    from tvm import relax, runtime
-
-    set_runtime_threads(spec)
-    dev = _device(spec)
-    vm = relax.VirtualMachine(executable, dev)
-    args = [runtime.tensor(x, dev) for x in inputs]
-    outs = _outputs(vm["main"](*args))
-    timing = _time(vm, dev, args, spec, f"local {dev}, {spec.threads or 'default'} threads") if measure else None
-    return outs, timing

@@ -15,22 +15,33 @@ PIPELINE_VERSION = "nhwc-fold-prepack-1"
 
 
 class _NHWCEdges(torch.nn.Module):
-    """Runs an NCHW module on NHWC input and output, so a lone op is profiled without edge transposes.
+    """Runs an NCHW module on NHWC input and output, so a lone op is profiled with the kernels it has in a network.
 
     Inside a network the layout conversion cancels the transposes between ops; this makes a lone op look the same.
+    ``nchw_input`` keeps the network's NCHW input (the stem: its input transpose is a kernel of every network).
+    A module with ``forward_nhwc`` (the classifier) runs that instead: its pooling then reduces the NHWC axes, as
+    the network's does after the layout conversion.
     """
 
-    def __init__(self, inner: torch.nn.Module, output_4d: bool):
+    def __init__(self, inner: torch.nn.Module, output_4d: bool, nchw_input: bool = False):
         super().__init__()
-        self.inner, self.output_4d = inner, output_4d
+        self.inner, self.output_4d, self.nchw_input = inner, output_4d, nchw_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(x.permute(0, 3, 1, 2))
+        if hasattr(self.inner, "forward_nhwc") and not self.nchw_input:
+            return self.inner.forward_nhwc(x)
+        y = self.inner(x if self.nchw_input else x.permute(0, 3, 1, 2))
         return y.permute(0, 2, 3, 1) if self.output_4d else y
 
 
-def import_torch(model: torch.nn.Module, input_shape: tuple[int, ...], nhwc_io: bool = False):
-    """torch module (eval, batch norm folded) -> Relax IRModule with the weights bound as constants."""
+def import_torch(model: torch.nn.Module, input_shape: tuple[int, ...], nhwc_io: bool = False,
+                 nchw_input: bool = False):
+    """torch module (eval, batch norm folded) -> Relax IRModule with the weights bound as constants.
+
+    Args:
+        nhwc_io: NHWC input and output, as an op inside a network (see :class:`_NHWCEdges`).
+        nchw_input: with `nhwc_io`, keep the input NCHW (the network's first op).
+    """
     from tvm.relax.frontend.torch import from_exported_program
 
     model = model.eval()
@@ -38,8 +49,9 @@ def import_torch(model: torch.nn.Module, input_shape: tuple[int, ...], nhwc_io: 
     if nhwc_io:
         with torch.no_grad():
             out_4d = model(x).dim() == 4
-        model = _NHWCEdges(model, out_4d).eval()
-        x = x.permute(0, 2, 3, 1).contiguous()
+        model = _NHWCEdges(model, out_4d, nchw_input).eval()
+        if not nchw_input:
+            x = x.permute(0, 2, 3, 1).contiguous()
     with torch.no_grad():
         ep = torch.export.export(model, (x,))
     return from_exported_program(ep, keep_params_as_input=False)

@@ -55,6 +55,22 @@ def is_gpu(spec) -> bool:
 
 
 def set_runtime_threads(spec) -> None:
-    """Thread count of TVM's runtime pool in this process (read when the pool first starts)."""
+    """Fix the thread count of TVM's CPU pool in this process to the target's `threads`.
+
+    TVM reads ``TVM_NUM_THREADS`` once, when its pool starts; unset, it starts one worker per physical core it
+    detects, which on a VM may be fewer (docs/measurement.md). The variable is set for a pool not yet started
+    (and for child processes); a pool already running with another size is resized in place.
+    """
+    if not spec.threads:
+        return
+    os.environ["TVM_NUM_THREADS"] = str(spec.threads)
+    import tvm
+
+    if int(tvm.runtime.num_threads()) != spec.threads:
+        tvm.get_global_func("runtime.config_threadpool")(1, int(spec.threads))
+
+
+def configure_remote_threads(sess, spec) -> None:
+    """Set the RPC server's runtime pool to the target's `threads` (its own default otherwise)."""
     if spec.threads:
-        os.environ["TVM_NUM_THREADS"] = str(spec.threads)
+        sess.get_function("runtime.config_threadpool")(1, int(spec.threads))

@@ -1,0 +1,184 @@
+"""The one measurement protocol behind every latency the product reports (table ops, compiled nets, peers).
+
+A *sampler* runs one round of one module and returns that round's samples (µs per run, each sample the mean of
+several runs filling a minimum time window). :func:`interleave` warms every sampler up, runs the rounds of all
+modules interleaved (A B C A B C ...), checks between rounds that each module's round medians agree, re-measures
+the modules that disagree, and flags the ones still unstable after the last round. The figure kept is the median
+of every sample with its interquartile range, never the lowest round. No TVM here: the TVM samplers live in
+:mod:`tvm_nas.backend.measure`; ONNX Runtime and PyTorch use :func:`python_sampler`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+Sampler = Callable[[], "list[float] | np.ndarray"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long and how often to measure.
+
+    Attributes:
+        number: runs averaged into one sample (grown until a sample fills `min_repeat_ms`).
+        repeat: samples per round.
+        min_repeat_ms: the shortest time one sample may cover.
+        rounds: rounds per module before the stability check.
+        max_rounds: rounds after which a module that is still unstable is flagged.
+        tolerance: the largest spread of round medians (relative to their median) that counts as stable.
+    """
+
+    number: int = 10
+    repeat: int = 20
+    min_repeat_ms: float = 50
+    rounds: int = 3
+    max_rounds: int = 6
+    tolerance: float = 0.05
+
+    @classmethod
+    def of(cls, evaluator, **over) -> Protocol:
+        """The protocol of a target's `evaluator` settings (number, repeat, min_repeat_ms; rounds if given)."""
+        d = {k: getattr(evaluator, k) for k in ("number", "repeat", "min_repeat_ms", "rounds", "max_rounds",
+                                                 "tolerance") if hasattr(evaluator, k)}
+        return cls(**{**d, **over})
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Timing:
+    """Latency of one module (µs per run) under the protocol: median and quartiles of every sample of every round.
+
+    Attributes:
+        stable: the round medians agreed within the protocol's tolerance; an unstable figure is shown flagged.
+        round_medians: median of each round, in the order measured.
+    """
+
+    median: float
+    q1: float
+    q3: float
+    mean: float
+    std: float
+    min: float
+    count: int
+    number: int
+    where: str = ""
+    rounds: int = 1
+    stable: bool = True
+    round_medians: list[float] = field(default_factory=list)
+    load: float | None = None
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+    @property
+    def spread(self) -> float:
+        """Relative spread of the round medians ((max - min) / median)."""
+        r = self.round_medians
+        return (max(r) - min(r)) / self.median if len(r) > 1 and self.median > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "iqr": self.iqr, "round_spread": round(self.spread, 4)}
+
+    def label(self) -> str:
+        """``123.4 µs (IQR 120.1–125.0)``, with ``UNSTABLE`` appended when the rounds disagreed."""
+        return format_us(self.median, self.q1, self.q3, self.stable)
+
+    @classmethod
+    def from_samples(cls, rounds: list[np.ndarray], number: int, where: str, tolerance: float,
+                     load: float | None = None) -> Timing:
+        a = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds])
+        q1, med, q3 = np.percentile(a, [25, 50, 75])
+        meds = [float(np.median(r)) for r in rounds]
+        t = cls(float(med), float(q1), float(q3), float(a.mean()), float(a.std()), float(a.min()), len(a), number,
+                where, len(rounds), True, meds, load)
+        t.stable = t.spread <= tolerance
+        return t
+
+
+def format_us(median: float | None, q1: float | None = None, q3: float | None = None, stable: bool = True) -> str:
+    """A latency with its spread, as every output shows it."""
+    if median is None:
+        return "—"
+    s = f"{median:,.1f} µs"
+    if q1 is not None and q3 is not None:
+        s += f" (IQR {q1:,.1f}–{q3:,.1f})"
+    return s if stable else s + " UNSTABLE"
+
+
+def interleave(samplers: dict[str, Sampler], protocol: Protocol = Protocol(), where: dict[str, str] | None = None,
+               number: dict[str, int] | None = None, on_round: Callable[[int], None] | None = None
+               ) -> dict[str, Timing]:
+    """Measure several modules in interleaved rounds, re-measuring the unstable ones; see the module docstring.
+
+    Args:
+        samplers: name -> sampler (one call = one round of samples, µs per run).
+        protocol: rounds, tolerance and windows.
+        where: name -> where it ran (stored in each :class:`Timing`).
+        number: name -> runs per sample (stored in each :class:`Timing`).
+        on_round: called after every round with the number of rounds done.
+
+    Returns:
+        name -> :class:`Timing`, in the order of `samplers`.
+    """
+    for s in samplers.values():  # warm-up: caches, lazy initialisation, the thread pool
+        s()
+    rounds: dict[str, list[np.ndarray]] = {n: [] for n in samplers}
+    todo = list(samplers)
+    done_rounds = 0
+    while todo and done_rounds < protocol.max_rounds:
+        for n in todo:
+            rounds[n].append(np.asarray(samplers[n](), dtype=np.float64))
+        done_rounds += 1
+        if on_round:
+            on_round(done_rounds)
+        if done_rounds >= protocol.rounds:
+            todo = [n for n in todo if not _stable(rounds[n], protocol.tolerance)]
+    load = os.getloadavg()[0]
+    return {n: Timing.from_samples(rounds[n], (number or {}).get(n, protocol.number), (where or {}).get(n, ""),
+                                   protocol.tolerance, load) for n in samplers}
+
+
+def _stable(rounds: list[np.ndarray], tol: float) -> bool:
+    meds = [float(np.median(r)) for r in rounds]
+    mid = float(np.median(np.concatenate(rounds)))
+    return mid > 0 and (max(meds) - min(meds)) / mid <= tol
+
+
+def measure_one(sampler: Sampler, protocol: Protocol = Protocol(), where: str = "", number: int | None = None
+                ) -> Timing:
+    """:func:`interleave` of a single module."""
+    return interleave({"m": sampler}, protocol, {"m": where}, {"m": number or protocol.number})["m"]
+
+
+def python_sampler(fn: Callable[[], object], protocol: Protocol = Protocol()) -> tuple[Sampler, int]:
+    """A sampler timing a Python callable (ONNX Runtime, PyTorch) under the protocol's windows.
+
+    The runs per sample are calibrated once so that one sample covers at least `min_repeat_ms`.
+
+    Returns:
+        ``(sampler, runs per sample)``.
+    """
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    number = max(protocol.number, int(np.ceil(protocol.min_repeat_ms / 1e3 / one)))
+
+    def sample() -> list[float]:
+        out = []
+        for _ in range(protocol.repeat):
+            t = time.perf_counter()
+            for _ in range(number):
+                fn()
+            out.append((time.perf_counter() - t) / number * 1e6)
+        return out
+
+    return sample, number
