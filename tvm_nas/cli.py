@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
                                  ("compare", "add_compare_args", "run_compare",
                                   "latency of architectures x targets, against PyTorch and ONNX Runtime")):
         _add_optional(sub, name, ".deploy_cli", add, run, help)
+    _add_optional(sub, "validate", ".validate", "add_validate_args", "run_validate",
+                  "does the latency table predict the compiled nets? predicted against measured, interleaved")
     _add_optional(sub, "run", ".run", "add_run_args", "run_run", "the whole job: profile, search, train, "
                   "compile, measure, compare and report")
     return ap

@@ -102,6 +102,10 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
                  f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
         raise TvmNasError(f"{path}: weights do not match the architecture: "
                           + ", ".join(p for p in parts if p) + "; were they trained for another architecture?")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TvmNasError(f"{path}: field '{bad[0]}': weights hold NaN or infinite values "
+                          f"({len(bad)} tensor(s)); a net with them computes nothing")
     model.load_state_dict(state)
 
 
@@ -161,7 +165,7 @@ def export_onnx(model: torch.nn.Module, x: np.ndarray, path: str | os.PathLike, 
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto, full_check=True)
         err = float(np.abs(onnxruntime_forward(tmp, x) - torch_forward(model, x)).max())
-        if err > atol:
+        if not err <= atol:  # NaN fails too
             raise TvmNasError(f"{path}: ONNX Runtime's outputs differ from PyTorch's by {err:.2e} (> {atol})")
         os.replace(tmp, path)
     finally:
@@ -345,7 +349,7 @@ def verify_library(library: str | os.PathLike, spec: TargetSpec, x: np.ndarray, 
 
         y, how = run_library(library, x, spec.threads), "tvm.runtime.load_module on this machine"
     err = float(np.abs(y.reshape(expected.shape) - expected).max())
-    if err > atol:
+    if not err <= atol:  # NaN fails too
         raise TvmNasError(f"{library}: the exported module's outputs differ from PyTorch's by {err:.2e} "
                           f"(> {atol}) ({how})")
     return {"status": "passed", "how": how, "max_abs_err": err}
@@ -362,7 +366,7 @@ def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tupl
         return None, "not measured: a cross target needs its RPC runner"
     outs, t = measure.run_and_time(exe, [x], spec)
     err = float(np.abs(outs[0].reshape(expected.shape) - expected).max())
-    if err > ATOL:
+    if not err <= ATOL:  # NaN fails too
         raise TvmNasError(f"target '{spec.name}': the module's outputs on the device differ from PyTorch's by "
                           f"{err:.2e} (> {ATOL})")
     ev = spec.evaluator

@@ -34,10 +34,15 @@ def op_module(key: OpKey):
 
 
 def lower_op(key: OpKey, tvm_target, prepack: bool, batch: int = 1):
-    """One op through the shared pipeline, with NHWC input/output as inside a network."""
+    """One op through the shared pipeline, with the edges it has inside a network.
+
+    NHWC input and output, except the stem, which takes the network's NCHW input (so its entry holds the input
+    transpose); the classifier pools the NHWC axes. Every kernel of a compiled network is then a kernel of the table.
+    """
     from .backend import pipeline
 
-    mod = pipeline.import_torch(op_module(key), (batch, *key.in_shape), nhwc_io=True)
+    mod = pipeline.import_torch(op_module(key), (batch, *key.in_shape), nhwc_io=True,
+                                nchw_input=key.op == "stem_conv_k3")
     return pipeline.lower(mod, tvm_target, prepack)
 
 
@@ -128,6 +133,8 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                 mbar = prog.add_task("measuring", total=len(todo))
                 rng = np.random.default_rng(seed)
                 with measure.target_session(spec) as sess:
+                    if "invocation" not in table.meta:
+                        table.meta["invocation"] = measure.invocation_cost(spec, sess).to_json()
                     _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess,
                                  lambda: prog.advance(mbar), timing)
         table.meta["updated"] = _now()
@@ -146,13 +153,15 @@ def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, b
     for i, k in enumerate(todo):
         exe = build(fused[k.key], tvm_target, db, gpu=gpu, prepack=not gpu)
         c, h, w = k.in_shape
-        x = rng.standard_normal((batch, h, w, c), dtype=np.float32)
+        shape = (batch, c, h, w) if k.op == "stem_conv_k3" else (batch, h, w, c)
+        x = rng.standard_normal(shape, dtype=np.float32)
         _, t = measure.run_and_time(exe, [x], spec, sess=sess)
         tasks = task_of[k.key]
         table.entries[k.key] = {
             "op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels,
-            "stride": k.stride, "median": t.median, "mean": t.mean, "std": t.std, "min": t.min,
-            "count": t.count, "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
+            "stride": k.stride, "median": t.median, "q1": t.q1, "q3": t.q3, "mean": t.mean, "std": t.std,
+            "min": t.min, "count": t.count, "rounds": t.rounds, "stable": t.stable, "load": t.load,
+            "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
             "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured",
             "measured_at": t.where,
         }
@@ -181,13 +190,15 @@ def _open_table(path: Path, space: SearchSpace, spec: TargetSpec, settings: dict
 
 def summary_table(table: LatencyTable, space: SearchSpace) -> Table:
     t = Table(title=f"latency table: {table.space['name']} on {table.target['name']} (µs, median)")
-    for col in ("op", "input (C×H×W)", "out", "stride", "median µs", "std µs", "trials"):
+    for col in ("op", "input (C×H×W)", "out", "stride", "median µs", "IQR µs", "trials"):
         t.add_column(col, justify="right" if col not in ("op",) else "left")
     for k in space.unique_op_keys():
         e = table.entries.get(k.key)
         if e is None:
             continue
         c, h, w = k.in_shape
-        t.add_row(k.op, f"{c}×{h}×{w}", str(k.out_channels), str(k.stride), f"{e['median']:.1f}",
-                  f"{e['std']:.1f}", str(e.get("trials", 0)))
+        iqr = f"{e['q1']:.1f}–{e['q3']:.1f}" if "q1" in e else "—"
+        flag = "" if e.get("stable", True) else " UNSTABLE"
+        t.add_row(k.op, f"{c}×{h}×{w}", str(k.out_channels), str(k.stride), f"{e['median']:.1f}{flag}", iqr,
+                  str(e.get("trials", 0)))
     return t

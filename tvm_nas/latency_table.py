@@ -88,21 +88,31 @@ class LatencyTable:
                 f"not '{target_name}'; a table is only valid for its own target")
 
     # -- lookups -------------------------------------------------------------------------------------
+    @property
+    def invocation_us(self) -> float:
+        """What one call of a compiled module costs besides its kernels (0 for a table measured without it)."""
+        return float(self.meta.get("invocation", {}).get("median", 0.0))
+
     def latency(self, key: OpKey | str) -> float:
-        """Median latency (µs) of one op; ``zero`` costs nothing."""
+        """Latency (µs) one op adds to a network: its median less the per-call cost; ``zero`` costs nothing.
+
+        Each entry is the time of a whole module call; a network is one call, so the call's own cost
+        (:attr:`invocation_us`) is counted once, in :meth:`fixed_latency`.
+        """
         k = key.key if isinstance(key, OpKey) else key
         if (key.op if isinstance(key, OpKey) else OpKey.from_key(k).op) == "zero":
             return 0.0
         try:
-            return float(self.entries[k]["median"])
+            return max(float(self.entries[k]["median"]) - self.invocation_us, 0.0)
         except KeyError:
             raise TvmNasError(f"{self.path}: op '{k}' is not in the latency table; "
                               f"run: tvm-nas profile --space {self.space.get('name')} "
                               f"--target {self.target.get('name')}") from None
 
     def fixed_latency(self, space: SearchSpace) -> float:
-        """Latency (µs) of the layers every net has: stem, first block, head, classifier."""
-        return sum(self.latency(k) for k in space.fixed_layers())
+        """Latency (µs) of what every net has: stem (with the input transpose), first block, head, classifier,
+        and the one module call."""
+        return self.invocation_us + sum(self.latency(k) for k in space.fixed_layers())
 
     def block_vector(self, block: Block) -> np.ndarray:
         """Latency (µs) of each candidate of a block, in the block's candidate order (zero -> 0)."""

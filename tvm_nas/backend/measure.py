@@ -153,3 +153,34 @@ def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = Tru
 
 def _outputs(out) -> list[np.ndarray]:
     return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+
+
+class _Trivial:
+    """The smallest module the VM can run: one kernel adding 1 to a single float (built lazily, needs torch)."""
+
+    @staticmethod
+    def module():
+        import torch
+
+        class AddOne(torch.nn.Module):
+            def forward(self, x):
+                return x + 1.0
+
+        return AddOne()
+
+
+def invocation_cost(spec, sess=None) -> Timing:
+    """What one call of a compiled module costs besides its kernels (VM dispatch, argument and output handling).
+
+    Every table entry is a whole module call, so a sum of entries counts this once per op; a network pays it once.
+    Measured with the same pipeline and protocol as the ops, on a one-kernel module whose kernel does nothing.
+    """
+    from . import pipeline
+    from .target import to_tvm_target
+
+    tgt = to_tvm_target(spec)
+    gpu = is_gpu(spec)
+    fused = pipeline.lower(pipeline.import_torch(_Trivial.module(), (1, 1)), tgt, prepack=not gpu)
+    exe = pipeline.build(fused, tgt, None, gpu=gpu, prepack=not gpu)
+    _, t = run_and_time(exe, [np.zeros((1, 1), np.float32)], spec, sess=sess)
+    return t

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-PIPELINE_VERSION = "nhwc-fold-prepack-1"
+PIPELINE_VERSION = "nhwc-fold-prepack-2"  # 2: stem and classifier profiled with their network edges
 
 
 class _NHWCEdges(torch.nn.Module):

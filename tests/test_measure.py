@@ -1,0 +1,177 @@
+"""The measurement protocol, a table that holds every kernel of a compiled net, `validate`, NaN verification."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import cli, write_yaml
+from tvm_nas.errors import TvmNasError
+from tvm_nas.timing import Protocol, interleave, python_sampler
+
+FAST = Protocol(number=1, repeat=5, min_repeat_ms=0, rounds=3, max_rounds=5, tolerance=0.3)  # sleeps: loose
+
+
+# -- protocol --------------------------------------------------------------------------------------------------
+def _sleeper(log: list, name: str, durations):
+    it = iter(durations)
+
+    def sample():
+        d = next(it)
+        log.append(name)
+        out = []
+        for _ in range(3):
+            t = time.perf_counter()
+            time.sleep(d)
+            out.append((time.perf_counter() - t) * 1e6)
+        return out
+
+    return sample
+
+
+def test_rounds_interleave_and_an_unstable_module_is_remeasured_and_flagged():
+    log: list[str] = []
+    steady = [0.03] * 10
+    jumpy = [0.03, 0.15, 0.03, 0.15, 0.15, 0.03, 0.15, 0.03]  # two modes, 5x apart (warm-up first)
+    t = interleave({"a": _sleeper(log, "a", steady), "b": _sleeper(log, "b", jumpy)}, FAST)
+    assert log[:8] == ["a", "b"] * 4  # warm-up, then A B A B ...: never all of A before B
+    assert t["a"].stable and t["a"].rounds == 3
+    assert not t["b"].stable and t["b"].rounds == FAST.max_rounds  # re-measured, still unstable: flagged
+    assert t["b"].median > 1.5 * min(t["b"].round_medians)  # the pooled median, not the quietest round
+    assert "UNSTABLE" in t["b"].label() and "IQR" in t["a"].label()
+    assert t["a"].q1 <= t["a"].median <= t["a"].q3
+
+
+def test_python_sampler_fills_its_window():
+    calls = []
+    s, number = python_sampler(lambda: calls.append(1), Protocol(number=2, repeat=4, min_repeat_ms=5))
+    assert number > 2  # a call of ~1 µs needs many runs to fill 5 ms
+    assert len(s()) == 4
+
+
+# -- the table holds every kernel of a compiled net ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> str:
+    """This machine's CPU with short measurement windows (a test needs the protocol, not precise figures)."""
+    return str(write_yaml(tmp_path_factory.mktemp("targets") / "quick.yaml", {
+        "name": "quick", "tvm": {"kind": "llvm", "mcpu": "auto"}, "threads": 2,
+        "evaluator": {"number": 5, "repeat": 5, "min_repeat_ms": 5}}))
+
+
+@pytest.fixture(scope="module")
+def micro_logs(micro_space, quick, tmp_path_factory) -> Path:
+    from tvm_nas.latency import profile
+
+    logs = tmp_path_factory.mktemp("micro_logs")
+    profile(str(micro_space), quick, trials=0, logs_dir=logs)
+    return logs
+
+
+def test_compiled_net_has_no_kernel_outside_the_table(micro_space, micro_logs, quick):
+    from tvm_nas import deploy
+    from tvm_nas.backend import tuning
+    from tvm_nas.backend.target import to_tvm_target
+    from tvm_nas.latency_table import LatencyTable
+    from tvm_nas.space import load_space
+    from tvm_nas.targets import load_target
+
+    space = load_space(str(micro_space))
+    table = LatencyTable.load(micro_logs / "quick" / "micro.latency.json", space=space)
+    a = deploy.reference_arch(space, "mbconv_k3_e3")
+    model = deploy.build_network_from_arch(a)
+    tgt = to_tvm_target(load_target(quick))
+    fused = deploy._lower(model, a, None, tgt, prepack=True)
+    net = set(tuning.dedup({"n": tuning.extract_tasks(fused, tgt)}))
+    in_table = {t.split("#")[-1] for e in table.entries.values() for t in e["tasks"]}
+    assert net <= in_table, net - in_table  # the input transpose and the pooling kernel included
+    # the module call's own cost is measured once and counted once per net
+    inv = table.invocation_us
+    assert inv > 0 and table.meta["invocation"]["q1"] <= inv
+    raw = sum(table.entries[k.key]["median"] for k in space.fixed_layers()) + sum(
+        table.entries[b.key(op).key]["median"] for b, op in zip(space.blocks(), a.ops, strict=True) if op != "zero")
+    n_ops = len(space.fixed_layers()) + sum(op != "zero" for op in a.ops)
+    assert table.predict(space, a.ops) == pytest.approx(raw - (n_ops - 1) * inv)
+    e = next(iter(table.entries.values()))
+    assert e["q1"] <= e["median"] <= e["q3"] and "stable" in e
+
+
+# -- validate --------------------------------------------------------------------------------------------------
+def _check_validate(out: Path, n_random: int):
+    doc = json.loads((out / "validate.json").read_text())
+    s = doc["summary"]
+    names = [r["net"] for r in doc["nets"]]
+    assert {"fastest", "slowest"} <= set(names) and sum(n.startswith("random-") for n in names) <= n_random
+    for k in ("median_abs_error_pct", "worst_abs_error_pct", "within_5pct", "within_10pct", "kendall_tau",
+              "spearman_rho", "load_avg"):
+        assert k in s
+    for r in doc["nets"]:
+        assert r["measured_q1"] <= r["measured_us"] <= r["measured_q3"] and r["max_abs_err"] <= 1e-4
+        assert r["error_pct"] == pytest.approx(100 * (r["predicted_us"] - r["measured_us"]) / r["measured_us"])
+    assert (out / "validate.png").read_bytes()[:4] == b"\x89PNG"
+    return doc
+
+
+def test_validate_locally(micro_space, micro_logs, quick, tmp_path):
+    r = cli("validate", "--space", str(micro_space), "--target", quick, "--nets", "2", "--logs-dir",
+            str(micro_logs), "--out", str(tmp_path / "v"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = _check_validate(tmp_path / "v", 2)
+    assert doc["where"].startswith("local")
+    assert "Kendall τ" in r.stdout and "load average" in r.stdout
+
+
+def test_validate_over_rpc(micro_space, rpc_target, tmp_path):
+    from tvm_nas.latency import profile
+
+    logs = tmp_path / "logs"
+    profile(str(micro_space), str(rpc_target), trials=0, logs_dir=logs)
+    r = cli("validate", "--space", str(micro_space), "--target", str(rpc_target), "--nets", "1", "--logs-dir",
+            str(logs), "--out", str(tmp_path / "v"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = _check_validate(tmp_path / "v", 1)
+    assert doc["where"].startswith("rpc 127.0.0.1")
+
+
+def test_validate_without_table_is_one_line(micro_space, tmp_path):
+    r = cli("validate", "--space", str(micro_space), "--target", "host", "--logs-dir", str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "tvm-nas profile" in r.stderr
+
+
+# -- NaN fails every check -------------------------------------------------------------------------------------
+def test_nan_weights_are_refused(micro_space, tmp_path):
+    from tvm_nas.network import Network
+    from tvm_nas.search.derive import arch_document, write_arch
+    from tvm_nas.space import load_space
+
+    space = load_space(str(micro_space))
+    arch = write_arch(tmp_path / "a.arch.json", arch_document(space, ["mbconv_k3_e3"], None, None))
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+             for k, v in Network(space, ["mbconv_k3_e3"]).state_dict().items()}
+    torch.save(state, tmp_path / "nan.pt")
+    r = cli("compile", "--arch", str(arch), "--target", "host", "--untuned", "--weights", str(tmp_path / "nan.pt"),
+            "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "NaN" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "verification passed" not in r.stdout + r.stderr
+
+
+def test_nan_outputs_fail_verification(micro_space, tmp_path):
+    from tvm_nas import deploy
+    from tvm_nas.space import load_space
+    from tvm_nas.targets import load_target
+
+    a = deploy.reference_arch(load_space(str(micro_space)), "mbconv_k3_e3")
+    m = deploy.compile_arch(a, "host", out=tmp_path / "b", untuned=True, measure=False, verify=False)
+    x = deploy.example_input(a.input_shape)
+    expected = np.full(m["output"]["shape"], np.nan, np.float32)  # what a net of NaN weights computes
+    with pytest.raises(TvmNasError, match="differ"):
+        deploy.verify_library(tmp_path / "b" / "model.so", load_target("host"), x, expected)
+    model = deploy.build_network_from_arch(a)
+    with torch.no_grad():
+        model.classifier.linear.weight.fill_(float("nan"))
+    with pytest.raises(TvmNasError, match="differ"):
+        deploy.export_onnx(model, x, tmp_path / "nan.onnx")

@@ -1,0 +1,270 @@
+"""`tvm-nas validate`: does the latency table predict the compiled networks on this target?
+
+Compiles random architectures of a space (plus its fastest, slowest and reference nets and any given ones) with the
+target's tuning database, no new tuning; checks their outputs; times them interleaved under the measurement
+protocol (locally or through the RPC tracker); and compares the table's predictions with the measurements:
+median and worst |error|, share within ±5% and ±10%, Kendall τ and Spearman ρ. Writes ``validate.json`` and a
+scatter plot ``validate.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TvmNasError
+from .io import atomic_write_json
+from .timing import format_us
+
+SCHEMA = 1
+RESULT, FIGURE = "validate.json", "validate.png"
+
+
+def random_archs(space, n: int, seed: int = 0) -> list[list[str]]:
+    """`n` architectures drawn uniformly (one candidate per block), seeded."""
+    rng = np.random.default_rng(seed)
+    return [[b.candidates[int(rng.integers(len(b.candidates)))] for b in space.blocks()] for _ in range(n)]
+
+
+def nets_to_validate(space, table, n: int, archs: Sequence = (), seed: int = 0) -> list:
+    """The nets of a validation: `n` random ones, the fastest and slowest under the table, the reference, `archs`.
+
+    Duplicated architectures are kept once (the first label wins).
+    """
+    from .deploy import Arch, load_architecture, reference_arch
+    from .search.derive import arch_document
+
+    fast, slow = table.extremes(space)
+    nets = [Arch(space, fast, arch_document(space, fast, None, None), None, "fastest"),
+            Arch(space, slow, arch_document(space, slow, None, None), None, "slowest")]
+    try:
+        nets.append(reference_arch(space))
+    except TvmNasError:
+        pass  # a space whose blocks do not all offer the reference op
+    for a in archs:
+        a = load_architecture(a)
+        if a.space.hash != space.hash:
+            raise TvmNasError(f"{a.path}: field 'space': architecture of space '{a.space.name}' (hash "
+                              f"{a.space.hash}), not '{space.name}' (hash {space.hash})")
+        nets.append(a)
+    nets += [Arch(space, ops, arch_document(space, ops, None, None), None, f"random-{i}")
+             for i, ops in enumerate(random_archs(space, n, seed))]
+    seen, out = set(), []
+    for a in nets:
+        if tuple(a.ops) not in seen:
+            seen.add(tuple(a.ops))
+            out.append(a)
+    return out
+
+
+def statistics(predicted: Sequence[float], measured: Sequence[float]) -> dict:
+    """Agreement of predictions with measurements: errors in % of the measured latency, rank correlations."""
+    from scipy import stats
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    err = 100 * (p - m) / m
+    a = np.abs(err)
+    tau = stats.kendalltau(p, m).statistic if len(p) > 1 else float("nan")
+    rho = stats.spearmanr(p, m).statistic if len(p) > 1 else float("nan")
+    return {"nets": len(p), "median_abs_error_pct": float(np.median(a)), "worst_abs_error_pct": float(a.max()),
+            "mean_error_pct": float(err.mean()), "within_5pct": float((a <= 5).mean()),
+            "within_10pct": float((a <= 10).mean()), "kendall_tau": float(tau), "spearman_rho": float(rho)}
+
+
+def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | os.PathLike = "tuning_logs",
+             out: str | os.PathLike = "validate", seed: int = 0, console: Console | None = None) -> dict:
+    """Predicted against measured latency of compiled nets on a target; see the module docstring.
+
+    Args:
+        space: a space name or path.
+        target: a target name or path (local or RPC runner).
+        n: random architectures to add to the fastest, slowest and reference nets.
+        archs: further ``*.arch.json`` files (e.g. a searched net).
+        logs_dir: root of the per-target tables and databases (`<logs_dir>/<target>/`).
+        out: folder for ``validate.json`` and ``validate.png``.
+        seed: seed of the random architectures and their weights.
+
+    Returns:
+        The result document (also written to ``out/validate.json``).
+    """
+    from .backend import measure, tuning
+    from .backend.target import is_gpu
+    from .deploy import build_network_from_arch, example_input, torch_forward
+    from .latency_table import LatencyTable, table_path
+    from .space import load_space
+    from .targets import load_target
+    from .timing import Protocol
+
+    console = console or Console(stderr=True)
+    space, spec = load_space(space), load_target(target)
+    if n < 0:
+        raise TvmNasError(f"--nets must be >= 0, got {n}")
+    path = table_path(logs_dir, spec.name, space.name)
+    if not path.is_file():
+        raise TvmNasError(f"{path}: no latency table of space '{space.name}' on target '{spec.name}'; run: "
+                          f"tvm-nas profile --space {space.name} --target {spec.name} --logs-dir {logs_dir}")
+    table = LatencyTable.load(path, space=space, target_name=spec.name)
+    if spec.cross_compiler:
+        spec.check_cross_compiler()
+    if spec.is_rpc:
+        from .backend.remote import check_tracker
+
+        check_tracker(spec)
+    if is_gpu(spec) and not spec.is_rpc:
+        from .backend.artifact import cuda_device_present
+
+        if not cuda_device_present():
+            raise TvmNasError(f"target '{spec.name}': no CUDA device here to measure on; use its RPC runner")
+    nets = nets_to_validate(space, table, n, archs, seed)
+    work = Path(logs_dir) / spec.name
+    db = tuning.open_database(work, spec) if (work / "database_workload.json").is_file() else None
+    console.print(f"validate [bold]{space.name}[/] on [bold]{spec.name}[/]: {len(nets)} nets, database "
+                  f"{'none (default schedules)' if db is None else work}")
+    t0 = time.perf_counter()
+    rows, loaded = [], {}
+    with tempfile.TemporaryDirectory() as tmp, measure.target_session(spec) as sess:
+        for a in nets:
+            model = build_network_from_arch(a, None, seed)
+            x = example_input(a.input_shape, seed)
+            exe, untuned = _compile(model, a, spec, db)
+            lib = measure.export(exe, Path(tmp) / f"{_slug(a.label)}.so", spec)
+            m = measure.load(lib, [x], spec, sess)
+            y = torch_forward(model, x)
+            err = float(np.abs(m.outputs()[0].reshape(y.shape) - y).max())
+            if not err <= 1e-4:
+                raise TvmNasError(f"target '{spec.name}': net '{a.label}' computes wrong outputs (max abs err "
+                                  f"{err:.2e}); the latency of a wrong module means nothing")
+            loaded[a.label] = m
+            rows.append({"net": a.label, "ops": a.ops, "predicted_us": table.predict(space, a.ops),
+                         "untuned_kernels": untuned, "max_abs_err": err})
+        compile_s = time.perf_counter() - t0
+        console.print(f"compiled {len(nets)} nets in {compile_s:.0f} s; measuring them interleaved")
+        protocol = Protocol.of(spec.evaluator)
+        timings = measure.time_loaded(loaded, spec, protocol=protocol)
+        loaded.clear()
+    for r in rows:
+        t = timings[r["net"]]
+        r.update(measured_us=t.median, measured_q1=t.q1, measured_q3=t.q3, stable=t.stable,
+                 error_pct=100 * (r["predicted_us"] - t.median) / t.median, measurement=t.to_json())
+    summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
+    summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
+    summary["load_avg"] = list(os.getloadavg())
+    doc = {"schema": SCHEMA, "space": {"name": space.name, "hash": space.hash},
+           "target": {"name": spec.name, "hash": spec.hash, "threads": spec.threads},
+           "table": {"path": str(path), "hash": table.hash, "trials": table.meta.get("settings", {}).get("trials"),
+                     "invocation_us": table.meta.get("invocation", {}).get("median")},
+           "protocol": protocol.to_json(), "where": next(iter(timings.values())).where if timings else None,
+           "compile_seconds": round(compile_s, 1), "summary": summary, "nets": rows}
+    out = Path(out)
+    atomic_write_json(out / RESULT, doc)
+    doc["figure"] = plot(doc, out / FIGURE)
+    atomic_write_json(out / RESULT, doc)
+    console.print(result_table(doc))
+    console.print(summary_line(doc))
+    console.print(f"written: {out / RESULT}, {out / FIGURE}")
+    return doc
+
+
+def _compile(model, a, spec, db):
+    from .backend.target import is_gpu, to_tvm_target
+    from .deploy import _build, _lower
+
+    fused = _lower(model, a, None, to_tvm_target(spec), prepack=not is_gpu(spec))
+    untuned = 0
+    if db is not None:
+        from .backend import tuning
+
+        tasks = tuning.dedup({"net": tuning.extract_tasks(fused, to_tvm_target(spec))})
+        untuned = sum(1 for t in tasks.values() if tuning.records(db, t.mod) == 0)
+    return _build(fused, spec, db), untuned
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_") or "net"
+
+
+def summary_line(doc: dict) -> str:
+    s = doc["summary"]
+    load = s["load_avg"][0]
+    flag = f"; UNSTABLE: {', '.join(s['unstable'])}" if s["unstable"] else ""
+    return (f"{doc['space']['name']} on {doc['target']['name']}, {s['nets']} nets: |error| median "
+            f"{s['median_abs_error_pct']:.1f}%, worst {s['worst_abs_error_pct']:.1f}%; within ±5% "
+            f"{100 * s['within_5pct']:.0f}%, ±10% {100 * s['within_10pct']:.0f}%; Kendall τ {s['kendall_tau']:.2f}, "
+            f"Spearman ρ {s['spearman_rho']:.2f} (load average {load:.2f}){flag}")
+
+
+def result_table(doc: dict) -> Table:
+    t = Table(title=f"predicted (table) against measured (compiled) on {doc['target']['name']}")
+    for c in ("net", "predicted µs", "measured µs (median, IQR)", "error %", "untuned kernels"):
+        t.add_column(c, justify="left" if c == "net" else "right")
+    for r in doc["nets"]:
+        t.add_row(r["net"], f"{r['predicted_us']:,.1f}",
+                  format_us(r["measured_us"], r["measured_q1"], r["measured_q3"], r["stable"]).replace(" µs", ""),
+                  f"{r['error_pct']:+.1f}", str(r["untuned_kernels"]))
+    return t
+
+
+def plot(doc: dict, path: Path) -> str:
+    """Scatter of measured (median, IQR bars) against predicted latency with the y = x line; returns the file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write_bytes
+
+    rows = doc["nets"]
+    p = np.array([r["predicted_us"] for r in rows])
+    m = np.array([r["measured_us"] for r in rows])
+    lo = np.array([r["measured_us"] - r["measured_q1"] for r in rows])
+    hi = np.array([r["measured_q3"] - r["measured_us"] for r in rows])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    random = np.array([r["net"].startswith("random-") for r in rows])
+    ax.errorbar(p[random], m[random], yerr=[lo[random], hi[random]], fmt="o", ms=4, color="#1f77b4", alpha=0.8,
+                label="random nets (median, IQR)")
+    for i in np.flatnonzero(~random):
+        ax.errorbar(p[i], m[i], yerr=[[lo[i]], [hi[i]]], fmt="s", ms=6, color="#d62728")
+        ax.annotate(rows[i]["net"], (p[i], m[i]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    lim = [0.95 * min(p.min(), m.min()), 1.05 * max(p.max(), m.max())]
+    ax.plot(lim, lim, "--", color="#555", lw=1, label="measured = predicted")
+    ax.fill_between(lim, [v * 0.95 for v in lim], [v * 1.05 for v in lim], color="#999", alpha=0.2, label="±5%")
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
+    ax.set_xlabel("predicted latency (µs, latency table)")
+    ax.set_ylabel("measured latency (µs, compiled module)")
+    s = doc["summary"]
+    ax.set_title(f"{doc['space']['name']} on {doc['target']['name']}: median |err| {s['median_abs_error_pct']:.1f}%,"
+                 f" τ {s['kendall_tau']:.2f}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path.name
+
+
+def add_validate_args(p) -> None:
+    p.add_argument("--space", required=True, help="search space: a name in search_space/ or a YAML path")
+    p.add_argument("--target", required=True, help="hardware target (local or RPC runner)")
+    p.add_argument("--nets", type=int, default=20, help="random architectures besides fastest/slowest/reference "
+                   "(default 20)")
+    p.add_argument("--arch", action="append", default=[], help="an *.arch.json to include (repeatable)")
+    p.add_argument("--logs-dir", default="tuning_logs", help="per-target databases and tables (default tuning_logs)")
+    p.add_argument("--out", default="validate", help="folder for validate.json and validate.png (default validate)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_validate(args) -> int:
+    validate(args.space, args.target, n=args.nets, archs=args.arch, logs_dir=args.logs_dir, out=args.out,
+             seed=args.seed, console=Console())
+    return 0
