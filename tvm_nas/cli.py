@@ -70,10 +70,22 @@ def _quiet_third_parties() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _fix_runtime_threads(args) -> None:
+    """TVM's thread pool reads its size once: set it from the target before anything starts the pool."""
+    target = getattr(args, "target", None)
+    target = target[0] if isinstance(target, list) and target else target
+    if isinstance(target, str):
+        from .backend.target import set_runtime_threads
+        from .targets import load_target
+
+        set_runtime_threads(load_target(target))
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_parties()
     args = parser().parse_args(argv)
     try:
+        _fix_runtime_threads(args)
         return int(args.func(args) or 0)
     except TvmNasError as e:
         print(f"tvm-nas {args.command}: error: {e}", file=sys.stderr)

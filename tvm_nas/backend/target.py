@@ -55,22 +55,22 @@ def is_gpu(spec) -> bool:
 
 
 def set_runtime_threads(spec) -> None:
-    """Fix the thread count of TVM's CPU pool in this process to the target's `threads`.
+    """Fix the thread count of TVM's CPU pool in this process (and its children) to the target's `threads`.
 
-    TVM reads ``TVM_NUM_THREADS`` once, when its pool starts; unset, it starts one worker per physical core it
-    detects, which on a VM may be fewer (docs/measurement.md). The variable is set for a pool not yet started
-    (and for child processes); a pool already running with another size is resized in place.
+    TVM reads ``TVM_NUM_THREADS`` once, when its pool starts; unset, it starts one worker per core it counts as
+    "big", which on a VM without frequency information is one (docs/measurement.md). Call this before anything
+    runs a TVM kernel in the process (the CLI does, as soon as it knows the target). Workers are left unpinned
+    (``TVM_BIND_THREADS=0``, unless the caller set it): on a shared machine a pinned worker whose core is busy
+    stalls every parallel kernel, which is the slow mode of small modules; unpinned they cost nothing measurable
+    on an idle machine.
     """
     if not spec.threads:
         return
     os.environ["TVM_NUM_THREADS"] = str(spec.threads)
-    import tvm
-
-    if int(tvm.runtime.num_threads()) != spec.threads:
-        tvm.get_global_func("runtime.config_threadpool")(1, int(spec.threads))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
 def configure_remote_threads(sess, spec) -> None:
     """Set the RPC server's runtime pool to the target's `threads` (its own default otherwise)."""
     if spec.threads:
-        sess.get_function("runtime.config_threadpool")(1, int(spec.threads))
+        sess.get_function("runtime.config_threadpool")(-3, int(spec.threads))
