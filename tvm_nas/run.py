@@ -1,6 +1,6 @@
 """`tvm-nas run`: the whole job, stage by stage, each stage's result on disk so a run resumes where it stopped.
 
-profile -> search -> train -> baselines -> compile -> compare -> report, all inside one run directory.
+profile -> search -> train -> baselines -> compile -> compare -> validate -> report, all inside one run directory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .io import atomic_write_json, read_json
 from .latency import progress
 from .latency_table import LatencyTable
 
-STAGES = ("profile", "search", "train", "baselines", "compile", "compare", "report")
+STAGES = ("profile", "search", "train", "baselines", "compile", "compare", "validate", "report")
 STATE = "run.json"
 N_RANDOM = 3
 
@@ -250,6 +250,16 @@ class Run:
         write_rows(rows, self.dir / "compare" / "compare.csv", self.dir / "compare" / "compare.json")
         return {"rows": rows}
 
+    def _validate(self) -> dict:
+        """The run's nets (searched and baselines) timed interleaved, against the table's predictions."""
+        from .validate import validate
+
+        d = self.state["done"]
+        archs = [self.dir / d["search"]["arch"]] + [self.dir / n["arch"] for n in d["baselines"]["nets"].values()]
+        doc = validate(self.space, self.target, n=0, archs=archs, logs_dir=self.cfg["logs_dir"],
+                       out=self.dir / "validate", seed=int(self.cfg["seed"]), console=self.console)
+        return {"result": self.rel(self.dir / "validate" / "validate.json"), "summary": doc["summary"]}
+
     def _report(self) -> dict:
         from .report import render_report
 
@@ -264,11 +274,14 @@ class Run:
         blocks = self.space.blocks()
         arch = json.loads((self.dir / d["search"]["arch"]).read_text())
         measured = d["compile"]["measured_us"]
+        checked = self._validated()
         nets = [{"name": "searched", "kind": "searched", "ops": d["search"]["ops"], "accuracy": d["train"]["accuracy"],
-                 "predicted_us": d["search"]["predicted_us"], "measured_us": measured.get("searched")}]
+                 "predicted_us": d["search"]["predicted_us"], "measured_us": measured.get("searched"),
+                 "compile_measured_us": measured.get("searched"), **checked.get(tuple(d["search"]["ops"]), {})}]
         for name, n in d["baselines"]["nets"].items():
             nets.append({"name": name, "kind": n["kind"], "ops": n["ops"], "accuracy": n["accuracy"],
-                         "predicted_us": n["predicted_us"], "measured_us": measured.get(name)})
+                         "predicted_us": n["predicted_us"], "measured_us": measured.get(name),
+                         "compile_measured_us": measured.get(name), **checked.get(tuple(n["ops"]), {})})
         return {
             "schema": 1,
             "space": {"name": self.space.name, "hash": self.space.hash,
@@ -288,12 +301,31 @@ class Run:
                               "fixed_us": table.fixed_latency(self.space)},
             "nets": nets,
             "peers": _peers(d.get("compare", {}).get("rows", [])),
+            "validation": self._validation(),
             "stages": [{"name": s, "seconds": d[s]["seconds"], "status": "done"} for s in STAGES if s in d],
             "artifacts": {"latency table": d["profile"]["table"], "architecture": d["search"]["arch"],
                           "weights": d["train"]["weights"], "onnx": d["compile"]["onnx"],
                           "module": d["compile"]["module"], "manifest": d["compile"]["manifest"],
-                          "comparison": "compare/compare.csv", "report": "report/index.html"},
+                          "comparison": "compare/compare.csv", "validation": "validate/validate.json",
+                          "report": "report/index.html"},
         }
+
+    def _validated(self) -> dict[tuple, dict]:
+        """ops -> the interleaved measurement of that net by the validate stage (median, quartiles, stable).
+
+        It replaces the compile stage's figure (kept as ``compile_measured_us``): that one timed each net alone.
+        """
+        v = self.state["done"].get("validate")
+        if not v:
+            return {}
+        doc = read_json(self.dir / v["result"], "validation result")
+        return {tuple(r["ops"]): {"measured_us": r["measured_us"], "measured_q1": r["measured_q1"],
+                                  "measured_q3": r["measured_q3"], "stable": r["stable"]} for r in doc["nets"]}
+
+    def _validation(self) -> dict | None:
+        v = self.state["done"].get("validate")
+        return None if not v else {"summary": v["summary"], "result": v["result"],
+                                   "figure": str(Path(v["result"]).parent / "validate.png")}
 
 
 def _measured(manifest: dict) -> float | None:
