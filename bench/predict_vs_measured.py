@@ -27,8 +27,8 @@ import numpy as np
 from rich.console import Console
 
 from tvm_nas.io import atomic_write_json
-from tvm_nas.latency import profile
-from tvm_nas.latency_table import table_path
+from tvm_nas.profile import profile
+from tvm_nas.profile.table import table_path
 from tvm_nas.space import load_space
 from tvm_nas.targets import load_target
 

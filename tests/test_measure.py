@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import cli, write_yaml
+from conftest import cli, write_yaml
 from tvm_nas.errors import TvmNasError
 from tvm_nas.timing import Protocol, interleave, python_sampler
 
@@ -65,7 +65,7 @@ def quick(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def micro_logs(micro_space, quick, tmp_path_factory) -> Path:
-    from tvm_nas.latency import profile
+    from tvm_nas.profile import profile
 
     logs = tmp_path_factory.mktemp("micro_logs")
     profile(str(micro_space), quick, trials=0, logs_dir=logs)
@@ -73,19 +73,21 @@ def micro_logs(micro_space, quick, tmp_path_factory) -> Path:
 
 
 def test_compiled_net_has_no_kernel_outside_the_table(micro_space, micro_logs, quick):
-    from tvm_nas import deploy
+    from tvm_nas.arch import reference_arch
     from tvm_nas.backend import tuning
     from tvm_nas.backend.target import to_tvm_target
-    from tvm_nas.latency_table import LatencyTable
+    from tvm_nas.deploy import build_network_from_arch
+    from tvm_nas.deploy.compile import lower_network
+    from tvm_nas.profile import LatencyTable
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
 
     space = load_space(str(micro_space))
     table = LatencyTable.load(micro_logs / "quick" / "micro.latency.json", space=space)
-    a = deploy.reference_arch(space, "mbconv_k3_e3")
-    model = deploy.build_network_from_arch(a)
+    a = reference_arch(space, "mbconv_k3_e3")
+    model = build_network_from_arch(a)
     tgt = to_tvm_target(load_target(quick))
-    fused = deploy._lower(model, a, None, tgt, prepack=True)
+    fused = lower_network(model, a, None, tgt, prepack=True)
     net = set(tuning.dedup({"n": tuning.extract_tasks(fused, tgt)}))
     in_table = {t.split("#")[-1] for e in table.entries.values() for t in e["tasks"]}
     assert net <= in_table, net - in_table  # the input transpose and the pooling kernel included
@@ -126,7 +128,7 @@ def test_validate_locally(micro_space, micro_logs, quick, tmp_path):
 
 
 def test_validate_over_rpc(micro_space, rpc_target, tmp_path):
-    from tvm_nas.latency import profile
+    from tvm_nas.profile import profile
 
     logs = tmp_path / "logs"
     profile(str(micro_space), str(rpc_target), trials=0, logs_dir=logs)
@@ -144,8 +146,8 @@ def test_validate_without_table_is_one_line(micro_space, tmp_path):
 
 # -- NaN fails every check -------------------------------------------------------------------------------------
 def test_nan_weights_are_refused(micro_space, tmp_path):
+    from tvm_nas.arch import arch_document, write_arch
     from tvm_nas.network import Network
-    from tvm_nas.search.derive import arch_document, write_arch
     from tvm_nas.space import load_space
 
     space = load_space(str(micro_space))
@@ -160,18 +162,22 @@ def test_nan_weights_are_refused(micro_space, tmp_path):
 
 
 def test_nan_outputs_fail_verification(micro_space, tmp_path):
-    from tvm_nas import deploy
+    from tvm_nas.arch import reference_arch
+    from tvm_nas.deploy import build_network_from_arch, compile_arch
+    from tvm_nas.deploy.compile import verify_library
+    from tvm_nas.deploy.model import example_input
+    from tvm_nas.deploy.onnx import export_onnx
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
 
-    a = deploy.reference_arch(load_space(str(micro_space)), "mbconv_k3_e3")
-    m = deploy.compile_arch(a, "host", out=tmp_path / "b", untuned=True, measure=False, verify=False)
-    x = deploy.example_input(a.input_shape)
+    a = reference_arch(load_space(str(micro_space)), "mbconv_k3_e3")
+    m = compile_arch(a, "host", out=tmp_path / "b", untuned=True, measure=False, verify=False)
+    x = example_input(a.input_shape)
     expected = np.full(m["output"]["shape"], np.nan, np.float32)  # what a net of NaN weights computes
     with pytest.raises(TvmNasError, match="differ"):
-        deploy.verify_library(tmp_path / "b" / "model.so", load_target("host"), x, expected)
-    model = deploy.build_network_from_arch(a)
+        verify_library(tmp_path / "b" / "model.so", load_target("host"), x, expected)
+    model = build_network_from_arch(a)
     with torch.no_grad():
         model.classifier.linear.weight.fill_(float("nan"))
     with pytest.raises(TvmNasError, match="differ"):
-        deploy.export_onnx(model, x, tmp_path / "nan.onnx")
+        export_onnx(model, x, tmp_path / "nan.onnx")

@@ -19,9 +19,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .errors import TvmNasError
-from .io import atomic_write_json
-from .timing import format_us
+from ..errors import TvmNasError
+from ..io import atomic_write_json
+from ..timing import format_us
 
 SCHEMA = 1
 RESULT, FIGURE = "validate.json", "validate.png"
@@ -38,8 +38,7 @@ def nets_to_validate(space, table, n: int, archs: Sequence = (), seed: int = 0) 
 
     Duplicated architectures are kept once (the first label wins).
     """
-    from .deploy import Arch, load_architecture, reference_arch
-    from .search.derive import arch_document
+    from ..arch import Arch, arch_document, load_architecture, reference_arch
 
     fast, slow = table.extremes(space)
     nets = [Arch(space, fast, arch_document(space, fast, None, None), None, "fastest"),
@@ -94,13 +93,13 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     Returns:
         The result document (also written to ``out/validate.json``).
     """
-    from .backend import measure, tuning
-    from .backend.target import is_gpu
-    from .deploy import build_network_from_arch, example_input, torch_forward
-    from .latency_table import LatencyTable, table_path
-    from .space import load_space
-    from .targets import load_target
-    from .timing import Protocol
+    from ..backend import measure, tuning
+    from ..backend.target import is_gpu
+    from ..profile.table import LatencyTable, table_path
+    from ..space import load_space
+    from ..targets import load_target
+    from ..timing import Protocol
+    from .model import build_network_from_arch, example_input, torch_forward
 
     console = console or Console(stderr=True)
     space, spec = load_space(space), load_target(target)
@@ -110,15 +109,15 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     if not path.is_file():
         raise TvmNasError(f"{path}: no latency table of space '{space.name}' on target '{spec.name}'; run: "
                           f"tvm-nas profile --space {space.name} --target {spec.name} --logs-dir {logs_dir}")
-    table = LatencyTable.load(path, space=space, target_name=spec.name)
+    table = LatencyTable.load(path, space=space, target=spec)
     if spec.cross_compiler:
         spec.check_cross_compiler()
     if spec.is_rpc:
-        from .backend.remote import check_tracker
+        from ..backend.remote import check_tracker
 
         check_tracker(spec)
     if is_gpu(spec) and not spec.is_rpc:
-        from .backend.artifact import cuda_device_present
+        from ..backend.library import cuda_device_present
 
         if not cuda_device_present():
             raise TvmNasError(f"target '{spec.name}': no CUDA device here to measure on; use its RPC runner")
@@ -173,17 +172,17 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
 
 
 def _compile(model, a, spec, db):
-    from .backend.target import is_gpu, to_tvm_target
-    from .deploy import _build, _lower
+    from ..backend.target import is_gpu, to_tvm_target
+    from .compile import build_module, lower_network
 
-    fused = _lower(model, a, None, to_tvm_target(spec), prepack=not is_gpu(spec))
+    fused = lower_network(model, a, None, to_tvm_target(spec), prepack=not is_gpu(spec))
     untuned = 0
     if db is not None:
-        from .backend import tuning
+        from ..backend import tuning
 
         tasks = tuning.dedup({"net": tuning.extract_tasks(fused, to_tvm_target(spec))})
         untuned = sum(1 for t in tasks.values() if tuning.records(db, t.mod) == 0)
-    return _build(fused, spec, db), untuned
+    return build_module(fused, spec, db), untuned
 
 
 def _slug(label: str) -> str:
@@ -218,7 +217,7 @@ def plot(doc: dict, path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     rows = doc["nets"]
     p = np.array([r["predicted_us"] for r in rows])
@@ -252,19 +251,3 @@ def plot(doc: dict, path: Path) -> str:
     atomic_write_bytes(path, buf.getvalue())
     return path.name
 
-
-def add_validate_args(p) -> None:
-    p.add_argument("--space", required=True, help="search space: a name in search_space/ or a YAML path")
-    p.add_argument("--target", required=True, help="hardware target (local or RPC runner)")
-    p.add_argument("--nets", type=int, default=20, help="random architectures besides fastest/slowest/reference "
-                   "(default 20)")
-    p.add_argument("--arch", action="append", default=[], help="an *.arch.json to include (repeatable)")
-    p.add_argument("--logs-dir", default="tuning_logs", help="per-target databases and tables (default tuning_logs)")
-    p.add_argument("--out", default="validate", help="folder for validate.json and validate.png (default validate)")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def run_validate(args) -> int:
-    validate(args.space, args.target, n=args.nets, archs=args.arch, logs_dir=args.logs_dir, out=args.out,
-             seed=args.seed, console=Console())
-    return 0
