@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import cli, write_yaml
+
 from tvm_nas.errors import TvmNasError
 from tvm_nas.timing import Protocol, interleave, python_sampler
 
