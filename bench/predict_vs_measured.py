@@ -39,7 +39,7 @@ GOALS = {"proxyless-cifar": {"median_abs_error_pct": ("<=", 3.0), "within_5pct":
 
 def _validate(args, out: Path) -> dict:
     """validate in a fresh process, threads fixed before its runtime starts."""
-    cmd = [sys.executable, "-m", "tvm_nas.cli", "validate", "--space", args.space, "--target", args.target,
+    cmd = [sys.executable, "-m", "tvm_nas", "validate", "--space", args.space, "--target", args.target,
            "--nets", str(args.n), "--logs-dir", args.logs_dir, "--out", str(out), "--seed", str(args.seed)]
     subprocess.run(cmd, check=True)
     return json.loads((out / "validate.json").read_text())

@@ -48,6 +48,12 @@ def test_whole_chain_resumes_at_every_boundary(tiny_logs, tmp_path):
     arch = json.loads((run / summary["arch"]["path"]).read_text())
     assert arch["ops"] == summary["arch"]["ops"] == searched["ops"]
     manifest = json.loads((run / summary["artifacts"]["manifest"]).read_text())
-    assert manifest["measured_latency_us"] == searched["measured_us"]
+    assert manifest["measured_latency_us"] == searched["compile_measured_us"]
+    # the validate stage timed every net of the run interleaved; the summary and the page show its figures
+    for n in summary["nets"]:
+        assert n["measured_q1"] <= n["measured_us"] <= n["measured_q3"], n
+    v = summary["validation"]["summary"]
+    assert v["nets"] == len({tuple(n["ops"]) for n in summary["nets"]} | {tuple(summary["arch"]["ops"])})
+    assert "Kendall τ" in page and f"{v['kendall_tau']:.2f}" in page
     kinds = {n["kind"] for n in summary["nets"]}
     assert {"searched", "reference", "fastest", "slowest", "random"} <= kinds

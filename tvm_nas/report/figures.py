@@ -245,10 +245,13 @@ def plot_predicted_measured(s: RunSummary, path: Path) -> str | None:
     pad = 0.08 * (hi - lo) if hi > lo else 0.1 * hi + 1
     lim = (max(0.0, lo - pad), hi + pad)
     ax.plot(lim, lim, color="#555", ls="--", lw=1, label="measured = predicted")
+    for n in nets:  # interquartile range of the interleaved measurement
+        if n.measured_q1 is not None and n.measured_q3 is not None:
+            ax.plot([n.predicted_us] * 2, [n.measured_q1, n.measured_q3], color="#888", lw=1)
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_aspect("equal")
-    ax.set_xlabel("predicted latency (µs, sum of the latency table)")
+    ax.set_xlabel("predicted latency (µs, latency table)")
     ax.set_ylabel("measured latency (µs, compiled module)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

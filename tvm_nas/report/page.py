@@ -116,9 +116,32 @@ def _nets_table(s: RunSummary) -> str:
         err = NA
         if n.measured_us is not None and n.predicted_us:
             err = f"{100 * (n.measured_us - n.predicted_us) / n.predicted_us:+.1f}%"
-        rows.append([_e(n.name), _e(n.kind), fmt_pct(n.accuracy), fmt_us(n.predicted_us), fmt_us(n.measured_us), err])
-    return _table(["net", "kind", "accuracy", "predicted (µs)", "measured (µs)", "measured vs predicted"], rows,
-                  num_from=2)
+        meas = fmt_us(n.measured_us)
+        if n.measured_q1 is not None and n.measured_q3 is not None:
+            meas += f" ({fmt_us(n.measured_q1)}–{fmt_us(n.measured_q3)})"
+        if n.stable is False:
+            meas += " UNSTABLE"
+        rows.append([_e(n.name), _e(n.kind), fmt_pct(n.accuracy), fmt_us(n.predicted_us), _e(meas), err])
+    return _table(["net", "kind", "accuracy", "predicted (µs)", "measured (µs): median (IQR)",
+                   "measured vs predicted"], rows, num_from=2)
+
+
+def _validation(s: RunSummary) -> str:
+    """The validate stage's figures: can the table be trusted on this target?"""
+    v = s.validation
+    if v is None or not v.summary:
+        return "<p class='note'>No validation in summary.json (the validate stage did not run).</p>"
+    m = v.summary
+    load = (m.get("load_avg") or [None])[0]
+    rows = [["nets", str(m.get("nets"))],
+            ["|error| median / worst", f"{m['median_abs_error_pct']:.1f}% / {m['worst_abs_error_pct']:.1f}%"],
+            ["within ±5% / ±10%", f"{100 * m['within_5pct']:.0f}% / {100 * m['within_10pct']:.0f}%"],
+            ["Kendall τ / Spearman ρ", f"{m['kendall_tau']:.2f} / {m['spearman_rho']:.2f}"],
+            ["load average while measured", NA if load is None else f"{load:.2f}"]]
+    if m.get("unstable"):
+        rows.append(["unstable (rounds disagreed)", _e(", ".join(m["unstable"]))])
+    return (_table(None, rows) + "<p class='small'>Every net compiled with the target's database and timed "
+            "interleaved (median and interquartile range); error = (predicted − measured) / measured.</p>")
 
 
 def _peers_table(s: RunSummary) -> str:
@@ -157,7 +180,8 @@ def _page(s: RunSummary, run_dir: Path, report_dir: Path, figures: dict[str, str
         ("Searched architecture", figure("architecture.png", "Searched architecture") + _arch_table(s)),
         ("Latency table", figure("latency_table.png", "Latency table")),
         ("Accuracy against latency", figure("accuracy_latency.png", "Accuracy against latency") + _nets_table(s)),
-        ("Predicted against measured latency", figure("predicted_measured.png", "Predicted against measured")),
+        ("Predicted against measured latency",
+         figure("predicted_measured.png", "Predicted against measured") + _validation(s)),
         ("Compiled module against PyTorch and ONNX Runtime",
          _peers_table(s) + figure("peers.png", "TVM against PyTorch and ONNX Runtime")),
         ("Artifacts", _artifacts_list(s, run_dir, report_dir)),

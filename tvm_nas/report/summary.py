@@ -81,6 +81,18 @@ class NetInfo(_Part):
     accuracy: float | None = None
     predicted_us: float | None = None
     measured_us: float | None = None
+    measured_q1: float | None = None
+    measured_q3: float | None = None
+    stable: bool | None = None
+    compile_measured_us: float | None = None
+
+
+class ValidationInfo(_Part):
+    """The validate stage: agreement of the table with the run's nets, timed interleaved."""
+
+    summary: dict = Field(default_factory=dict)
+    result: str | None = None
+    figure: str | None = None
 
 
 class PeerInfo(_Part):
@@ -108,6 +120,7 @@ class RunSummary(_Part):
     latency_table: TableInfo | None = None
     nets: list[NetInfo] = Field(default_factory=list)
     peers: list[PeerInfo] = Field(default_factory=list)
+    validation: ValidationInfo | None = None
     stages: list[StageInfo] = Field(default_factory=list)
     artifacts: dict[str, str] = Field(default_factory=dict)
 
