@@ -127,9 +127,8 @@ def _peer_rows(b: Built, manifest: dict) -> list[dict]:
 def compare_table(rows: list[dict]) -> Table:
     """The comparison as a terminal table (µs, median) that reads whole at 80 columns: short headers, and long
     labels wrapped, never cut."""
-    t = Table(title="latency, µs (median (IQR), batch 1)", caption="pred: the latency table's prediction; meas: "
-              "median and interquartile range, timed interleaved; meas/pred and vs tvm are ratios",
-              caption_justify="left")
+    t = Table(title="latency, µs (median (IQR), batch 1)", caption="pred: the table's prediction; meas: median (IQR), "
+              "interleaved", caption_justify="left")
     for c, j in (("net", "left"), ("target", "left"), ("runtime", "left"), ("pred", "right"), ("meas", "right"),
                  ("meas/pred", "right"), ("vs tvm", "right")):
         t.add_column(c, justify=j, overflow="fold")
