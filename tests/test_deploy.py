@@ -267,5 +267,8 @@ def test_compare_with_baselines_writes_table(tiny_host_logs, arch_file, tmp_path
         for rt in ("tvm", "tvm-untuned", "pytorch", "onnxruntime"):
             assert (arch, rt) in runtimes
     assert all(r["measured_us"] > 0 for r in rows)
+    # every runtime of an architecture timed interleaved under the protocol: median with its spread
+    assert all(r["measured_q1_us"] <= r["measured_us"] <= r["measured_q3_us"] and r["stable"] in (True, False)
+               for r in rows)
     assert (tmp_path / "c.csv").read_text().splitlines()[0].startswith("architecture,target,runtime")
-    assert "latency by architecture" in capsys.readouterr().out
+    assert "latency, µs (median (IQR)" in capsys.readouterr().out
