@@ -161,24 +161,26 @@ def measure_one(sampler: Sampler, protocol: Protocol = Protocol(), where: str = 
 def python_sampler(fn: Callable[[], object], protocol: Protocol = Protocol()) -> tuple[Sampler, int]:
     """A sampler timing a Python callable (ONNX Runtime, PyTorch) under the protocol's windows.
 
-    The runs per sample are calibrated once so that one sample covers at least `min_repeat_ms`.
+    Each sample runs the callable at least `number` times and until `min_repeat_ms` have passed, so a sample
+    covers its window however the machine's speed changes between rounds.
 
     Returns:
-        ``(sampler, runs per sample)``.
+        ``(sampler, the least runs per sample)``.
     """
     fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    number = max(protocol.number, int(np.ceil(protocol.min_repeat_ms / 1e3 / one)))
+    window = protocol.min_repeat_ms / 1e3
 
     def sample() -> list[float]:
         out = []
         for _ in range(protocol.repeat):
-            t = time.perf_counter()
-            for _ in range(number):
+            n, t0 = 0, time.perf_counter()
+            while True:
                 fn()
-            out.append((time.perf_counter() - t) / number * 1e6)
+                n += 1
+                dt = time.perf_counter() - t0
+                if n >= protocol.number and dt >= window:
+                    break
+            out.append(dt / n * 1e6)
         return out
 
-    return sample, number
+    return sample, protocol.number
