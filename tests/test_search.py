@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -278,7 +279,7 @@ def test_cli_bad_inputs(space, tiny_table, tmp_path):
     table_path(logs, "host", "tiny").parent.mkdir(parents=True)
     table_path(logs, "host", "tiny").write_text(tiny_table.read_text())
     base = ["--space", "tiny", "--data", "builtin", "--latency-ms", "0.1", "--logs-dir", str(logs), "--quiet",
-            "--out", str(tmp_path / "r"), "--epochs", "1", "--max-samples", "100"]
+            "--out", str(tmp_path / "r"), "--epochs", "1", "--warmup-epochs", "0", "--max-samples", "100"]
     # a table from another target is refused (copied under another target's folder)
     other = table_path(logs, "x86-64-v2", "tiny")
     other.parent.mkdir(parents=True)
@@ -293,6 +294,15 @@ def test_cli_bad_inputs(space, tiny_table, tmp_path):
         (base + ["--target", "host", "--data", "mnist"], "unknown data spec"),
         (base + ["--target", "host", "--epochs", "0"], "--epochs"),
         (["--target", "host", "--quiet"], "missing --space"),
+        *((base + ["--target", "host", "--latency-ms", v], r"--latency-ms: .*above 0.001 \(1 µs\)")
+          for v in ("inf", "0", "-1", "nan", "0.001")),
+        (base + ["--target", "host", "--threads", "-1"], "--threads"),
+        (base + ["--target", "host", "--warmup-epochs", "5"], "--warmup-epochs: .*never be trained"),
+        (base + ["--target", "host", "--workers", "-1"], "--workers"),
+        (base + ["--target", "host", "--nproc", "0"], "--nproc"),
+        (base + ["--target", "host", "--precision", "fp16"], "fp16: needs --device cuda"),
+        *([(base + ["--target", "host", "--device", "cuda"], "sees no CUDA GPU")]
+          if not torch.cuda.is_available() else []),
         (["--resume", "--out", str(tmp_path / "none"), "--quiet"], "not found"),
     ]
     for argv, match in cases:
@@ -305,3 +315,89 @@ def test_cli_bad_inputs(space, tiny_table, tmp_path):
     (run / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(TvmNasError, match="corrupted checkpoint"):
         run_search(_args(add_search_args, ["--resume", "--out", str(run), "--quiet"]))
+
+
+# -- untrusted checkpoints and settings that cannot work (issue 8) ---------------------------------------
+class _Payload:
+    """Unpickling this creates a file: proof that a checkpoint's code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_never_runs_code(space, tiny_table, data, tmp_path):
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": 2, "supernet": {}, "x": _Payload(marker)}, run / "checkpoint.pt")
+    with pytest.raises(TvmNasError, match="corrupted checkpoint.*never unpickled") as e:
+        _search(space, tiny_table, data, run).fit(resume=True)
+    assert "\n" not in str(e.value)
+    from tvm_nas.search.train import supernet_weights
+
+    with pytest.raises(TvmNasError, match="not a search checkpoint"):
+        supernet_weights(space, [b.candidates[0] for b in space.blocks()], run)
+    assert not marker.exists()
+    # the payload is real: an unrestricted load runs it
+    torch.load(run / "checkpoint.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_settings_that_cannot_search_are_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="never be trained"):
+        SearchConfig(latency_budget_us=100.0, epochs=1, warmup_epochs=5)
+    for bad in (float("inf"), float("nan"), 0.0, -1.0, 1.0):
+        with pytest.raises(ValidationError):
+            SearchConfig(latency_budget_us=bad)
+    with pytest.raises(ValidationError):
+        SearchConfig(latency_budget_us=100.0, threads=-1)
+
+
+def test_budget_below_the_fastest_net_is_marked(space, tiny_table):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    fast, _ = table.extremes(space)
+    t_fast = table.predict(space, fast)
+    probs = [np.ones(len(b.candidates)) / len(b.candidates) for b in space.blocks()]
+    doc = derive(probs, space, table, budget_us=t_fast / 2)
+    d = doc["derivation"]
+    assert d["budget_feasible"] is False and d["budget_met"] is False
+    assert d["fastest_latency_us"] == pytest.approx(t_fast) and doc["ops"] == fast
+    ok = derive(probs, space, table, budget_us=t_fast * 2)["derivation"]
+    assert ok["budget_feasible"] is True
+
+
+def test_cli_train_bad_inputs(space, tiny_table, tmp_path):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    arch = write_arch(tmp_path / "a.arch.json", derive([np.ones(len(b.candidates)) for b in space.blocks()],
+                                                       space, table))
+    for extra, match in ((["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"), (["--threads", "-1"],
+                                                                                       "--threads")):
+        with pytest.raises(TvmNasError, match=match) as e:
+            run_train(_args(add_train_args, ["--arch", str(arch), "--quiet", "--out", str(tmp_path / "t"), *extra]))
+        assert "\n" not in str(e.value)
+
+
+def test_cli_resume_keeps_the_run_settings(space, tiny_table, tmp_path, capsys):
+    run = tmp_path / "run"
+    fast = LatencyTable.load(tiny_table, space=space, target_name="host").extremes(space)[0]
+    fast_us = LatencyTable.load(tiny_table, space=space, target_name="host").predict(space, fast)
+    argv = ["--space", "tiny", "--target", "host", "--logs-dir", str(tiny_table.parent.parent), "--latency-ms",
+            str(fast_us / 2000), "--out", str(run), "--epochs", "2", "--warmup-epochs", "1", "--max-samples", "200",
+            "--batch-size", "32", "--threads", "2", "--quiet", "--precision", "bf16"]
+    assert run_search(_args(add_search_args, argv)) == 0
+    out = capsys.readouterr()
+    assert "below the fastest net" in out.err and "OVER BUDGET" in out.out
+    doc = json.loads((run / ARCH_FILE).read_text())
+    assert doc["derivation"]["budget_feasible"] is False
+    saved = json.loads((run / "config.json").read_text())["search"]
+    assert saved["threads"] == 2 and saved["precision"] == "bf16"
+    torch.set_num_threads(1)
+    (run / ARCH_FILE).unlink()
+    assert run_search(_args(add_search_args, ["--resume", "--out", str(run), "--quiet"])) == 0
+    assert torch.get_num_threads() == 2  # the run's own setting, not this process's
+    assert json.loads((run / ARCH_FILE).read_text())["ops"] == doc["ops"]

@@ -71,6 +71,7 @@ def _quiet_third_parties() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_parties()
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that restart themselves (--nproc)
     try:
         return int(args.func(args) or 0)
     except TvmNasError as e:

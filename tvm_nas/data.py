@@ -113,6 +113,8 @@ def load_data(spec: str, space: SearchSpace, max_samples: int | None = None, see
     Raises:
         TvmNasError: unknown spec, missing/empty/one-class/corrupt/wrongly shaped data, too many classes.
     """
+    if workers is not None and workers < 0:
+        raise TvmNasError(f"--workers: must be 0 (load in the main process) or more, got {workers}")
     kind, _, arg = spec.partition(":")
     if kind == "imagefolder" and arg:
         folder = ImageFolder(Path(arg), space.input.channels)

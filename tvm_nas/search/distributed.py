@@ -23,12 +23,17 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import TvmNasError
+
+# GlobalBatchNorm2d needs a differentiable all-reduce; the public one is marked deprecated for a private successor
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated",
+                        category=FutureWarning)
 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -142,6 +147,48 @@ class Dist:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the whole global batch, across processes.
+
+    torch's SyncBatchNorm has no CPU kernel; this one works with gloo and nccl alike: one differentiable
+    all-reduce of (sum, sum of squares, count) per layer and forward pass. With it, N processes compute what one
+    process computes on the whole batch. In eval mode, or in one process, it is plain BatchNorm2d (same
+    state-dict keys).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable; its successor is private
+
+        xf = x.float()
+        c = xf.shape[1]
+        count = torch.full((1,), xf.numel() / max(c, 1), dtype=torch.float32, device=xf.device)
+        stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
+        n = stats[-1].clamp_min(1.0)
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * n / (n - 1).clamp_min(1.0)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def use_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Turn every BatchNorm2d of ``module`` into a :class:`GlobalBatchNorm2d` in place (parameters kept)."""
+    for m in module.modules():
+        if type(m) is torch.nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d
+    return module
+
+
 def init(device: str = "cpu") -> Dist:
     """Join the process group that torchrun describes in the environment (or none: one process).
 
@@ -189,3 +236,14 @@ def strip_nproc(argv: list[str]) -> list[str]:
             out.append(a)
     return out
 
+
+
+def add_runtime_args(parser, nproc: bool = True) -> None:
+    """``--device``, ``--workers`` (and ``--nproc``): where and how a job runs, not what it computes."""
+    parser.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="cpu, cuda or auto (cuda when torch sees a GPU); default cpu")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers per process for an image folder (default: the cores left, <= 8)")
+    if nproc:
+        parser.add_argument("--nproc", type=int, default=None,
+                            help="run in N processes on this machine (starts torchrun; gloo on CPU, nccl on CUDA)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclu
 from ..latency_table import LatencyTable
 from ..space import SearchSpace
 from .derive import derive, write_arch
-from .distributed import Dist, autocast, grad_scaler
+from .distributed import Dist, autocast, grad_scaler, use_global_batchnorm
 from .loss import ExpectedLatency, latency_loss, pair_probs, reinforce_reward
 from .supernet import Supernet, entropy
 
@@ -83,6 +84,8 @@ class SearchConfig(BaseModel):
     # execution settings that change the numbers (kept by --resume)
     threads: int = Field(default=0, ge=0, description="torch CPU threads (0: torch's choice)")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    global_batchnorm: bool = Field(default=False, description="several processes: BatchNorm statistics over the "
+                                                              "whole global batch, as in one process")
 
     @model_validator(mode="after")
     def _search_happens(self):
@@ -90,6 +93,18 @@ class SearchConfig(BaseModel):
             raise ValueError(f"warm-up takes all {self.epochs} epochs, so α would never be trained; use "
                              f"fewer --warmup-epochs than --epochs")
         return self
+
+
+def budget_us_from_ms(ms: float) -> float:
+    """The ``--latency-ms`` value in µs, checked: a finite number above 0.001 ms (1 µs).
+
+    Raises:
+        TvmNasError: zero, negative, infinite, NaN or at most 1 µs.
+    """
+    if not math.isfinite(ms) or ms <= 0.001:
+        raise TvmNasError(f"--latency-ms: the budget must be a finite number of milliseconds above 0.001 (1 µs), "
+                          f"got {ms}")
+    return ms * 1000.0
 
 
 @contextmanager
@@ -155,6 +170,8 @@ class ProxylessSearch:
         cfg, device = self.config, self.dist.device
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         self.supernet_ = Supernet(self.space).to(device)
+        if cfg.global_batchnorm and self.dist.active:
+            use_global_batchnorm(self.supernet_)
         self.expected_ = ExpectedLatency(self.table, self.space, device)
         self.train_idx_, self.val_idx_ = train_val_split(len(self.data), cfg.val_fraction, cfg.seed)
         self.weight_opt_ = torch.optim.SGD(self.supernet_.weight_parameters(), lr=cfg.weight_lr,
@@ -187,13 +204,14 @@ class ProxylessSearch:
         net.train()
         net.sample_one(uniform=uniform, generator=self.generator_)
         net.zero_grad(set_to_none=True)
-        loss_v = acc = float("nan")
-        if len(y):  # a streamed batch whose images were all unreadable still joins the averaging
-            with autocast(self.dist.device, cfg.precision):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            (self.scaler_.scale(loss) if self.scaler_ else loss).backward()
-            loss_v, acc = float(loss.detach()), float((logits.argmax(1) == y).float().mean())
+        # a streamed share whose images were all unreadable is empty: it still runs, so that every process
+        # joins the same collectives (global BatchNorm, gradient averaging) with a zero loss
+        with autocast(self.dist.device, cfg.precision):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum")
+        loss = loss / max(len(y), 1)
+        (self.scaler_.scale(loss) if self.scaler_ else loss).backward()
+        loss_v, acc = float(loss.detach()), float((logits.argmax(1) == y).float().mean()) if len(y) else 0.0
         self.dist.average_gradients(net.active_weight_parameters())
         if self.scaler_:
             self.scaler_.step(self.weight_opt_)
@@ -211,12 +229,11 @@ class ProxylessSearch:
         net.zero_grad(set_to_none=True)
         net.sample_two(generator=self.generator_)
         with _frozen(net.weight_parameters()):
-            ce = F.cross_entropy(net(x), y) if len(y) else torch.zeros((), device=self.dist.device)
+            ce = F.cross_entropy(net(x), y, reduction="sum") / max(len(y), 1)
         expected = self.expected_([pair_probs(m.alpha, m.pair()) for m in net.mixed_ops])
         loss, details = latency_loss(ce, expected, cfg.latency_budget_us, cfg.loss, cfg.mul_a, cfg.mul_b,
                                      cfg.add_lambda)
-        if loss.requires_grad:
-            loss.backward()
+        loss.backward()
         net.set_alpha_grads()
         self.dist.average_gradients(net.arch_parameters())
         self.arch_opt_.step()
@@ -232,7 +249,7 @@ class ProxylessSearch:
             idx = [int(torch.multinomial(p.detach().cpu(), 1, generator=self.generator_)) for p in probs]
             net.fix([m.candidates[i] for m, i in zip(net.mixed_ops, idx, strict=True)])
             with torch.no_grad():
-                correct.append(float((net(x).argmax(1) == y).sum()) if len(y) else 0.0)
+                correct.append(float((net(x).argmax(1) == y).sum()))
             samples.append(idx)
         *correct, n = self.dist.sum([*correct, float(len(y))])  # every process scores the same nets
         rewards, log_probs, lats, accs = [], [], [], []
@@ -421,9 +438,9 @@ class ProxylessSearch:
         except TvmNasError:
             raise
         except Exception as e:  # noqa: BLE001 - any unreadable or untrusted checkpoint is one clear line
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise TvmNasError(f"{path}: corrupted or untrusted checkpoint ({e.__class__.__name__}: {msg[:160]}); "
-                              "delete it to start the run over") from e
+            raise TvmNasError(f"{path}: corrupted checkpoint, or one holding objects other than tensors and plain "
+                              f"data, which are never unpickled ({e.__class__.__name__}); delete it to start the run "
+                              "over") from e
 
     # -- display -----------------------------------------------------------------------------------------
     @contextmanager
