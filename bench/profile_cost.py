@@ -20,7 +20,7 @@ from rich.table import Table
 from tvm_nas.backend import tuning
 from tvm_nas.backend.target import is_gpu, to_tvm_target
 from tvm_nas.io import atomic_write_json
-from tvm_nas.latency import lower_op, profile
+from tvm_nas.profile.profiler import lower_op, profile
 from tvm_nas.space import load_space
 from tvm_nas.targets import load_target
 

@@ -3,15 +3,16 @@
 Three measurements, each search a real ``tvm-nas search`` subprocess over a generated image folder (the ``tiny``
 space, 16x16 inputs, images streamed by a DataLoader):
 
-* **memory** — peak resident memory of a one-epoch search over 1,000 and over 10,000 images, each in a fresh
-  process tree (the search process plus its DataLoader workers, sampled every 20 ms); the ratio should stay
-  near 1 because only the file list grows with the folder;
-* **processes** — images/s of the weight steps in one process against two under torchrun (gloo), interleaved
-  rounds, medians and spread; two cores bound this on the development machine;
+* **memory** — peak memory of a one-epoch search over 1,000 and over 10,000 images, each in a fresh process
+  tree: the proportional set size (PSS: shared pages divided among the processes that share them) of the search
+  process plus its DataLoader workers, summed and sampled every 50 ms; the ratio should stay near 1 because
+  only the file list grows with the folder;
+* **processes** — images/s of the weight steps in one process against two under torchrun (gloo), one torch
+  thread per process, interleaved rounds, medians and spread; two cores bound this on the development machine;
 * **cuda** — images/s on the GPU against the CPU, when torch sees one (skipped otherwise).
 
 The load average is printed beside every figure. Results go to ``bench/results/search_scale-<conditions>.json``.
-A rerun takes about 4 minutes on 2 cores (plus 80 s once to profile the latency table)::
+A rerun takes about 5 minutes on 2 cores (plus 80 s once to profile the latency table)::
 
     python bench/search_scale.py [--rounds 3] [--sizes 1000 10000]
 """
@@ -64,7 +65,7 @@ def make_folder(root: Path, n: int, classes: int = 10, size: int = 40) -> Path:
 def ensure_table(logs: Path) -> None:
     if not (logs / "host" / "tiny.latency.json").is_file():
         print(f"profiling the tiny space on host into {logs} (once, about 80 s)", flush=True)
-        subprocess.run([sys.executable, "-m", "tvm_nas.cli", "profile", "--space", "tiny", "--target", "host",
+        subprocess.run([sys.executable, "-m", "tvm_nas", "profile", "--space", "tiny", "--target", "host",
                         "--logs-dir", str(logs)], check=True, cwd=ROOT)
 
 
@@ -75,14 +76,14 @@ def search_cmd(folder: Path, logs: Path, out: Path, epochs: int, device: str = "
             "--batch-size", "64", "--device", device, "--threads", str(threads), "--workers", str(workers),
             "--quiet"]
     if nproc == 1:
-        return [sys.executable, "-m", "tvm_nas.cli", *args]
+        return [sys.executable, "-m", "tvm_nas", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(29500 + os.getpid() % 1000), "-m", "tvm_nas.cli",
+            "--master-addr", "127.0.0.1", "--master-port", str(29500 + os.getpid() % 1000), "-m", "tvm_nas",
             *args]
 
 
-def run_tree(cmd: list[str], env: dict) -> tuple[int, float]:
-    """Run ``cmd``; returns (peak RSS in bytes of the process and all its descendants together, seconds)."""
+def run_tree(cmd: list[str], env: dict, sample: bool = True) -> tuple[int, float]:
+    """Run ``cmd``; returns (peak PSS in bytes of the process and all its descendants together, seconds)."""
     import psutil
 
     t0 = time.perf_counter()
@@ -93,13 +94,13 @@ def run_tree(cmd: list[str], env: dict) -> tuple[int, float]:
         try:
             for p in [top, *top.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
-                except psutil.NoSuchProcess:
+                    total += p.memory_full_info().pss if sample else 0
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
         except psutil.NoSuchProcess:
             break
         peak = max(peak, total)
-        time.sleep(0.02)
+        time.sleep(0.05)
     out = proc.stdout.read()
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
@@ -117,7 +118,7 @@ def spread(values: list[float]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs=2, default=[1000, 10000])
-    ap.add_argument("--throughput-images", type=int, default=2000)
+    ap.add_argument("--throughput-images", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "tvm-nas-bench-search-scale"),
                     help="generated folders and the latency table (kept between reruns)")
@@ -142,18 +143,17 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         peak, secs = run_tree(search_cmd(folder, logs, out, epochs=1, workers=2), env)
         rec = last_epoch(out)
-        mem[n] = {"peak_rss_mib": round(peak / 2**20, 1), "seconds": round(secs, 1),
+        mem[n] = {"peak_pss_mib": round(peak / 2**20, 1), "seconds": round(secs, 1),
                   "train_images": rec["train_images"], "load_after": load()}
-        print(f"memory: {n:>6} images: peak RSS {peak / 2**20:7.1f} MiB (search + 2 workers), {secs:5.1f} s  "
+        print(f"memory: {n:>6} images: peak PSS {peak / 2**20:7.1f} MiB (search + 2 workers), {secs:5.1f} s  "
               f"[{load()}]", flush=True)
-    small, large = (mem[n]["peak_rss_mib"] for n in args.sizes)
+    small, large = (mem[n]["peak_pss_mib"] for n in args.sizes)
     result["memory"] = {"sizes": mem, "ratio_large_over_small": round(large / small, 3)}
     print(f"memory: ratio {args.sizes[1]}/{args.sizes[0]} images = {large / small:.3f} (goal <= 1.1)  [{load()}]")
 
     # -- one process against two -----------------------------------------------------------------------
     folder = make_folder(work / f"folder-{args.throughput_images}", args.throughput_images)
-    cases = {"1 process, 2 threads": dict(nproc=1, threads=2), "2 processes (torchrun, gloo), 1 thread each":
-             dict(nproc=2, threads=1)}
+    cases = {"1 process": dict(nproc=1, threads=1), "2 processes (torchrun, gloo)": dict(nproc=2, threads=1)}
     if torch.cuda.is_available():
         cases["cuda, 1 process"] = dict(nproc=1, threads=1, device="cuda")
     rates: dict[str, list[float]] = {k: [] for k in cases}
@@ -162,15 +162,15 @@ def main() -> int:
         for name, kw in cases.items():
             out = work / "tp"
             shutil.rmtree(out, ignore_errors=True)
-            run_tree(search_cmd(folder, logs, out, epochs=2, workers=1, **kw), env)
+            run_tree(search_cmd(folder, logs, out, epochs=2, workers=1, **kw), env, sample=False)
             rate = last_epoch(out)["images_per_second"]  # epoch 2: workers and caches warm
             rates[name].append(rate)
             loads[name].append(load())
-            print(f"round {r + 1}: {name:<45} {rate:8.1f} images/s  [{load()}]", flush=True)
+            print(f"round {r + 1}: {name:<30} {rate:8.1f} images/s  [{load()}]", flush=True)
     result["throughput"] = {k: {**spread(v), "loads": loads[k]} for k, v in rates.items()}
-    base = statistics.median(rates["1 process, 2 threads"])
+    base = statistics.median(rates["1 process"])
     for name, v in rates.items():
-        print(f"throughput: {name:<45} median {statistics.median(v):8.1f} images/s (min {min(v):.1f}, "
+        print(f"throughput: {name:<30} median {statistics.median(v):8.1f} images/s (min {min(v):.1f}, "
               f"max {max(v):.1f}), x{statistics.median(v) / base:.2f} of one CPU process  [{load()}]")
     if not torch.cuda.is_available():
         print("cuda: skipped (torch sees no GPU)")

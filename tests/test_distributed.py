@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tvm_nas.latency_table import LatencyTable
+from tvm_nas.profile.table import LatencyTable
 from tvm_nas.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def _env() -> dict:
 
 def _torchrun(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "tvm_nas.cli"]
+            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "tvm_nas"]
 
 
 def _free_port() -> int:
@@ -105,7 +105,7 @@ def _log(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(setup):
     args, runs = setup
-    _run([sys.executable, "-m", "tvm_nas.cli", *args, "--out", str(runs / "one")])
+    _run([sys.executable, "-m", "tvm_nas", *args, "--out", str(runs / "one")])
     _run([*_torchrun(2), *args, "--out", str(runs / "two")])
     _run([*_torchrun(2), *args, "--global-batchnorm", "--out", str(runs / "two-global")])
     return runs / "one", runs / "two", runs / "two-global"
@@ -136,7 +136,7 @@ def test_kill_and_resume_across_processes(setup, runs):
     args, folder = setup
     two = runs[1]
     out = folder / "killed"
-    cmd = [sys.executable, "-m", "tvm_nas.cli", *args, "--out", str(out), "--nproc", "2"]
+    cmd = [sys.executable, "-m", "tvm_nas", *args, "--out", str(out), "--nproc", "2"]
     proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -149,7 +149,7 @@ def test_kill_and_resume_across_processes(setup, runs):
         proc.wait()
     epochs_done = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
     assert epochs_done < 4 and not (out / "final.arch.json").exists()
-    _run([sys.executable, "-m", "tvm_nas.cli", "search", "--resume", "--out", str(out), "--nproc", "2",
+    _run([sys.executable, "-m", "tvm_nas", "search", "--resume", "--out", str(out), "--nproc", "2",
           "--quiet"])
     # resumed from an epoch boundary: exactly the uninterrupted two-process result
     for a, b in zip(_alpha(two), _alpha(out), strict=True):

@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import DEVICES, PRECISIONS
 from ..errors import TvmNasError
 
 # GlobalBatchNorm2d needs a differentiable all-reduce; the public one is marked deprecated for a private successor
 warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated",
                         category=FutureWarning)
 
-DEVICES = ("cpu", "cuda", "auto")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -219,7 +218,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "tvm_nas.cli", *argv]
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "tvm_nas", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(cmd, env=env).returncode
 
@@ -237,13 +236,3 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-
-def add_runtime_args(parser, nproc: bool = True) -> None:
-    """``--device``, ``--workers`` (and ``--nproc``): where and how a job runs, not what it computes."""
-    parser.add_argument("--device", default="cpu", choices=DEVICES,
-                        help="cpu, cuda or auto (cuda when torch sees a GPU); default cpu")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader workers per process for an image folder (default: the cores left, <= 8)")
-    if nproc:
-        parser.add_argument("--nproc", type=int, default=None,
-                            help="run in N processes on this machine (starts torchrun; gloo on CPU, nccl on CUDA)")

@@ -1,4 +1,4 @@
-"""``tvm-nas search`` and ``tvm-nas train``: arguments and runners (registered by ``tvm_nas.cli``)."""
+"""``tvm-nas search`` and ``tvm-nas train``: arguments, and runners that import torch only when they run."""
 
 from __future__ import annotations
 
@@ -8,34 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from pydantic import ValidationError
-
-from ..data import default_workers, load_data
+from ..config import DEVICES, PRECISIONS, SearchConfig
 from ..errors import TvmNasError
-from ..latency_table import LatencyTable, table_path
-from ..space import SearchSpace, load_space, load_yaml, resolve
-from . import distributed
-from .loop import ARCH_FILE, CONFIG, ProxylessSearch, SearchConfig, budget_us_from_ms, load_run_config
+from ..io import DEFAULT_LOGS_DIR
 
 _FIELDS = SearchConfig.model_fields
 DATA_HELP = "builtin | imagefolder:PATH | cifar10:PATH (default builtin)"
-
-
-def _default(name: str):
-    return _FIELDS[name].default
-
-
-def target_name(name_or_path: str) -> str:
-    """A target's name from its name or YAML path."""
-    try:
-        from ..targets import load_target  # the targets module, where present
-    except ImportError:
-        data = load_yaml(resolve(name_or_path, "targets"))
-        if not isinstance(data.get("name"), str):
-            raise TvmNasError(f"{name_or_path}: field 'name': missing") from None
-        return data["name"]
-    return load_target(name_or_path).name
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
@@ -45,15 +23,15 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target name or YAML path (required unless --resume)")
     p.add_argument("--data", default="builtin", help=DATA_HELP)
     p.add_argument("--latency-ms", type=float, help="latency budget T in ms (required unless --resume)")
-    p.add_argument("--logs-dir", default="tuning_logs", help="latency tables' root (default tuning_logs)")
+    p.add_argument("--logs-dir", default=str(DEFAULT_LOGS_DIR), help="latency tables' root (default %(default)s)")
     p.add_argument("--table", help="latency table path (default: <logs-dir>/<target>/<space>.latency.json)")
     p.add_argument("--out", help="run directory (default runs/search-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own config")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (default: torch's choice)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="weight steps under autocast (bf16: CPU or CUDA, fp16: CUDA); α and the latency loss stay "
                         "fp32 (default fp32)")
-    distributed.add_runtime_args(p)
+    add_runtime_args(p)
     p.add_argument("--global-batchnorm", action="store_true",
                    help="several processes: BatchNorm statistics over the whole global batch, as one process computes "
                         "them (default: each process's share, as DDP does; faster)")
@@ -76,6 +54,25 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
+def add_runtime_args(parser: argparse.ArgumentParser, nproc: bool = True) -> None:
+    """``--device``, ``--workers`` (and ``--nproc``): where and how a job runs, not what it computes."""
+    parser.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="cpu, cuda or auto (cuda when torch sees a GPU); default cpu")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers per process for an image folder (default: the cores left, <= 8)")
+    if nproc:
+        parser.add_argument("--nproc", type=int, default=None,
+                            help="run in N processes on this machine (starts torchrun; gloo on CPU, nccl on CUDA)")
+
+
+def _config_error(e) -> TvmNasError:
+    """A pydantic ValidationError of a config as one line naming the option."""
+    err = e.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else "warmup_epochs"  # the one check across fields
+    opt = "--" + name.replace("_", "-").replace("latency-budget-us", "latency-ms")
+    return TvmNasError(f"{opt}: {err['msg'].removeprefix('Value error, ')}")
+
+
 def _console(quiet: bool):
     if quiet:
         return None
@@ -84,18 +81,17 @@ def _console(quiet: bool):
     return Console()
 
 
-def _load_table(path: Path, space, target: str) -> LatencyTable:
+def _load_table(path: Path, space, target):
+    """The table of `space` measured on `target` (a TargetSpec, or a name when resuming a saved run)."""
+    from ..profile.table import LatencyTable
+
+    name = target if isinstance(target, str) else target.name
     if not path.is_file():
         raise TvmNasError(f"{path}: latency table not found; run: tvm-nas profile --space {space.name} "
-                          f"--target {target}")
-    return LatencyTable.load(path, space=space, target_name=target)
-
-
-def _config_error(e: ValidationError) -> TvmNasError:
-    err = e.errors()[0]
-    name = str(err["loc"][0]) if err["loc"] else "warmup_epochs"  # the one check across fields
-    opt = "--" + name.replace("_", "-").replace("latency-budget-us", "latency-ms")
-    return TvmNasError(f"{opt}: {err['msg'].removeprefix('Value error, ')}")
+                          f"--target {name}")
+    if isinstance(target, str):
+        return LatencyTable.load(path, space=space, target_name=target)
+    return LatencyTable.load(path, space=space, target=target)
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -103,6 +99,8 @@ def run_search(args: argparse.Namespace) -> int:
 
     With ``--nproc N`` (N > 1) outside torchrun, starts torchrun with N copies of this command.
     """
+    from ..search import distributed
+
     if args.nproc is not None and args.nproc < 1:
         raise TvmNasError(f"--nproc: must be at least 1, got {args.nproc}")
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -115,7 +113,17 @@ def run_search(args: argparse.Namespace) -> int:
         distributed.shutdown()
 
 
-def _search(args: argparse.Namespace, dist: distributed.Dist) -> int:
+def _search(args: argparse.Namespace, dist) -> int:
+    import torch
+    from pydantic import ValidationError
+
+    from ..data import default_workers, load_data
+    from ..profile.table import table_path
+    from ..search import distributed
+    from ..search.loop import CONFIG, ProxylessSearch, budget_us_from_ms, load_run_config
+    from ..space import SearchSpace, load_space
+    from ..targets import load_target
+
     console = _console(args.quiet or not dist.main)
     if args.resume:
         if not args.out:
@@ -146,13 +154,12 @@ def _search(args: argparse.Namespace, dist: distributed.Dist) -> int:
         if missing:
             raise TvmNasError(f"tvm-nas search: missing {', '.join(missing)}")
         space = load_space(args.space)
-        target = target_name(args.target)
-        table = _load_table(Path(args.table) if args.table else table_path(args.logs_dir, target, space.name),
-                            space, target)
+        spec = load_target(args.target)
+        table = _load_table(Path(args.table) if args.table else table_path(args.logs_dir, spec.name, space.name),
+                            space, spec)
         budget_us = budget_us_from_ms(args.latency_ms)
         settings = {k: getattr(args, k) for k in _FIELDS if hasattr(args, k) and k != "latency_budget_us"}
         settings["enforce_budget"] = not args.no_enforce_budget
-        settings["global_batchnorm"] = args.global_batchnorm
         try:
             config = SearchConfig(latency_budget_us=budget_us, **settings)
         except ValidationError as e:
@@ -170,7 +177,7 @@ def _search(args: argparse.Namespace, dist: distributed.Dist) -> int:
                       f"{config.latency_budget_us:.1f} µs (space range {fast:.1f} – {slow:.1f} µs), data "
                       f"{data.spec} ({len(data)} samples) on {dist.world} {dist.device.type} process(es) "
                       f"-> {run_dir}")
-    if config.latency_budget_us < fast and dist.main:
+    if config.latency_budget_us < fast and dist.main and not args.resume:  # said when the run started
         print(f"warning: the budget {config.latency_budget_us / 1000:g} ms is below the fastest net of space "
               f"'{space.name}' ({fast / 1000:g} ms): no architecture can meet it; the result is marked over budget",
               file=sys.stderr)
@@ -198,7 +205,7 @@ def _search(args: argparse.Namespace, dist: distributed.Dist) -> int:
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tvm-nas train``."""
     p = parser
-    p.add_argument("--arch", required=True, help=f"architecture file (e.g. RUN_DIR/{ARCH_FILE})")
+    p.add_argument("--arch", required=True, help="architecture file (e.g. RUN_DIR/final.arch.json)")
     p.add_argument("--data", default="builtin", help=DATA_HELP)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
@@ -211,15 +218,20 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", help="fine-tune from a search run's supernet (RUN_DIR or checkpoint.pt)")
     p.add_argument("--out", help="output folder (default: beside the arch file, <arch>.train/)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="train under autocast (bf16: CPU or CUDA, fp16: CUDA; default fp32)")
-    distributed.add_runtime_args(p, nproc=False)
+    add_runtime_args(p, nproc=False)
     p.add_argument("--quiet", action="store_true")
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a derived architecture and report its validation accuracy. Returns the exit status."""
-    from .train import TrainConfig, train_arch
+    import torch
+    from pydantic import ValidationError
+
+    from ..config import TrainConfig
+    from ..search.distributed import resolve_device
+    from ..train import train_arch
 
     if args.threads < 0:
         raise TvmNasError(f"--threads: must be 0 (torch's choice) or more, got {args.threads}")
@@ -232,7 +244,7 @@ def run_train(args: argparse.Namespace) -> int:
                           precision=args.precision)
     except ValidationError as e:
         raise _config_error(e) from e
-    device = distributed.resolve_device(args.device)
+    device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path(str(args.arch).removesuffix(".json") + ".train")
     result = train_arch(args.arch, args.data, cfg, out, init_from=args.init_from,
                         console=_console(args.quiet), device=device, workers=args.workers)
