@@ -9,7 +9,8 @@ space, 16x16 inputs, images streamed by a DataLoader):
   only the file list grows with the folder;
 * **processes** — images/s of the weight steps in one process against two under torchrun (gloo), one torch
   thread per process, interleaved rounds, medians and spread; two cores bound this on the development machine;
-* **cuda** — images/s on the GPU against the CPU, when torch sees one (skipped otherwise).
+* **cuda** — images/s on the GPU against the CPU when torch sees one, and of two GPU processes (nccl) when it
+  sees two (skipped otherwise): the GPU check to run whenever a machine has GPUs.
 
 The load average is printed beside every figure. Results go to ``bench/results/search_scale-<conditions>.json``.
 A rerun takes about 5 minutes on 2 cores (plus 80 s once to profile the latency table)::
@@ -156,6 +157,8 @@ def main() -> int:
     cases = {"1 process": dict(nproc=1, threads=1), "2 processes (torchrun, gloo)": dict(nproc=2, threads=1)}
     if torch.cuda.is_available():
         cases["cuda, 1 process"] = dict(nproc=1, threads=1, device="cuda")
+    if torch.cuda.device_count() >= 2:
+        cases["cuda, 2 processes (torchrun, nccl)"] = dict(nproc=2, threads=1, device="cuda")
     rates: dict[str, list[float]] = {k: [] for k in cases}
     loads: dict[str, list[str]] = {k: [] for k in cases}
     for r in range(args.rounds):  # interleaved: every case once per round

@@ -5,12 +5,27 @@ No torch or TVM here: the command line builds its options from these models and 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import TvmNasError
+
 DEVICES = ("cpu", "cuda", "auto")  # auto: cuda when torch sees a GPU
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def budget_us_from_ms(ms: float) -> float:
+    """The ``--latency-ms`` value in µs, checked: a finite number above 0.001 ms (1 µs).
+
+    Raises:
+        TvmNasError: zero, negative, infinite, NaN or at most 1 µs.
+    """
+    if not math.isfinite(ms) or ms <= 0.001:
+        raise TvmNasError(f"--latency-ms: the budget must be a finite number of milliseconds above 0.001 (1 µs), "
+                          f"got {ms}")
+    return ms * 1000.0
 
 
 class SearchConfig(BaseModel):

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import DEVICES, PRECISIONS, SearchConfig
+from ..config import DEVICES, PRECISIONS, SearchConfig, budget_us_from_ms
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR
 
@@ -120,7 +120,7 @@ def _search(args: argparse.Namespace, dist) -> int:
     from ..data import default_workers, load_data
     from ..profile.table import table_path
     from ..search import distributed
-    from ..search.loop import CONFIG, ProxylessSearch, budget_us_from_ms, load_run_config
+    from ..search.loop import CONFIG, ProxylessSearch, load_run_config
     from ..space import SearchSpace, load_space
     from ..targets import load_target
 

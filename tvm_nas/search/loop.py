@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -41,18 +40,6 @@ CONFIG = "config.json"
 LOG = "log.jsonl"
 ARCH_FILE = "final.arch.json"
 CHECKPOINT_FORMAT = 2  # 1: pickled RNG states, loaded only with weights_only=False
-
-
-def budget_us_from_ms(ms: float) -> float:
-    """The ``--latency-ms`` value in µs, checked: a finite number above 0.001 ms (1 µs).
-
-    Raises:
-        TvmNasError: zero, negative, infinite, NaN or at most 1 µs.
-    """
-    if not math.isfinite(ms) or ms <= 0.001:
-        raise TvmNasError(f"--latency-ms: the budget must be a finite number of milliseconds above 0.001 (1 µs), "
-                          f"got {ms}")
-    return ms * 1000.0
 
 
 @contextmanager
