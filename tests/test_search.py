@@ -267,14 +267,16 @@ def test_cli_search_resume_and_train(space, tiny_table, tmp_path, capsys):
     assert cli_main(["search", "--resume", "--out", str(run), "--quiet"]) == 0
     assert json.loads(arch.read_text())["ops"] == doc["ops"]
     _fails(["search", *argv], capsys, "--resume")
-    # train the derived net from scratch and from the supernet
-    for extra in ([], ["--init-from", str(run)]):
+    # train the derived net from scratch and from the supernet (in bfloat16 autocast, on the device auto picks)
+    for extra in ([], ["--init-from", str(run), "--precision", "bf16", "--device", "auto"]):
         out = tmp_path / f"train{len(extra)}"
         targs = ["--arch", str(arch), "--data", "builtin", "--epochs", "1", "--max-samples", "300", "--out",
                  str(out), "--quiet", *extra]
         assert cli_main(["train", *targs]) == 0
         result = json.loads((out / "train.json").read_text())
         assert 0.0 <= result["val_accuracy"] <= 1.0 and (out / "model.pt").is_file()
+        assert result["config"]["precision"] == ("bf16" if extra else "fp32")
+        assert result["device"] == ("cuda" if extra and torch.cuda.is_available() else "cpu")
     assert "validation accuracy" in capsys.readouterr().out
 
 

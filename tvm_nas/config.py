@@ -115,7 +115,7 @@ class RunConfig(BaseModel):
     space: str = "tiny"
     target: str = "host"
     data: str = "builtin"
-    latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+    latency_ms: float | None = Field(default=None, gt=0.001, allow_inf_nan=False,
                                      description="budget; default halfway between the fastest and slowest nets")
     trials: int = Field(default=64, ge=0, description="MetaSchedule budget of the profile")
     logs_dir: str = "tuning_logs"

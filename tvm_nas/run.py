@@ -139,6 +139,10 @@ class Run:
         budget = self.cfg.latency_ms * 1000 if self.cfg.latency_ms else (lo + hi) / 2
         self.console.print(f"fastest net {lo:.1f} µs, slowest {hi:.1f} µs -> budget {budget:.1f} µs"
                            + ("" if self.cfg.latency_ms else " (halfway)"))
+        if budget < lo:
+            self.console.print(f"[bold red]warning:[/] the budget {budget:.1f} µs is below the fastest net of the "
+                               f"space ({lo:.1f} µs): no architecture can meet it; the searched net is marked over "
+                               "budget")
         return {"table": self.rel(dest), "fastest_us": lo, "slowest_us": hi, "budget_us": budget,
                 "fastest_ops": fast, "slowest_ops": slow}
 
