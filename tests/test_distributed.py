@@ -71,7 +71,8 @@ def setup(tiny_table, tmp_path_factory):
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1"}
 
 
 def _torchrun(nproc: int) -> list[str]:
