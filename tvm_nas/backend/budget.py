@@ -178,6 +178,24 @@ class Allocator:
         return sum(s.share for s in self.state.values())
 
 
+def op_frequency(space) -> dict[str, float]:
+    """Expected occurrences of each unique op key in a net drawn uniformly from the space (`zero` costs nothing)."""
+    freq: dict[str, float] = {}
+    for k in space.fixed_layers():
+        freq[k.key] = freq.get(k.key, 0.0) + 1.0
+    for blk in space.blocks():
+        for op in blk.candidates:
+            if op != "zero":
+                k = blk.key(op).key
+                freq[k] = freq.get(k, 0.0) + 1.0 / len(blk.candidates)
+    return freq
+
+
+def kernel_usage(tasks: dict, op_freq: dict[str, float]) -> dict[str, float]:
+    """Expected executions of each kernel per net: Σ over the ops that call it of (op frequency × calls in it)."""
+    return {k: sum(op_freq.get(op, 0.0) * n for op, n in t.uses.items()) or 1e-9 for k, t in tasks.items()}
+
+
 def round_size_for(trials: int | None, n_tasks: int, default: int = 32, largest: int = 64) -> int:
     """Candidates per round: a trial budget is first spread over all tasks (one round each), capped at `largest`."""
     if trials is None:

@@ -130,14 +130,15 @@ def scan(work_dir: str | os.PathLike, tvm_check: bool = False) -> tuple[list[str
     return good_w, good_r, repair
 
 
-def repair(work_dir: str | os.PathLike) -> Repair:
-    """Drop damaged lines of the database in `work_dir` (call with the writer lock held); a backup is kept."""
+def repair(work_dir: str | os.PathLike, deep: bool = False) -> Repair:
+    """Drop damaged lines of the database in `work_dir` (call with the writer lock held); a backup is kept.
+
+    With `deep`, every line is also parsed by TVM (slower; for lines that are JSON but not a valid record).
+    """
     work_dir = Path(work_dir)
-    good_w, good_r, rep = scan(work_dir)
+    good_w, good_r, rep = scan(work_dir, tvm_check=deep)
     if not rep:
-        good_w, good_r, rep = _tvm_scan(work_dir)
-        if not rep:
-            return rep
+        return rep
     backup = work_dir / "damaged" / time.strftime("%Y%m%d-%H%M%S")
     backup.mkdir(parents=True, exist_ok=True)
     for name in (WORKLOADS, RECORDS):
@@ -147,17 +148,6 @@ def repair(work_dir: str | os.PathLike) -> Repair:
     atomic_write_text(work_dir / RECORDS, "".join(ln + "\n" for ln in good_r))
     rep.backup = backup
     return rep
-
-
-def _tvm_scan(work_dir: Path):
-    """Only when the cheap checks pass: does TVM load it? If not, find the lines TVM cannot read."""
-    from tvm.s_tir import meta_schedule as ms
-
-    try:
-        ms.database.JSONDatabase(str(work_dir / WORKLOADS), str(work_dir / RECORDS), module_equality="structural")
-        return [], [], Repair()
-    except Exception:  # noqa: BLE001 - TVM's error for any damaged line; the per-line scan below says which
-        return scan(work_dir, tvm_check=True)
 
 
 # -- one writer at a time ---------------------------------------------------------------------------------------

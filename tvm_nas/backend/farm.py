@@ -104,11 +104,16 @@ class Farm:
                 if job is _DONE:
                     self.jobs.put(_DONE)  # for the other workers
                     return
-                try:
-                    if sess is None or time.monotonic() - opened > life / 2:  # the server kills it at `life`
-                        sess = None
+                if sess is None or time.monotonic() - opened > life / 2:  # the server kills it at `life`
+                    sess = None
+                    try:
                         sess, board.name = request_session(self.spec, life)
-                        opened = time.monotonic()
+                    except Exception as e:  # noqa: BLE001 - no free server (busy elsewhere) or tracker gone
+                        board.failed = f"no session: {_one_line(e)}"
+                        self.results.put(("no_session", board, job))
+                        return
+                    opened = time.monotonic()
+                try:
                     t0 = time.perf_counter()
                     _, timing = self.measure(job.executable, job.inputs, self.spec, sess=sess)
                 except Exception as e:  # noqa: BLE001 - any failure of a board: hand the job to the others
@@ -152,6 +157,9 @@ class Farm:
                 on_result(*payload)
                 got += 1
                 self.on_board(self.boards)
+            elif kind == "no_session":
+                self.say(f"a worker got no session ({board.failed}); the other boards go on")
+                self.jobs.put(payload)
             elif kind == "board_failed":
                 self.say(f"board {board.name} failed ({board.failed}); its work goes to the other boards")
                 self.on_board(self.boards)
@@ -166,4 +174,4 @@ class Farm:
             t.join(timeout=30)
 
     def failed(self) -> list[Board]:
-        return [b for b in self.boards if b.failed]
+        return [b for b in self.boards if b.failed and not b.failed.startswith("no session")]

@@ -25,6 +25,7 @@ class Task:
     extracted: object  # ms.ExtractedTask
     users: list[str] = field(default_factory=list)
     weight: int = 0
+    uses: dict[str, int] = field(default_factory=dict)  # user -> calls of this kernel in it
 
 
 def task_key(mod) -> str:
@@ -53,6 +54,7 @@ def dedup(tasks_by_user: dict[str, list]) -> dict[str, Task]:
             task = unique.setdefault(key, Task(key, t.task_name, mod, t))
             task.users.append(user)
             task.weight += int(t.weight)
+            task.uses[user] = task.uses.get(user, 0) + int(t.weight)
     return unique
 
 
@@ -89,32 +91,34 @@ def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable
     work_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
         atomic_write_json(stamp, mine)
-    where = _healthy_copy(work_dir, say)
-    try:
-        return ms.database.JSONDatabase(str(where / dbfile.WORKLOADS), str(where / dbfile.RECORDS),
-                                        module_equality="structural")
-    except Exception as e:  # noqa: BLE001 - TVM raises RuntimeError/TVMError with a C++ trace
-        raise TvmNasError(f"{work_dir / dbfile.RECORDS}: TVM cannot read this tuning database "
-                          f"({e.__class__.__name__}); move {work_dir} aside to start a new one") from None
+    for deep in (False, True):  # lines TVM cannot parse although they are JSON are looked for only on failure
+        where = _healthy_copy(work_dir, say, deep)
+        try:
+            return ms.database.JSONDatabase(str(where / dbfile.WORKLOADS), str(where / dbfile.RECORDS),
+                                            module_equality="structural")
+        except Exception as e:  # noqa: BLE001 - TVM raises RuntimeError/TVMError with a C++ trace
+            error = e
+    raise TvmNasError(f"{work_dir / dbfile.RECORDS}: TVM cannot read this tuning database "
+                      f"({error.__class__.__name__}); move {work_dir} aside to start a new one")
 
 
-def _healthy_copy(work_dir: Path, say) -> Path:
+def _healthy_copy(work_dir: Path, say, deep: bool = False) -> Path:
     """`work_dir` itself after any repair, or a repaired private copy while another process writes it."""
     import tempfile
 
     if not (work_dir / dbfile.WORKLOADS).is_file() and not (work_dir / dbfile.RECORDS).is_file():
         return work_dir
-    _, _, damage = dbfile.scan(work_dir)
+    _, _, damage = dbfile.scan(work_dir, tvm_check=deep)
     if not damage:
         return work_dir
     try:
         with dbfile.writer(work_dir):
-            rep = dbfile.repair(work_dir)
+            rep = dbfile.repair(work_dir, deep)
         if rep:
             say(rep.describe())
         return work_dir
     except TvmNasError:  # a writer is appending right now: its last line may be half-written, read around it
-        good_w, good_r, _ = dbfile.scan(work_dir)
+        good_w, good_r, _ = dbfile.scan(work_dir, tvm_check=deep)
         tmp = Path(tempfile.mkdtemp(prefix="tvm-nas-db-"))
         (tmp / dbfile.WORKLOADS).write_text("".join(ln + "\n" for ln in good_w))
         (tmp / dbfile.RECORDS).write_text("".join(ln + "\n" for ln in good_r))
