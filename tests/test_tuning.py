@@ -165,3 +165,15 @@ def test_second_writer_exits_naming_the_holder(tuned, tmp_path):
         holder.wait()
     with dbfile.writer(work_dir):  # a killed holder leaves no stale lock
         pass
+
+
+def test_rerun_warm_starts_the_shared_cost_model_from_the_database(tuned, tmp_path):
+    from tvm_nas.backend.tuner import tune_budgeted
+
+    work_dir, tasks, spec = _copy(tuned, tmp_path)
+    said = []
+    out = tune_budgeted(tasks, spec, work_dir, trials=1, say=said.append)
+    assert any("cost model warm-started from 3 records" in m for m in said), said
+    assert out.trials == 1 and out.rounds == 1  # a whole round of the size the budget allows, nothing more
+    db = tuning.open_database(work_dir, spec)
+    assert sum(tuning.records(db, t.mod) for t in tasks.values()) == 4  # nothing thrown away
