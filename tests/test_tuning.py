@@ -177,3 +177,16 @@ def test_rerun_warm_starts_the_shared_cost_model_from_the_database(tuned, tmp_pa
     assert out.trials == 1 and out.rounds == 1  # a whole round of the size the budget allows, nothing more
     db = tuning.open_database(work_dir, spec)
     assert sum(tuning.records(db, t.mod) for t in tasks.values()) == 4  # nothing thrown away
+
+
+def test_tuning_over_a_damaged_database_repairs_it_in_place(tuned, tmp_path):
+    """The tuner holds the writer lock: it must repair the files themselves, not tune into a private copy."""
+    from tvm_nas.backend.tuner import tune_budgeted
+
+    work_dir, tasks, spec = _copy(tuned, tmp_path)
+    rec = work_dir / dbfile.RECORDS
+    rec.write_text(rec.read_text() + '[0, [["half')
+    said = []
+    tune_budgeted(tasks, spec, work_dir, trials=1, say=said.append)
+    assert any("damaged line(s) dropped" in m for m in said), said
+    assert len(rec.read_text().splitlines()) == 4 and rec.read_text().endswith("\n")

@@ -103,7 +103,7 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
     usage = usage or {k: float(t.weight or 1) for k, t in tasks.items()}
     work_dir = Path(work_dir)
     with dbfile.writer(work_dir, wait_s=0):
-        db = open_database(work_dir, spec, say=say)
+        db = open_database(work_dir, spec, say=say, writer_held=True)
         have = {k: records(db, t.mod) for k, t in tasks.items()}
         fresh = sum(1 for v in have.values() if v == 0)
         r_size = settings.round_size or round_size_for(trials, fresh or len(tasks))

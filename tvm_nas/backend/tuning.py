@@ -63,11 +63,13 @@ def _say(msg: str) -> None:
     print(f"tvm-nas: {msg}", file=sys.stderr)
 
 
-def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable[[str], None] = _say):
+def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable[[str], None] = _say,
+                  writer_held: bool = False):
     """The target's MetaSchedule JSON database in `work_dir`, refusing one written for another target.
 
     Damaged lines (a crash mid-write, a garbage line) are dropped with a backup kept and a message through `say`;
     while another process holds the writer lock, the repair is made on a private copy and the files are left alone.
+    A caller that holds the writer lock itself (`writer_held`) always gets the files, repaired in place.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -92,7 +94,7 @@ def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable
     if not stamp.is_file():
         atomic_write_json(stamp, mine)
     for deep in (False, True):  # lines TVM cannot parse although they are JSON are looked for only on failure
-        where = _healthy_copy(work_dir, say, deep)
+        where = _healthy_copy(work_dir, say, deep, writer_held)
         try:
             return ms.database.JSONDatabase(str(where / dbfile.WORKLOADS), str(where / dbfile.RECORDS),
                                             module_equality="structural")
@@ -102,7 +104,7 @@ def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable
                       f"({error.__class__.__name__}); move {work_dir} aside to start a new one")
 
 
-def _healthy_copy(work_dir: Path, say, deep: bool = False) -> Path:
+def _healthy_copy(work_dir: Path, say, deep: bool = False, writer_held: bool = False) -> Path:
     """`work_dir` itself after any repair, or a repaired private copy while another process writes it."""
     import tempfile
 
@@ -110,6 +112,11 @@ def _healthy_copy(work_dir: Path, say, deep: bool = False) -> Path:
         return work_dir
     _, _, damage = dbfile.scan(work_dir, tvm_check=deep)
     if not damage:
+        return work_dir
+    if writer_held:
+        rep = dbfile.repair(work_dir, deep)
+        if rep:
+            say(rep.describe())
         return work_dir
     try:
         with dbfile.writer(work_dir):
