@@ -8,6 +8,7 @@ same thread count. Prints the median and worst absolute prediction error (%) and
 TVM / PyTorch latency ratios; writes ``bench/results/predict_vs_measured-<space>-<target>-t<threads>-n<N>.json``.
 glibc's malloc makes PyTorch eager timings erratic: the script re-executes itself with large malloc thresholds.
 """
+# ruff: noqa: E402  (the imports follow the thread settings, which must come first)
 
 from __future__ import annotations
 
@@ -21,17 +22,22 @@ _MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "42
 if any(os.environ.get(k) != v for k, v in _MALLOC.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC})
 
-import numpy as np  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from tvm_nas import deploy  # noqa: E402
-from tvm_nas.io import atomic_write_json  # noqa: E402
-from tvm_nas.latency import profile  # noqa: E402
-from tvm_nas.latency_table import table_path  # noqa: E402
-from tvm_nas.search.derive import arch_document  # noqa: E402
-from tvm_nas.space import load_space  # noqa: E402
-from tvm_nas.targets import load_target  # noqa: E402
+from tvm_nas.arch import (
+    Arch,
+    arch_document,
+)
+from tvm_nas.deploy.compile import ONNX_FILE, compile_arch
+from tvm_nas.deploy.model import build_network_from_arch, example_input
+from tvm_nas.deploy.peers import time_onnxruntime, time_torch
+from tvm_nas.io import atomic_write_json
+from tvm_nas.profile.profiler import profile
+from tvm_nas.profile.table import table_path
+from tvm_nas.space import load_space
+from tvm_nas.targets import load_target
 
 
 def random_archs(space, n: int, seed: int) -> list[list[str]]:
@@ -58,14 +64,14 @@ def main() -> int:
     result = Path(args.results) / name
     with tempfile.TemporaryDirectory() as tmp:
         for i, ops in enumerate(random_archs(space, args.n, args.seed)):
-            a = deploy.Arch(space, ops, arch_document(space, ops, None, None), None, f"random-{i}")
+            a = Arch(space, ops, arch_document(space, ops, None, None), None, f"random-{i}")
             out = Path(tmp) / a.label
-            m = deploy.compile_arch(a, spec, out=out, logs_dir=args.logs_dir, console=console)
-            model = deploy.build_network_from_arch(a)
-            x = deploy.example_input(a.input_shape)
+            m = compile_arch(a, spec, out=out, logs_dir=args.logs_dir, console=console)
+            model = build_network_from_arch(a)
+            x = example_input(a.input_shape)
             ev = spec.evaluator
-            torch_us = deploy.time_torch(model, x, spec.threads, ev.number, ev.repeat)
-            ort_us = deploy.time_onnxruntime(out / deploy.ONNX_FILE, x, spec.threads, ev.number, ev.repeat)
+            torch_us = time_torch(model, x, spec.threads, ev.number, ev.repeat)
+            ort_us = time_onnxruntime(out / ONNX_FILE, x, spec.threads, ev.number, ev.repeat)
             pred, meas = m["predicted_latency_us"], m["measured_latency_us"]
             rows.append({"arch": a.label, "ops": ops, "predicted_us": pred, "measured_us": meas,
                          "error_pct": 100 * (pred - meas) / meas, "tasks_reused": m["tuning"]["reused"],

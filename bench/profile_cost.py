@@ -29,6 +29,7 @@ from tvm_nas.backend import tuning
 from tvm_nas.backend.budget import fmt_duration, kernel_usage, op_frequency, parse_duration
 from tvm_nas.backend.target import is_gpu, to_tvm_target
 from tvm_nas.io import atomic_write_json
+from tvm_nas.profile.profiler import lower_op
 from tvm_nas.space import load_space
 from tvm_nas.targets import load_target
 
@@ -40,17 +41,8 @@ def load() -> str:
     return "load avg " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def _lower_op():
-    try:
-        from tvm_nas.profile.profiler import lower_op
-    except ImportError:  # before the package layout change
-        from tvm_nas.latency import lower_op
-    return lower_op
-
-
 def kernels(space_name: str, target):
     """(space, unique kernels, usage per kernel, seconds to lower) of a space on a target."""
-    lower_op = _lower_op()
     space = load_space(space_name)
     tvm_target = to_tvm_target(target)
     t0 = time.perf_counter()
@@ -205,7 +197,7 @@ def mode_farm(args) -> dict:
 
 # -- the full table and the deployed nets --------------------------------------------------------------------------
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "tvm_nas.cli", *args], text=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "tvm_nas", *args], text=True, capture_output=True)
     if r.returncode:
         raise SystemExit(f"tvm-nas {' '.join(args)} failed:\n{r.stderr[-3000:]}")
     return r
@@ -240,14 +232,9 @@ def mode_table(args) -> dict:
 
 def _fastest_arch(space_name: str, logs: Path, target: str, where: Path) -> Path:
     """The fastest net under the table (per-block argmin): a latency-only pick when no searched net is given."""
-    try:
-        from tvm_nas.arch import arch_document
-    except ImportError:  # before the package layout change
-        from tvm_nas.search.derive import arch_document
-    try:
-        from tvm_nas.profile.table import LatencyTable
-    except ImportError:
-        from tvm_nas.latency_table import LatencyTable
+    from tvm_nas.arch import arch_document
+    from tvm_nas.profile.table import LatencyTable
+
     space = load_space(space_name)
     table = LatencyTable.load(logs / target / f"{space_name}.latency.json", space=space)
     ops, _ = table.extremes(space)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+TVM_NAS = Path(sys.executable).parent / "tvm-nas"  # the entry point `pip install` wrote beside this interpreter
 
 # one op, one block: the smallest space that still has every kind of kernel (stem, block, head, classifier)
 MICRO_SPACE = {
@@ -37,7 +38,7 @@ def micro_space(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_logs(tmp_path_factory) -> Path:
     """A logs dir holding the real latency table of the `tiny` space on `host` (TVM default schedules)."""
-    from tvm_nas.latency import profile
+    from tvm_nas.profile.profiler import profile
 
     logs = tmp_path_factory.mktemp("tiny_logs")
     profile("tiny", "host", trials=0, logs_dir=logs)
@@ -56,7 +57,7 @@ def free_port() -> int:
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    # own process group: the tracker and server leave popen_worker children behind (TVM_NOTES.md)
+    # own process group: the tracker and server leave popen_worker children behind (docs/tvm.md)
     return subprocess.Popen([sys.executable, "-m", *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -114,6 +115,5 @@ def rpc_target(tmp_path, rpc_tracker) -> Path:
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the real `tvm-nas` command line in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "tvm_nas.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    """Run the installed `tvm-nas` command (the console script pip made) in a subprocess."""
+    return subprocess.run([str(TVM_NAS), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)

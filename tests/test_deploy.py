@@ -5,24 +5,30 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TVM_NAS
 
-from tvm_nas import deploy
-from tvm_nas.deploy_cli import main as cli_main
+from tvm_nas.arch import load_architecture
+from tvm_nas.cli import main as cli_main
+from tvm_nas.deploy.compile import LIBRARY, MANIFEST, compile_arch, lower_network
+from tvm_nas.deploy.model import build_network_from_arch, example_input, torch_forward
+from tvm_nas.deploy.onnx import export_onnx, onnxruntime_forward
+from tvm_nas.io import sha256_file
+from tvm_nas.ops import prepare_for_deploy
 from tvm_nas.space import load_space
+from tvm_nas.specfile import data_dir
 
 OPS = ["mbconv_k5_e3", "zero", "mbconv_k3_e3"]
 PROFILE_TRIALS = 2  # tunes the first two unique tasks (stem and first block: in every net of the space)
 
 
 def write_arch(path: Path, ops=OPS) -> Path:
-    from tvm_nas.search.derive import arch_document
-    from tvm_nas.search.derive import write_arch as _write
+    from tvm_nas.arch import arch_document
+    from tvm_nas.arch import write_arch as _write
 
     return _write(path, arch_document(load_space("tiny"), ops, None, None))
 
@@ -30,7 +36,7 @@ def write_arch(path: Path, ops=OPS) -> Path:
 @pytest.fixture(scope="session")
 def tiny_host_logs(tmp_path_factory) -> Path:
     """The tiny space profiled on the host with a tiny tuning budget (a real database with a few records)."""
-    from tvm_nas.latency import profile
+    from tvm_nas.profile.profiler import profile
 
     logs = tmp_path_factory.mktemp("tuning_logs")
     profile("tiny", "host", trials=PROFILE_TRIALS, logs_dir=logs)
@@ -46,7 +52,7 @@ def arch_file(tmp_path_factory) -> Path:
 def host_build(tiny_host_logs, arch_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "host"
     records = (tiny_host_logs / "host" / "database_tuning_record.json").read_text()
-    manifest = deploy.compile_arch(arch_file, "host", out=out, logs_dir=tiny_host_logs, trials=0)
+    manifest = compile_arch(arch_file, "host", out=out, logs_dir=tiny_host_logs, trials=0)
     return out, manifest, records
 
 
@@ -56,12 +62,12 @@ def _record_lines(logs: Path, target: str = "host") -> list[str]:
 
 # -- network and ONNX ------------------------------------------------------------------------------------------
 def test_network_is_folded_eval_and_seeded(arch_file):
-    a = deploy.build_network_from_arch(arch_file, seed=3)
-    b = deploy.build_network_from_arch(arch_file, seed=3)
+    a = build_network_from_arch(arch_file, seed=3)
+    b = build_network_from_arch(arch_file, seed=3)
     assert not a.training
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in a.modules())
-    x = deploy.example_input((1, 3, 16, 16))
-    np.testing.assert_array_equal(deploy.torch_forward(a, x), deploy.torch_forward(b, x))
+    x = example_input((1, 3, 16, 16))
+    np.testing.assert_array_equal(torch_forward(a, x), torch_forward(b, x))
 
 
 def test_trained_weights_are_loaded(arch_file, tmp_path):
@@ -71,41 +77,41 @@ def test_trained_weights_are_loaded(arch_file, tmp_path):
     torch.manual_seed(7)
     net = Network(space, OPS)
     torch.save(net.state_dict(), tmp_path / "w.pt")
-    x = deploy.example_input((1, 3, 16, 16))
-    expected = deploy.torch_forward(deploy.prepare_for_deploy(net), x)
-    got = deploy.torch_forward(deploy.build_network_from_arch(arch_file, tmp_path / "w.pt"), x)
+    x = example_input((1, 3, 16, 16))
+    expected = torch_forward(prepare_for_deploy(net), x)
+    got = torch_forward(build_network_from_arch(arch_file, tmp_path / "w.pt"), x)
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_onnx_export_checks_and_matches_torch(arch_file, tmp_path):
     import onnx
 
-    model = deploy.build_network_from_arch(arch_file)
-    x = deploy.example_input((1, 3, 16, 16))
-    info = deploy.export_onnx(model, x, tmp_path / "m.onnx")
+    model = build_network_from_arch(arch_file)
+    x = example_input((1, 3, 16, 16))
+    info = export_onnx(model, x, tmp_path / "m.onnx")
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")), full_check=True)
     assert info["max_abs_err"] <= 1e-4
-    np.testing.assert_allclose(deploy.onnxruntime_forward(tmp_path / "m.onnx", x), deploy.torch_forward(model, x),
+    np.testing.assert_allclose(onnxruntime_forward(tmp_path / "m.onnx", x), torch_forward(model, x),
                                atol=1e-4)
 
 
 # -- host: compile, load, numerics, database reuse -----------------------------------------------------------
 @pytest.mark.slow
 def test_host_compile_load_and_numerics(host_build, arch_file):
-    from tvm_nas.backend.artifact import run_library
+    from tvm_nas.backend.library import run_library
 
     out, m, _ = host_build
-    lib = out / deploy.LIBRARY
-    assert m["library"]["sha256"] == deploy.sha256_file(lib)
+    lib = out / LIBRARY
+    assert m["library"]["sha256"] == sha256_file(lib)
     assert m["input"] == {"name": "input", "shape": [1, 3, 16, 16], "dtype": "float32", "layout": "NCHW"}
     assert m["output"]["shape"] == [1, 10]
     assert m["verification"]["status"] == "passed" and m["verification"]["max_abs_err"] <= 1e-4
     assert m["measured_latency_us"] > 0 and m["measurement"]["count"] >= 2
     assert m["predicted_latency_us"] > 0 and m["measured_over_predicted"] > 0
-    assert m["tvm_version"] and json.loads((out / deploy.MANIFEST).read_text()) == m
-    x = deploy.example_input((1, 3, 16, 16), seed=11)
-    model = deploy.build_network_from_arch(arch_file)
-    np.testing.assert_allclose(run_library(lib, x), deploy.torch_forward(model, x), atol=1e-4)
+    assert m["tvm_version"] and json.loads((out / MANIFEST).read_text()) == m
+    x = example_input((1, 3, 16, 16), seed=11)
+    model = build_network_from_arch(arch_file)
+    np.testing.assert_allclose(run_library(lib, x), torch_forward(model, x), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -124,11 +130,11 @@ def test_only_missing_tasks_are_tuned(host_build, tiny_host_logs, arch_file, tmp
     shutil.copytree(tiny_host_logs, logs)
     before = _record_lines(logs)
     # a fresh process: MetaSchedule's logging setup fails on a second tuning run in one pytest process
-    proc = subprocess.run([sys.executable, "-m", "tvm_nas.deploy_cli", "compile", "--arch", str(arch_file),
+    proc = subprocess.run([str(TVM_NAS), "compile", "--arch", str(arch_file),
                            "--target", "host", "--out", str(tmp_path / "out"), "--logs-dir", str(logs),
                            "--trials", "1", "--no-measure"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    t = json.loads((tmp_path / "out" / deploy.MANIFEST).read_text())["tuning"]
+    t = json.loads((tmp_path / "out" / MANIFEST).read_text())["tuning"]
     assert t["tasks"]["reused"] == first["tuning"]["tasks"]["reused"]
     assert t["tuned"] == 1 and not set(t["tasks"]["tuned"]) & set(t["tasks"]["reused"])
     after = _record_lines(logs)
@@ -137,35 +143,35 @@ def test_only_missing_tasks_are_tuned(host_build, tiny_host_logs, arch_file, tmp
 
 @pytest.mark.slow
 def test_onnx_route_agrees_with_torch_export(host_build, arch_file, tiny_host_logs, tmp_path):
-    from tvm_nas.backend.artifact import run_library
+    from tvm_nas.backend.library import run_library
 
     out, _, _ = host_build
-    m = deploy.compile_arch(arch_file, "host", out=tmp_path, logs_dir=tiny_host_logs, frontend="onnx",
+    m = compile_arch(arch_file, "host", out=tmp_path, logs_dir=tiny_host_logs, frontend="onnx",
                             measure=False)
     assert m["frontend"] == "onnx" and m["verification"]["status"] == "passed"
-    x = deploy.example_input((1, 3, 16, 16), seed=5)
-    np.testing.assert_allclose(run_library(tmp_path / deploy.LIBRARY, x), run_library(out / deploy.LIBRARY, x),
+    x = example_input((1, 3, 16, 16), seed=5)
+    np.testing.assert_allclose(run_library(tmp_path / LIBRARY, x), run_library(out / LIBRARY, x),
                                atol=1e-4)
 
 
 @pytest.mark.slow
 def test_x86_64_v2_compiles_and_runs(arch_file, tiny_host_logs, tmp_path):
-    m = deploy.compile_arch(arch_file, "x86-64-v2", out=tmp_path, logs_dir=tiny_host_logs, untuned=True)
+    m = compile_arch(arch_file, "x86-64-v2", out=tmp_path, logs_dir=tiny_host_logs, untuned=True)
     assert m["target"]["tvm"]["mcpu"] == "x86-64-v2"
     assert m["verification"]["status"] == "passed" and m["measured_latency_us"] > 0
 
 
 @pytest.mark.slow
 def test_cuda_source_generation_without_gpu(arch_file):
-    from tvm_nas.backend.artifact import cuda_build_env, device_sources
+    from tvm_nas.backend.library import cuda_build_env, device_sources
     from tvm_nas.backend.pipeline import build
     from tvm_nas.backend.target import to_tvm_target
     from tvm_nas.targets import load_target
 
-    a = deploy.load_architecture(arch_file)
-    model = deploy.build_network_from_arch(a)
+    a = load_architecture(arch_file)
+    model = build_network_from_arch(a)
     target = to_tvm_target(load_target("cuda"))
-    fused = deploy._lower(model, a, None, target, prepack=False)
+    fused = lower_network(model, a, None, target, prepack=False)
     with cuda_build_env():
         exe = build(fused, target, None, gpu=True, prepack=False)
     sources = device_sources(exe, "cuda")
@@ -225,7 +231,7 @@ def test_bad_no_database_and_no_trials(tmp_path, arch_file, capsys):
 
 
 def test_bad_cross_compiler_missing(tmp_path, arch_file, capsys):
-    text = Path("targets/rpi4b.yaml").read_text().replace("aarch64-linux-gnu-g++", "arm-linux-gnueabihf-g++")
+    text = (data_dir("targets") / "rpi4b.yaml").read_text().replace("aarch64-linux-gnu-g++", "arm-linux-gnueabihf-g++")
     if shutil.which("arm-linux-gnueabihf-g++"):
         pytest.skip("arm-linux-gnueabihf-g++ is installed here")
     (tmp_path / "pi.yaml").write_text(text)
@@ -235,7 +241,7 @@ def test_bad_cross_compiler_missing(tmp_path, arch_file, capsys):
 
 
 def test_bad_cuda_without_arch(tmp_path, arch_file, capsys):
-    text = Path("targets/cuda.yaml").read_text().replace("arch: sm_80, ", "")
+    text = (data_dir("targets") / "cuda.yaml").read_text().replace("arch: sm_80, ", "")
     assert "arch" not in text.split("tvm:")[1].split("\n")[0]
     (tmp_path / "gpu.yaml").write_text(text)
     _expect_error(tmp_path, ["compile", "--arch", str(arch_file), "--target", str(tmp_path / "gpu.yaml"),
@@ -243,7 +249,7 @@ def test_bad_cuda_without_arch(tmp_path, arch_file, capsys):
 
 
 def test_bad_rpc_tracker_unreachable(tmp_path, arch_file, capsys):
-    text = Path("targets/rpi4b.yaml").read_text().replace("tracker_port: 9190", "tracker_port: 1")
+    text = (data_dir("targets") / "rpi4b.yaml").read_text().replace("tracker_port: 9190", "tracker_port: 1")
     (tmp_path / "pi.yaml").write_text(text)
     _expect_error(tmp_path, ["compile", "--arch", str(arch_file), "--target", str(tmp_path / "pi.yaml"),
                              "--untuned"], "--no-measure", capsys=capsys)

@@ -7,12 +7,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from conftest import _start, _stop, free_port, write_yaml
+from conftest import TVM_NAS, _start, _stop, free_port, write_yaml
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ def test_profile_survives_a_board_killed_mid_run(farm, tmp_path):
     target = _target(tmp_path, port)
     logs = tmp_path / "logs"
     table = logs / "farm" / "tiny.latency.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tvm_nas.cli", "profile", "--space", "tiny", "--target",
+    proc = subprocess.Popen([str(TVM_NAS), "profile", "--space", "tiny", "--target",
                              str(target), "--logs-dir", str(logs)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     victim = None

@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import MICRO_SPACE, cli, write_yaml
+from conftest import MICRO_SPACE, TVM_NAS, cli, write_yaml
 
-from tvm_nas.latency import profile
-from tvm_nas.latency_table import LatencyTable
+from tvm_nas.profile.profiler import profile
+from tvm_nas.profile.table import LatencyTable
 from tvm_nas.space import load_space
 
 
@@ -63,7 +62,7 @@ def test_profile_through_rpc(micro_space, rpc_target, tmp_path):
 def test_interrupted_profile_resumes(tmp_path):
     """Ctrl-C in the middle of measuring, then the same command: measured ops are kept, the rest filled in."""
     path = tmp_path / "host" / "tiny.latency.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tvm_nas.cli", "profile", "--space", "tiny", "--target", "host",
+    proc = subprocess.Popen([str(TVM_NAS), "profile", "--space", "tiny", "--target", "host",
                              "--logs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -97,6 +96,11 @@ def _bad_space(tmp_path, edit):
     ("even_kernel", "kernel must be odd"),
     ("unknown_tag", "unknown TVM tag"),
     ("tracker", "query_rpc_tracker"),
+    ("name_escapes_logs", "not a valid name"),
+    ("absolute_name", "not a valid name"),
+    ("not_utf8", "not UTF-8"),
+    ("huge_resolution", "input.resolution"),
+    ("unknown_cpu", "not a CPU LLVM knows"),
 ])
 def test_bad_input_cli(tmp_path, case, match):
     space, target = "tiny", "host"
@@ -115,14 +119,28 @@ def test_bad_input_cli(tmp_path, case, match):
         target = str(write_yaml(tmp_path / "t.yaml", {
             "name": "t", "tvm": {"kind": "llvm"},
             "runner": {"kind": "rpc", "tracker_host": "127.0.0.1", "tracker_port": 1, "key": "k"}}))
+    elif case == "name_escapes_logs":
+        space = _bad_space(tmp_path, lambda d: d.update(name="../../escaped"))
+    elif case == "absolute_name":
+        target = str(write_yaml(tmp_path / "t.yaml", {"name": str(tmp_path / "abs"), "tvm": {"kind": "llvm"}}))
+    elif case == "not_utf8":
+        (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+        space = str(tmp_path / "latin1.yaml")
+    elif case == "huge_resolution":
+        space = _bad_space(tmp_path, lambda d: d["input"].update(resolution=1_000_000_000))
+    elif case == "unknown_cpu":
+        target = str(write_yaml(tmp_path / "t.yaml", {"name": "t", "tvm": {"kind": "llvm", "mcpu": "notacpu"}}))
     r = cli("profile", "--space", space, "--target", target, "--logs-dir", str(tmp_path / "logs"))
     assert r.returncode == 2, r.stdout + r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and match in lines[0], r.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".json"]
+    assert written == [], written  # nothing written, inside --logs-dir or outside it
 
 
 @pytest.mark.parametrize("case,match", [("other_target", "field 'target'"), ("other_space", "field 'space'"),
-                                        ("corrupt", "corrupted latency table")])
+                                        ("corrupt", "corrupted latency table"), ("no_std", "field 'std' missing"),
+                                        ("infinite", "field 'median': inf"), ("tiny", "not a plausible latency")])
 def test_bad_table_is_refused_and_kept(tiny_table, tmp_path, case, match):
     logs = tmp_path / "logs"
     space = "tiny"
@@ -140,6 +158,14 @@ def test_bad_table_is_refused_and_kept(tiny_table, tmp_path, case, match):
         data = json.dumps(d).encode()
     if case == "corrupt":
         data = data[: len(data) // 2]
+    if case in ("no_std", "infinite", "tiny"):
+        d = json.loads(data)
+        entry = d["entries"][sorted(d["entries"])[-1]]
+        if case == "no_std":
+            del entry["std"]
+        else:
+            entry["median"] = float("inf") if case == "infinite" else 1e-300
+        data = json.dumps(d).encode()  # json writes inf as Infinity, as a damaged writer would
     dest.write_bytes(data)
     r = cli("profile", "--space", space, "--target", target, "--logs-dir", str(logs))
     assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 
 import pytest
 
+from tvm_nas.console import fmt_pct, fmt_us
 from tvm_nas.errors import TvmNasError
-from tvm_nas.report import fmt_pct, fmt_us, render_report, terminal_summary
+from tvm_nas.report import render_report, terminal_summary, write_summary
 from tvm_nas.space import load_space
 
 FIGURES = ("architecture.png", "latency_table.png", "accuracy_latency.png", "predicted_measured.png", "peers.png")
@@ -82,7 +82,7 @@ def make_summary(space_name: str = "tiny") -> dict:
 def write_run(tmp_path: Path, summary: dict) -> Path:
     run = tmp_path / "run"
     run.mkdir(exist_ok=True)
-    (run / "summary.json").write_text(json.dumps(summary))
+    write_summary(run, summary)  # the writer `tvm-nas run` uses, through the same model the report reads
     for rel in (summary.get("artifacts") or {}).values():
         if rel != "report/index.html":
             (run / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def test_rerender_removes_stale_figures(tmp_path):
     render_report(run)
     assert (run / "report" / "peers.png").is_file()
     summary["peers"] = []
-    (run / "summary.json").write_text(json.dumps(summary))
+    write_summary(run, summary)
     render_report(run)
     assert not (run / "report" / "peers.png").exists()
 

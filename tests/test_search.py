@@ -5,21 +5,23 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from tvm_nas.arch import load_arch, write_arch
+from tvm_nas.cli import main as cli_main
 from tvm_nas.data import load_data
 from tvm_nas.errors import TvmNasError
-from tvm_nas.latency_table import LatencyTable, table_path
-from tvm_nas.search import ARCH_FILE, ProxylessSearch, SearchConfig, Supernet, load_arch
-from tvm_nas.search.cli import add_search_args, add_train_args, run_search, run_train
-from tvm_nas.search.derive import derive, fit_budget, write_arch
+from tvm_nas.profile.table import LatencyTable, table_path
+from tvm_nas.search import ARCH_FILE, ProxylessSearch, SearchConfig, Supernet
+from tvm_nas.search.derive import derive, fit_budget
 from tvm_nas.search.loss import ExpectedLatency, latency_loss, pair_probs
 from tvm_nas.space import load_space
+from tvm_nas.specfile import data_dir
 
 
 @pytest.fixture(autouse=True)
@@ -205,7 +207,7 @@ def test_derive_and_load_arch(space, tiny_table, tmp_path, monkeypatch):
     # a space of that name on disk with another definition: loads from the embedded one, with a warning
     home = tmp_path / "home"
     (home / "search_space").mkdir(parents=True)
-    text = (load_space.__globals__["data_dir"]("search_space") / "tiny.yaml").read_text()
+    text = (data_dir("search_space") / "tiny.yaml").read_text()
     (home / "search_space" / "tiny.yaml").write_text(text.replace("head: {out: 32}", "head: {out: 40}"))
     monkeypatch.setenv("TVM_NAS_HOME", str(home))
     space3, _, doc3 = load_arch(path)
@@ -234,10 +236,13 @@ def test_load_arch_refuses_bad_files(space, tiny_table, tmp_path, edit, match):
 
 
 # -- command line --------------------------------------------------------------------------------------
-def _args(add, argv):
-    p = argparse.ArgumentParser()
-    add(p)
-    return p.parse_args(argv)
+def _fails(argv, capsys, match: str) -> str:
+    """The real entry point refuses `argv` with one line matching `match` and exit status 2."""
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    return err
 
 
 def test_cli_search_resume_and_train(space, tiny_table, tmp_path, capsys):
@@ -250,7 +255,7 @@ def test_cli_search_resume_and_train(space, tiny_table, tmp_path, capsys):
             "--logs-dir",
             str(logs), "--out", str(run), "--epochs", "2", "--warmup-epochs", "1", "--max-samples", "300",
             "--batch-size", "32", "--quiet"]
-    assert run_search(_args(add_search_args, argv)) == 0
+    assert cli_main(["search", *argv]) == 0
     arch = run / ARCH_FILE
     assert {p.name for p in run.iterdir()} >= {ARCH_FILE, "config.json", "checkpoint.pt", "log.jsonl"}
     doc = json.loads(arch.read_text())
@@ -258,22 +263,21 @@ def test_cli_search_resume_and_train(space, tiny_table, tmp_path, capsys):
     saved = json.loads((run / "config.json").read_text())["search"]["latency_budget_us"]
     assert saved == pytest.approx(budget_us)
     # resuming a finished run re-derives the same architecture
-    assert run_search(_args(add_search_args, ["--resume", "--out", str(run), "--quiet"])) == 0
+    assert cli_main(["search", "--resume", "--out", str(run), "--quiet"]) == 0
     assert json.loads(arch.read_text())["ops"] == doc["ops"]
-    with pytest.raises(TvmNasError, match="--resume"):
-        run_search(_args(add_search_args, argv))
+    _fails(["search", *argv], capsys, "--resume")
     # train the derived net from scratch and from the supernet
     for extra in ([], ["--init-from", str(run)]):
         out = tmp_path / f"train{len(extra)}"
         targs = ["--arch", str(arch), "--data", "builtin", "--epochs", "1", "--max-samples", "300", "--out",
                  str(out), "--quiet", *extra]
-        assert run_train(_args(add_train_args, targs)) == 0
+        assert cli_main(["train", *targs]) == 0
         result = json.loads((out / "train.json").read_text())
         assert 0.0 <= result["val_accuracy"] <= 1.0 and (out / "model.pt").is_file()
     assert "validation accuracy" in capsys.readouterr().out
 
 
-def test_cli_bad_inputs(space, tiny_table, tmp_path):
+def test_cli_bad_inputs(space, tiny_table, tmp_path, capsys):
     logs = tmp_path / "logs"  # a private copy: the shared table's folder stays untouched
     table_path(logs, "host", "tiny").parent.mkdir(parents=True)
     table_path(logs, "host", "tiny").write_text(tiny_table.read_text())
@@ -296,12 +300,9 @@ def test_cli_bad_inputs(space, tiny_table, tmp_path):
         (["--resume", "--out", str(tmp_path / "none"), "--quiet"], "not found"),
     ]
     for argv, match in cases:
-        with pytest.raises(TvmNasError, match=match) as e:
-            run_search(_args(add_search_args, argv))
-        assert "\n" not in str(e.value)
+        _fails(["search", *argv], capsys, match)
     # a corrupted checkpoint on resume
     run = tmp_path / "r"
-    assert run_search(_args(add_search_args, base + ["--target", "host"])) == 0
+    assert cli_main(["search", *base, "--target", "host"]) == 0
     (run / "checkpoint.pt").write_bytes(b"garbage")
-    with pytest.raises(TvmNasError, match="corrupted checkpoint"):
-        run_search(_args(add_search_args, ["--resume", "--out", str(run), "--quiet"]))
+    _fails(["search", "--resume", "--out", str(run), "--quiet"], capsys, "corrupted checkpoint")

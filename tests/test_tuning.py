@@ -67,7 +67,7 @@ def tuned(tmp_path_factory):
     """Three kernels of the micro space, tuned for real with one candidate each."""
     from tvm_nas.backend.target import to_tvm_target
     from tvm_nas.backend.tuner import tune_budgeted
-    from tvm_nas.latency import lower_op
+    from tvm_nas.profile.profiler import lower_op
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import MICRO_SPACE, write_yaml
 
+from tvm_nas.arch import reference_ops
 from tvm_nas.errors import TvmNasError
-from tvm_nas.network import Network, reference_ops
+from tvm_nas.network import Network
 from tvm_nas.ops import MBConv, build_op, parse_op, prepare_for_deploy
 from tvm_nas.space import OpKey, list_spaces, load_space
 from tvm_nas.targets import list_targets, load_target

@@ -13,9 +13,9 @@ _EXPORTS = {
     "load_space": ".space", "SearchSpace": ".space",
     "load_target": ".targets", "TargetSpec": ".targets",
     "parse_op": ".ops", "Network": ".network",
-    "profile": ".latency", "LatencyTable": ".latency_table",
-    "ProxylessSearch": ".search", "SearchConfig": ".search", "load_arch": ".search",
-    "compile_arch": ".deploy", "compare": ".deploy",
+    "profile": ".profile", "LatencyTable": ".profile",
+    "ProxylessSearch": ".search", "SearchConfig": ".config", "TrainConfig": ".config", "RunConfig": ".config",
+    "load_arch": ".arch", "compile_arch": ".deploy", "compare": ".deploy",
     "TvmNasError": ".errors",
 }
 

@@ -13,13 +13,31 @@ from filelock import FileLock, Timeout
 
 from .errors import TvmNasError
 
+# where per-target tuning databases and latency tables live unless --logs-dir says otherwise
+DEFAULT_LOGS_DIR = Path(os.environ.get("TVM_NAS_LOGS", "tuning_logs"))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plainly created file gets (0666 less the umask): a team's shared folder stays readable."""
+    return 0o666 & ~_umask()
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename.
+
+    The file gets the umask's default mode, as a plain ``open(path, "w")`` would (``mkstemp`` alone makes 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

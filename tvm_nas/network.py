@@ -1,51 +1,50 @@
-"""A standalone network of a search space: the fixed layers plus one chosen op per searchable block."""
+"""The networks of a search space: the fixed layers around the searchable blocks, as torch modules."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .errors import TvmNasError
-from .ops import build_op, parse_op
+from .arch import check_ops
+from .ops import build_op
 from .space import SearchSpace
 
 
-class Network(nn.Module):
-    """stem -> first block -> searchable blocks -> head -> classifier, as one torch module."""
+class Backbone(nn.Module):
+    """stem -> first block -> blocks -> head -> classifier.
 
-    def __init__(self, space: SearchSpace, ops: Sequence[str], where: str = "architecture"):
+    :class:`Network` (one op per block) and the search's supernet (every candidate per block) differ only in
+    their blocks; the fixed layers are built here, in this order, so seeded weights match between the two.
+
+    Args:
+        space: the search space.
+        make_blocks: builds the searchable blocks (called after the stem and first block are built).
+    """
+
+    def __init__(self, space: SearchSpace, make_blocks: Callable[[], nn.Module]):
         super().__init__()
-        blocks = space.blocks()
-        if len(ops) != len(blocks):
-            raise TvmNasError(f"{where}: field 'ops': {len(ops)} ops for the {len(blocks)} blocks of space "
-                              f"'{space.name}'")
         stem, first, head, cls = space.fixed_layers()
         self.stem = build_op(stem.op, stem.in_shape[0], stem.out_channels, stem.stride)
         self.first_block = build_op(first.op, first.in_shape[0], first.out_channels, first.stride)
-        layers = []
-        for blk, op in zip(blocks, ops, strict=True):
-            parse_op(op, f"{where}: field 'ops[{blk.index}]'")
-            if op not in blk.candidates:
-                raise TvmNasError(f"{where}: field 'ops[{blk.index}]': {op!r} is not a candidate of block "
-                                  f"{blk.index} (candidates: {', '.join(blk.candidates)})")
-            layers.append(build_op(op, blk.in_channels, blk.out_channels, blk.stride))
-        self.blocks = nn.Sequential(*layers)
+        self.blocks = make_blocks()
         self.head = build_op(head.op, head.in_shape[0], head.out_channels, 1)
         self.classifier = build_op(cls.op, cls.in_shape[0], cls.out_channels, 1)
         if space.dropout:
             self.classifier.dropout = nn.Dropout(space.dropout)
-        self.ops = list(ops)
         self.input_shape = (space.input.channels, space.input.resolution, space.input.resolution)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.head(self.blocks(self.first_block(self.stem(x)))))
 
 
-def reference_ops(space: SearchSpace, op: str = "mbconv_k3_e6") -> list[str]:
-    """The same op in every block (default: the MobileNetV2 shape, all mbconv_k3_e6)."""
-    blocks = space.blocks()
-    if any(op not in b.candidates for b in blocks):
-        raise TvmNasError(f"space '{space.name}': {op!r} is not a candidate of every block")
-    return [op] * len(blocks)
+class Network(Backbone):
+    """A standalone network of the space: one chosen op per searchable block."""
+
+    def __init__(self, space: SearchSpace, ops: Sequence[str], where: str = "architecture"):
+        check_ops(space, ops, where)
+        blocks = space.blocks()
+        super().__init__(space, lambda: nn.Sequential(
+            *(build_op(op, b.in_channels, b.out_channels, b.stride) for b, op in zip(blocks, ops, strict=True))))
+        self.ops = list(ops)

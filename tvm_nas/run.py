@@ -5,7 +5,6 @@ profile -> search -> train -> baselines -> compile -> compare -> report, all ins
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import shutil
@@ -13,62 +12,46 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 from rich.console import Console
 
+from .config import STAGES, RunConfig
+from .console import progress
 from .errors import TvmNasError
-from .io import atomic_write_json, read_json
-from .latency import progress
-from .latency_table import LatencyTable
+from .io import atomic_write_json, read_json, sha256_file
+from .profile.table import LatencyTable
+from .specfile import validation_error
 
-STAGES = ("profile", "search", "train", "baselines", "compile", "compare", "report")
 STATE = "run.json"
 N_RANDOM = 3
 
-DEFAULTS = {"space": "tiny", "target": "host", "data": "builtin", "latency_ms": None, "trials": 64,
-            "logs_dir": "tuning_logs", "epochs": 8, "warmup_epochs": 2, "train_epochs": 6, "arch_lr": 0.02,
-            "loss": "add", "seed": 0, "max_samples": None, "threads": 1}
 
+def start_or_resume(given: dict, out: str | None = None, resume: str | None = None,
+                    stop_after: str | None = None) -> Path:
+    """Start a run in `out` (default ``runs/<timestamp>``) with the settings in `given`, or resume one.
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", help=f"search space (default {DEFAULTS['space']})")
-    p.add_argument("--target", help=f"hardware target (default {DEFAULTS['target']})")
-    p.add_argument("--data", help="builtin | imagefolder:PATH | cifar10:PATH (default builtin)")
-    p.add_argument("--latency-ms", type=float,
-                   help="latency budget (default: halfway between the space's fastest and slowest nets)")
-    p.add_argument("--trials", type=int, help=f"MetaSchedule budget of the profile (default {DEFAULTS['trials']})")
-    p.add_argument("--logs-dir", help="per-target tuning databases and tables (default tuning_logs)")
-    p.add_argument("--epochs", type=int, help=f"search epochs (default {DEFAULTS['epochs']})")
-    p.add_argument("--warmup-epochs", type=int,
-                   help=f"weight-only warm-up epochs (default {DEFAULTS['warmup_epochs']})")
-    p.add_argument("--train-epochs", type=int, help=f"training epochs of each net (default {DEFAULTS['train_epochs']})")
-    p.add_argument("--arch-lr", type=float, help=f"Adam learning rate of α (default {DEFAULTS['arch_lr']}: "
-                   "a short run needs α to move faster than the paper's 1e-3 over 90 epochs)")
-    p.add_argument("--loss", choices=["mul", "add"], help=f"latency loss form (default {DEFAULTS['loss']})")
-    p.add_argument("--max-samples", type=int, help="use at most this many images")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch threads for training (default 1: TVM jobs share the cores)")
-    p.add_argument("--out", help="run directory (default runs/<timestamp>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; finished stages are kept")
-    p.add_argument("--stop-after", choices=STAGES, help="stop cleanly after this stage (continue with --resume)")
-
-
-def run_run(args) -> int:
+    Returns:
+        The run directory.
+    """
     console = Console()
-    if args.resume:
-        run_dir = Path(args.resume)
+    if resume:
+        run_dir = Path(resume)
         state = read_json(run_dir / STATE, "run state")
         console.print(f"resuming {run_dir}: done: {', '.join(s for s in STAGES if s in state['done']) or 'nothing'}")
     else:
-        config = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in DEFAULTS.items()}
+        try:
+            config = RunConfig(**given)
+        except ValidationError as e:
+            raise validation_error("tvm-nas run", e, {k: "--" + k.replace("_", "-") for k in given}) from None
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.out or f"runs/{stamp}")
+        run_dir = Path(out or f"runs/{stamp}")
         if (run_dir / STATE).exists():
             raise TvmNasError(f"{run_dir}: a run already lives here; continue it with: tvm-nas run --resume {run_dir}")
-        state = {"schema": 1, "config": config, "done": {}, "created": stamp}
+        state = {"schema": 1, "config": config.model_dump(mode="json"), "done": {}, "created": stamp}
         run_dir.mkdir(parents=True, exist_ok=True)
         _save(run_dir, state)
-    Run(run_dir, state, console).go(stop_after=args.stop_after)
-    return 0
+    Run(run_dir, state, console).go(stop_after=stop_after)
+    return run_dir
 
 
 def _save(run_dir: Path, state: dict) -> None:
@@ -83,23 +66,31 @@ class Run:
         from .targets import load_target
 
         self.dir, self.state, self.console = run_dir, state, console
-        self.cfg = state["config"]
-        self.space = load_space(self.cfg["space"])
-        self.target = load_target(self.cfg["target"])
+        try:
+            self.cfg = RunConfig.model_validate(state["config"])
+        except (KeyError, ValidationError) as e:
+            raise TvmNasError(f"{run_dir / STATE}: field 'config': damaged run settings ({e.__class__.__name__}); "
+                              "start a new run") from None
+        self.space = load_space(self.cfg.space)
+        self.target = load_target(self.cfg.target)
 
     # -- driver ----------------------------------------------------------------------------------------------
     def go(self, stop_after: str | None = None) -> None:
         import torch
 
-        torch.set_num_threads(int(self.cfg["threads"]))
+        torch.set_num_threads(self.cfg.threads)
+        self._check_artifacts()
         t_all = time.perf_counter()
         for i, stage in enumerate(STAGES, 1):
             if stage in self.state["done"]:
                 continue
             self.console.rule(f"[bold]stage {i}/{len(STAGES)}: {stage}")
             t0 = time.perf_counter()
-            result = getattr(self, f"_{stage}")()
-            self.state["done"][stage] = {"seconds": round(time.perf_counter() - t0, 1), **(result or {})}
+            result = {"seconds": 0.0, **(getattr(self, f"_{stage}")() or {})}
+            result["seconds"] = round(time.perf_counter() - t0, 1)
+            result["artifacts"] = {rel: sha256_file(self.dir / rel) for rel in _artifacts(stage, result)
+                                   if (self.dir / rel).is_file()}
+            self.state["done"][stage] = result
             _save(self.dir, self.state)
             if stage == stop_after:
                 self.console.print(f"stopped after {stage}; continue with: tvm-nas run --resume {self.dir}")
@@ -109,64 +100,73 @@ class Run:
 
         self.console.print(terminal_summary(self.dir))
 
+    def _check_artifacts(self) -> None:
+        """Redo the first finished stage whose files are missing or changed, and every stage after it."""
+        done = self.state["done"]
+        for i, stage in enumerate(STAGES):
+            if stage not in done:
+                continue
+            for rel, digest in done[stage].get("artifacts", {}).items():
+                p = self.dir / rel
+                what = "missing" if not p.is_file() else "changed" if sha256_file(p) != digest else None
+                if what:
+                    redo = [s for s in STAGES[i:] if s in done]
+                    self.console.print(f"[yellow]{p}: {what} since stage '{stage}' wrote it; redoing "
+                                       f"{', '.join(redo)}")
+                    for s in redo:
+                        done.pop(s)
+                    _save(self.dir, self.state)
+                    return
+
     def rel(self, p: Path | str) -> str:
         return str(Path(p).resolve().relative_to(self.dir.resolve()))
 
     def table(self) -> LatencyTable:
         return LatencyTable.load(self.dir / self.state["done"]["profile"]["table"], space=self.space,
-                                 target_name=self.target.name)
+                                 target=self.target)
 
     # -- stages ----------------------------------------------------------------------------------------------
     def _profile(self) -> dict:
-        from .latency import profile
+        from .profile import profile
 
-        table = profile(self.space, self.target, trials=int(self.cfg["trials"]), logs_dir=self.cfg["logs_dir"],
-                        seed=int(self.cfg["seed"]), console=self.console)
+        table = profile(self.space, self.target, trials=self.cfg.trials, logs_dir=self.cfg.logs_dir,
+                        seed=self.cfg.seed, console=self.console)
         dest = self.dir / "table" / table.path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(table.path, dest)
         fast, slow = table.extremes(self.space)
         lo, hi = table.predict(self.space, fast), table.predict(self.space, slow)
-        budget = self.cfg["latency_ms"] * 1000 if self.cfg["latency_ms"] else (lo + hi) / 2
+        budget = self.cfg.latency_ms * 1000 if self.cfg.latency_ms else (lo + hi) / 2
         self.console.print(f"fastest net {lo:.1f} µs, slowest {hi:.1f} µs -> budget {budget:.1f} µs"
-                           + ("" if self.cfg["latency_ms"] else " (halfway)"))
+                           + ("" if self.cfg.latency_ms else " (halfway)"))
         return {"table": self.rel(dest), "fastest_us": lo, "slowest_us": hi, "budget_us": budget,
                 "fastest_ops": fast, "slowest_ops": slow}
 
     def _data(self):
         from .data import load_data
 
-        return load_data(self.cfg["data"], self.space, max_samples=self.cfg["max_samples"], seed=self.cfg["seed"])
+        return load_data(self.cfg.data, self.space, max_samples=self.cfg.max_samples, seed=self.cfg.seed)
 
     def _search(self) -> dict:
-        from .search import ProxylessSearch, SearchConfig
+        from .search import ProxylessSearch
 
-        c = self.cfg
-        conf = SearchConfig(latency_budget_us=self.state["done"]["profile"]["budget_us"], epochs=c["epochs"],
-                            warmup_epochs=c["warmup_epochs"], arch_lr=c["arch_lr"], loss=c["loss"], seed=c["seed"],
-                            max_samples=c["max_samples"])
+        conf = self.cfg.search(self.state["done"]["profile"]["budget_us"])
         run = self.dir / "search"
         s = ProxylessSearch(self.space, self.table(), self._data(), conf, run, console=self.console)
         s.fit(resume=(run / "checkpoint.pt").exists())
         return {"arch": self.rel(s.arch_path_), "predicted_us": s.arch_["predicted_latency_us"],
                 "ops": s.arch_["ops"]}
 
-    def _train_config(self):
-        from .search.train import TrainConfig
-
-        c = self.cfg
-        return TrainConfig(epochs=c["train_epochs"], seed=c["seed"], max_samples=c["max_samples"])
-
     def _train(self) -> dict:
-        from .search.train import train_arch
+        from .train import train_arch
 
         arch = self.dir / self.state["done"]["search"]["arch"]
-        res = train_arch(arch, self.cfg["data"], self._train_config(), self.dir / "train",
+        res = train_arch(arch, self.cfg.data, self.cfg.train(), self.dir / "train",
                          init_from=self.dir / "search", console=self.console)
         return {"weights": self.rel(self.dir / "train" / "model.pt"), "accuracy": res["val_accuracy"]}
 
     def baseline_ops(self) -> dict[str, tuple[str, list[str]]]:
-        from .network import reference_ops
+        from .arch import reference_ops
 
         prof = self.state["done"]["profile"]
         nets = {"fastest": ("fastest", prof["fastest_ops"]), "slowest": ("slowest", prof["slowest_ops"])}
@@ -174,14 +174,14 @@ class Run:
             nets = {"mobilenetv2 (all k3_e6)": ("reference", reference_ops(self.space)), **nets}
         except TvmNasError:
             pass
-        rng = np.random.default_rng(self.cfg["seed"] + 1)
+        rng = np.random.default_rng(self.cfg.seed + 1)
         for i in range(N_RANDOM):
             nets[f"random-{i + 1}"] = ("random", [str(rng.choice(b.candidates)) for b in self.space.blocks()])
         return nets
 
     def _baselines(self) -> dict:
-        from .search.derive import arch_document, write_arch
-        from .search.train import train_arch
+        from .arch import arch_document, write_arch
+        from .train import train_arch
 
         table, out = self.table(), {}
         nets = self.baseline_ops()
@@ -194,7 +194,7 @@ class Run:
                 slug = name.split(" ")[0]
                 arch = write_arch(self.dir / "baselines" / f"{slug}.arch.json",
                                   arch_document(self.space, ops, None, table))
-                res = train_arch(arch, self.cfg["data"], self._train_config(), self.dir / "baselines" / slug)
+                res = train_arch(arch, self.cfg.data, self.cfg.train(), self.dir / "baselines" / slug)
                 done[name] = {"kind": kind, "ops": ops, "arch": self.rel(arch), "accuracy": res["val_accuracy"],
                               "weights": self.rel(self.dir / "baselines" / slug / "model.pt"),
                               "predicted_us": table.predict(self.space, ops)}
@@ -208,9 +208,9 @@ class Run:
         from .deploy import compile_arch
 
         d = self.state["done"]
-        untuned = int(self.cfg["trials"]) == 0  # a --trials 0 profile has no database: default schedules
+        untuned = self.cfg.trials == 0  # a --trials 0 profile has no database: default schedules
         searched = compile_arch(self.dir / d["search"]["arch"], self.target, weights=self.dir / d["train"]["weights"],
-                                out=self.dir / "build" / self.target.name, trials=0, logs_dir=self.cfg["logs_dir"],
+                                out=self.dir / "build" / self.target.name, trials=0, logs_dir=self.cfg.logs_dir,
                                 untuned=untuned, console=self.console)
         measured = {"searched": _measured(searched)}
         partial = self.state.setdefault("compile_partial", {})
@@ -220,10 +220,9 @@ class Run:
             for name, net in nets.items():
                 if name in partial:
                     continue
-                slug = Path(net["arch"]).stem.replace(".arch", "")
                 m = compile_arch(self.dir / net["arch"], self.target, weights=self.dir / net["weights"],
-                                 out=self.dir / "build" / "baselines" / slug, trials=0,
-                                 logs_dir=self.cfg["logs_dir"], verify=False, untuned=untuned, console=self.console)
+                                 out=self._baseline_build(net), trials=0,
+                                 logs_dir=self.cfg.logs_dir, verify=False, untuned=untuned, console=self.console)
                 partial[name] = _measured(m)
                 _save(self.dir, self.state)
                 prog.advance(bar)
@@ -233,27 +232,35 @@ class Run:
         return {"measured_us": measured, "manifest": self.rel(out / "manifest.json"),
                 "module": self.rel(next(out.glob("model.*"), out / "model.so")), "onnx": self.rel(out / "model.onnx")}
 
+    def _baseline_build(self, net: dict) -> Path:
+        return self.dir / "build" / "baselines" / Path(net["arch"]).name.removesuffix(".arch.json")
+
     def _compare(self) -> dict:
-        from .deploy import compare, is_host_like
+        """The searched and the reference net against their peers, reusing the compile stage's builds."""
+        from .arch import load_architecture
+        from .deploy import is_host_like, write_rows
+        from .deploy.compare import Built, compare_built
 
         if not is_host_like(self.target):
             self.console.print(f"[yellow]{self.target.name} is not this machine: PyTorch / ONNX Runtime peers "
                                "are measured on the host only; skipped")
             return {"peers": []}
         d = self.state["done"]
-        rows = compare([self.dir / d["search"]["arch"]], [self.target], baselines=True,
-                       logs_dir=self.cfg["logs_dir"], trials=0, out=self.dir / "compare",
-                       weights=[self.dir / d["train"]["weights"]], untuned=int(self.cfg["trials"]) == 0,
-                       console=self.console)
-        from .deploy import write_rows
-
+        built = [Built(load_architecture(self.dir / d["search"]["arch"]), self.target,
+                       self.dir / d["train"]["weights"], self.dir / "build" / self.target.name)]
+        ref = next((n for n in d["baselines"]["nets"].values() if n["kind"] == "reference"), None)
+        if ref is not None:
+            a = load_architecture(self.dir / ref["arch"])
+            a.label = "reference (mbconv_k3_e6)"
+            built.append(Built(a, self.target, self.dir / ref["weights"], self._baseline_build(ref)))
+        rows = compare_built(built)
         write_rows(rows, self.dir / "compare" / "compare.csv", self.dir / "compare" / "compare.json")
         return {"rows": rows}
 
     def _report(self) -> dict:
-        from .report import render_report
+        from .report import render_report, write_summary
 
-        atomic_write_json(self.dir / "summary.json", self.summary())
+        write_summary(self.dir, self.summary())
         page = render_report(self.dir)
         return {"page": self.rel(page)}
 
@@ -294,6 +301,18 @@ class Run:
                           "module": d["compile"]["module"], "manifest": d["compile"]["manifest"],
                           "comparison": "compare/compare.csv", "report": "report/index.html"},
         }
+
+
+def _artifacts(stage: str, result: dict) -> list[str]:
+    """The files (relative to the run directory) a finished stage leaves for the stages after it."""
+    if stage == "baselines":
+        return [n[k] for n in result["nets"].values() for k in ("arch", "weights")]
+    keys = {"profile": ("table",), "search": ("arch",), "train": ("weights",),
+            "compile": ("manifest", "module", "onnx"), "report": ("page",)}.get(stage, ())
+    files = [result[k] for k in keys if k in result]
+    if stage == "compare" and result.get("rows"):
+        files.append("compare/compare.json")
+    return files
 
 
 def _measured(manifest: dict) -> float | None:

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import TvmNasError
 from .io import sha256_json
 from .ops import parse_op
+from .specfile import check_name, list_names, load_spec
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def data_dir(kind: str) -> Path:
-    """Folder of the user-editable YAML files (`search_space` or `targets`); `TVM_NAS_HOME` overrides the root."""
-    root = Path(os.environ.get("TVM_NAS_HOME", PROJECT_ROOT))
-    return root / kind
+# bounds that keep a typo from asking TVM for a terabyte tensor; far above any real CNN search space
+MAX_RESOLUTION = 4096
+MAX_CHANNELS = 8192
 
 
 class _Strict(BaseModel):
@@ -27,18 +22,18 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
-    resolution: int = Field(gt=0)
-    channels: int = Field(default=3, gt=0)
+    resolution: int = Field(gt=0, le=MAX_RESOLUTION)
+    channels: int = Field(default=3, gt=0, le=MAX_CHANNELS)
 
 
 class StemSpec(_Strict):
-    out: int = Field(gt=0)
+    out: int = Field(gt=0, le=MAX_CHANNELS)
     stride: int = Field(default=2, ge=1, le=2)
 
 
 class FirstBlockSpec(_Strict):
     op: str = "mbconv_k3_e1"
-    out: int = Field(gt=0)
+    out: int = Field(gt=0, le=MAX_CHANNELS)
 
     @field_validator("op")
     @classmethod
@@ -49,22 +44,22 @@ class FirstBlockSpec(_Strict):
 
 
 class StageSpec(_Strict):
-    out: int = Field(gt=0)
-    blocks: int = Field(gt=0)
+    out: int = Field(gt=0, le=MAX_CHANNELS)
+    blocks: int = Field(gt=0, le=64)
     stride: int = Field(ge=1, le=2)
 
 
 class HeadSpec(_Strict):
-    out: int = Field(gt=0)
+    out: int = Field(gt=0, le=MAX_CHANNELS)
 
 
 class SearchSpace(_Strict):
-    """A validated search space (see DESIGN.md). Build one with :func:`load_space`."""
+    """A validated search space (format: docs/formats.md). Build one with :func:`load_space`."""
 
     name: str
     description: str = ""
     input: InputSpec
-    num_classes: int = Field(gt=0)
+    num_classes: int = Field(gt=0, le=100_000)
     width_mult: float = Field(default=1.0, gt=0)
     stem: StemSpec
     first_block: FirstBlockSpec
@@ -73,6 +68,11 @@ class SearchSpace(_Strict):
     allow_zero: bool = True
     head: HeadSpec
     dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
 
     @field_validator("candidates")
     @classmethod
@@ -192,55 +192,16 @@ class Block:
 
 
 def list_spaces() -> list[str]:
-    return sorted(p.stem for p in data_dir("search_space").glob("*.yaml"))
-
-
-def resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
-    """A name in `search_space/` (or `targets/`) or a path to a YAML file."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise TvmNasError(f"{p}: no such file")
-        return p
-    cand = data_dir(kind) / f"{name_or_path}.yaml"
-    if not cand.is_file():
-        names = ", ".join(sorted(q.stem for q in data_dir(kind).glob("*.yaml")))
-        raise TvmNasError(f"{kind} '{name_or_path}' not found in {data_dir(kind)} (known: {names}); or give a path")
-    return cand
-
-
-def load_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise TvmNasError(f"{path}: malformed YAML{at}: {getattr(e, 'problem', e)}") from e
-    if not isinstance(data, dict):
-        raise TvmNasError(f"{path}: expected a mapping of fields at the top level")
-    return data
-
-
-def validation_error(path: Path, e: ValidationError) -> TvmNasError:
-    err = e.errors()[0]
-    field = ".".join(str(x) for x in err["loc"]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    extra = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return TvmNasError(f"{path}: field '{field}': {msg}{extra}")
+    return list_names("search_space")
 
 
 def load_space(name_or_path: str | os.PathLike) -> SearchSpace:
     """Load and validate a search space by name (from `search_space/`) or by path."""
     if isinstance(name_or_path, SearchSpace):
         return name_or_path
-    path = resolve(name_or_path, "search_space")
-    data = load_yaml(path)
-    data.setdefault("name", path.stem)
+    space, path = load_spec(name_or_path, "search_space", SearchSpace)
     try:
-        space = SearchSpace.model_validate(data)
-    except ValidationError as e:
-        raise validation_error(path, e) from e
+        space.blocks()  # shapes must be buildable
     except TvmNasError as e:
-        raise TvmNasError(f"{path}: {e}") from e
-    space.blocks()  # shapes must be buildable
+        raise TvmNasError(f"{path}: {e}") from None
     return space

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import TvmNasError
 from .io import sha256_json
-from .space import load_yaml, resolve, validation_error
+from .specfile import check_name, list_names, load_spec
 
 CROSS_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
                   "arm-linux-gnueabihf-g++": "g++-arm-linux-gnueabihf"}
@@ -51,6 +50,11 @@ class TargetSpec(_Strict):
     cross_compiler: str | None = None
     threads: int | None = Field(default=None, gt=0)
     evaluator: EvaluatorSpec = EvaluatorSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
 
     @field_validator("tvm")
     @classmethod
@@ -100,27 +104,16 @@ class TargetSpec(_Strict):
 
 
 def list_targets() -> list[str]:
-    from .space import data_dir
-
-    return sorted(p.stem for p in data_dir("targets").glob("*.yaml"))
+    return list_names("targets")
 
 
 def load_target(name_or_path: str | os.PathLike | TargetSpec) -> TargetSpec:
     """Load and validate a target by name (from `targets/`) or by path; checks the TVM target can be built."""
     if isinstance(name_or_path, TargetSpec):
         return name_or_path
-    path = resolve(name_or_path, "targets")
-    data = load_yaml(path)
-    data.setdefault("name", path.stem)
-    try:
-        spec = TargetSpec.model_validate(data)
-    except ValidationError as e:
-        raise validation_error(path, e) from e
+    spec, path = load_spec(name_or_path, "targets", TargetSpec)
     from .backend.target import to_tvm_target
 
     to_tvm_target(spec, where=f"{path}: field 'tvm'")
     return spec
 
-
-def target_dir(logs_dir: str | os.PathLike, spec: TargetSpec) -> Path:
-    return Path(logs_dir) / spec.name

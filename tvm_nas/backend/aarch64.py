@@ -28,7 +28,10 @@ APT_HINT = "apt-get install -y g++-aarch64-linux-gnu qemu-user"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TVM_NAS_CACHE", Path.home() / ".cache" / "tvm-nas"))
+    """The per-user cache (``TVM_NAS_CACHE``, default ``~/.cache/tvm-nas``), created on first use."""
+    d = Path(os.environ.get("TVM_NAS_CACHE", Path.home() / ".cache" / "tvm-nas"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def _versions() -> tuple[str, str]:

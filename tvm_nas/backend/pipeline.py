@@ -1,7 +1,7 @@
 """The one lowering pipeline: torch/ONNX -> Relax -> NHWC, folded, fused -> (database applied) -> executable.
 
 Every candidate op of the latency table and every deployed network goes through exactly these functions, so the
-table predicts the module that ships (TVM_NOTES.md: NHWC + batch-norm folding + weight pre-packing is the fastest
+table predicts the module that ships (docs/tvm.md: NHWC + batch-norm folding + weight pre-packing is the fastest
 pipeline measured; batch norm is folded in torch by :func:`tvm_nas.ops.prepare_for_deploy`).
 """
 
@@ -45,12 +45,39 @@ def import_torch(model: torch.nn.Module, input_shape: tuple[int, ...], nhwc_io: 
     return from_exported_program(ep, keep_params_as_input=False)
 
 
+def _elementwise_reductions(mod):
+    from tvm import relax
+    from tvm.relax.dpl import is_op, is_tuple, rewrite_call, wildcard
+
+    a, b = wildcard(), wildcard()
+    stacked = is_op("relax.stack")(is_tuple([a, b]))
+    for reduce_op, binary in (("relax.min", relax.op.minimum), ("relax.max", relax.op.maximum)):
+        pattern = is_op(reduce_op)(stacked)
+
+        def rewrite(expr, m, binary=binary, pattern=pattern):
+            axes = m[pattern].attrs.axis
+            stack_axis = m[stacked].attrs.axis
+            if axes is None or len(axes) != 1 or int(axes[0]) != int(stack_axis) or m[pattern].attrs.keepdims:
+                return expr
+            return binary(m[a], m[b])
+
+        for gv, fn in list(mod.functions.items()):
+            if isinstance(fn, relax.Function):
+                mod[gv] = rewrite_call(pattern, rewrite, fn)
+    return mod
+
+
 def import_onnx(path: str | os.PathLike):
-    """ONNX file -> Relax IRModule (weights bound as constants)."""
+    """ONNX file -> Relax IRModule (weights bound as constants), ready for :func:`lower`.
+
+    TVM's ONNX frontend imports an element-wise ``Min``/``Max`` of two tensors as ``min(stack([a, b]))``: a 5-D
+    tensor that ``ConvertLayout`` cannot handle. It is rewritten to ``minimum(a, b)`` / ``maximum(a, b)``, the
+    same element-wise ops the torch.export route produces for ReLU6.
+    """
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
-    return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+    return _elementwise_reductions(from_onnx(onnx.load(str(path)), keep_params_in_input=False))
 
 
 def _cancel_transposes(mod):

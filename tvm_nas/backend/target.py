@@ -37,13 +37,34 @@ def to_tvm_target(spec, where: str | None = None):
     if spec.host is not None:
         conf["host"] = _resolve(spec.host, spec.threads, where)
     try:
-        return tvm.target.Target(conf)
+        target = tvm.target.Target(conf)
     except Exception as e:  # TVM raises several error types for bad tags and attributes
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
         if "tag" in conf:
             raise TvmNasError(f"{where}: unknown TVM tag or bad attribute {conf!r} ({msg}); list the tags with: "
                               "python -c 'import tvm; print(list(tvm.target.list_tags()))'") from None
         raise TvmNasError(f"{where}: TVM rejects {conf!r} ({msg})") from None
+    _check_cpu(target, where)
+    return target
+
+
+def _check_cpu(target, where: str) -> None:
+    """Refuse a CPU name LLVM does not know: LLVM would only warn and compile for a generic CPU."""
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm" or not target.attrs.get("mcpu"):
+        return
+    cpu = str(target.attrs["mcpu"])
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if not codegen.llvm_is_valid_cpu(cpu, triple):
+        import difflib
+
+        import tvm
+
+        known = [str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))]
+        close = difflib.get_close_matches(cpu, known, n=3) or known[:3]
+        raise TvmNasError(f"{where}: mcpu {cpu!r} is not a CPU LLVM knows for {triple} (did you mean "
+                          f"{', '.join(close)}? {len(known)} known; or mcpu: auto for this machine's CPU)")
 
 
 def target_kind(spec) -> str:

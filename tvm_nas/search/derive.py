@@ -1,24 +1,15 @@
-"""Path-level pruning (keep the most probable op per block) and the architecture file (``*.arch.json``).
-
-The architecture file embeds the full space definition, so :func:`load_arch` rebuilds the exact network with
-no other file.
-"""
+"""Path-level pruning: keep the most probable op per block, then (optionally) fit the net to the budget."""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-from pydantic import ValidationError
 
-from ..errors import TvmNasError
-from ..io import atomic_write_json, read_json
-from ..latency_table import LatencyTable
-from ..ops import parse_op
-from ..space import SearchSpace, load_space, resolve
+from ..arch import arch_document
+from ..profile.table import LatencyTable
+from ..space import SearchSpace
 
 SCHEMA = 1
 
@@ -81,87 +72,3 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
                   "argmax_ops": argmax_ops, "argmax_latency_us": argmax_lat, "changed_blocks": changed,
                   "budget_us": budget_us, "budget_met": None if budget_us is None else bool(lat <= budget_us)}
     return arch_document(space, ops, probabilities, table, derivation=derivation)
-
-
-def arch_document(space: SearchSpace, ops: Sequence[str], probabilities: Sequence[np.ndarray] | None,
-                  table: LatencyTable | None, search: dict | None = None,
-                  derivation: dict | None = None) -> dict:
-    """The architecture file's content (DESIGN.md, schema 1)."""
-    blocks = space.blocks()
-    probs = None
-    if probabilities is not None:
-        probs = [{op: float(v) for op, v in zip(b.candidates, p, strict=True)}
-                 for b, p in zip(blocks, probabilities, strict=True)]
-    doc = {
-        "schema": SCHEMA,
-        "space": space.describe(),
-        "ops": list(ops),
-        "probabilities": probs,
-        "latency_table": None if table is None else {
-            "target": table.target.get("name"), "hash": table.hash,
-            "path": None if table.path is None else str(table.path)},
-        "predicted_latency_us": None if table is None else table.predict(space, list(ops)),
-    }
-    if derivation is not None:
-        doc["derivation"] = derivation
-    doc["search"] = search or {}
-    return doc
-
-
-def write_arch(path: str | os.PathLike, doc: dict) -> Path:
-    """Write an architecture document atomically."""
-    return atomic_write_json(path, doc)
-
-
-def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, list[str], dict]:
-    """Load an architecture file and rebuild its space from the embedded definition.
-
-    Returns:
-        ``(space, ops, doc)``; ``doc["warnings"]`` lists non-fatal findings (e.g. a space of the same name on
-        disk now has another definition — the embedded one is used).
-
-    Raises:
-        TvmNasError: missing or corrupted file, unsupported schema, a definition whose hash does not match the
-            recorded one, or ops that are not candidates of their blocks.
-    """
-    path = Path(path)
-    doc = read_json(path, "architecture file")
-    if doc.get("schema") != SCHEMA:
-        raise TvmNasError(f"{path}: field 'schema': {doc.get('schema')!r} is not supported "
-                          f"(expected {SCHEMA})")
-    sp = doc.get("space")
-    if not isinstance(sp, dict) or not isinstance(sp.get("definition"), dict):
-        raise TvmNasError(f"{path}: field 'space.definition': missing or not an object")
-    try:
-        space = SearchSpace.model_validate(sp["definition"])
-        space.blocks()
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        raise TvmNasError(f"{path}: field 'space.definition.{field}': {err['msg']}") from e
-    except TvmNasError as e:
-        raise TvmNasError(f"{path}: field 'space.definition': {e}") from e
-    if sp.get("hash") != space.hash:
-        raise TvmNasError(f"{path}: field 'space.hash': {sp.get('hash')!r} does not match the embedded "
-                          f"definition (hash {space.hash}); the file was changed or corrupted")
-    warnings = []
-    try:
-        on_disk = load_space(resolve(space.name, "search_space"))
-        if on_disk.hash != space.hash:
-            warnings.append(f"space '{space.name}' on disk has hash {on_disk.hash}, the architecture's is "
-                            f"{space.hash}; using the definition embedded in {path.name}")
-    except TvmNasError:
-        pass  # no space of that name on disk: the embedded definition is all there is
-    ops = doc.get("ops")
-    blocks = space.blocks()
-    if not isinstance(ops, list) or len(ops) != len(blocks):
-        n = len(ops) if isinstance(ops, list) else "no"
-        raise TvmNasError(f"{path}: field 'ops': {n} ops for the {len(blocks)} blocks of space "
-                          f"'{space.name}'")
-    for blk, op in zip(blocks, ops, strict=True):
-        parse_op(op, f"{path}: field 'ops[{blk.index}]'")
-        if op not in blk.candidates:
-            raise TvmNasError(f"{path}: field 'ops[{blk.index}]': {op!r} is not a candidate of block "
-                              f"{blk.index} (candidates: {', '.join(blk.candidates)})")
-    doc["warnings"] = warnings
-    return space, list(ops), doc

@@ -14,19 +14,19 @@ import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
+from ..arch import write_arch
+from ..config import SearchConfig
 from ..data import ImageData, batches, endless_batches, train_val_split
 from ..errors import TvmNasError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive, read_json
-from ..latency_table import LatencyTable
+from ..profile.table import LatencyTable
 from ..space import SearchSpace
-from .derive import derive, write_arch
+from .derive import derive
 from .loss import ExpectedLatency, latency_loss, pair_probs, reinforce_reward
 from .supernet import Supernet, entropy
 
@@ -34,46 +34,6 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 LOG = "log.jsonl"
 ARCH_FILE = "final.arch.json"
-
-
-class SearchConfig(BaseModel):
-    """Every setting of a search; written to ``config.json`` in the run directory.
-
-    Defaults follow the ProxylessNAS code (SGD + Nesterov + cosine + label smoothing for weights, Adam with
-    betas (0, 0.999) for α), with epoch counts for a quick run.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    latency_budget_us: float = Field(gt=1.0)
-    epochs: int = Field(default=10, ge=1)
-    warmup_epochs: int = Field(default=3, ge=0)
-    batch_size: int = Field(default=64, ge=1)
-    seed: int = 0
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    max_samples: int | None = Field(default=None, ge=2)
-    # weights
-    weight_lr: float = Field(default=0.05, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(default=4e-5, ge=0)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    # architecture
-    arch_update: Literal["gradient", "reinforce"] = "gradient"
-    arch_lr: float = Field(default=1e-3, gt=0)
-    arch_betas: tuple[float, float] = (0.0, 0.999)
-    arch_eps: float = Field(default=1e-8, gt=0)
-    arch_every: int = Field(default=1, ge=1, description="one round of architecture steps after this many "
-                                                         "weight steps")
-    arch_steps: int = Field(default=1, ge=1, description="architecture steps per round")
-    loss: Literal["mul", "add"] = "mul"
-    mul_a: float = Field(default=0.2, gt=0)
-    mul_b: float = Field(default=0.3, gt=0)
-    add_lambda: float = Field(default=1.0, ge=0)
-    reinforce_w: float = Field(default=0.1, ge=0)
-    reinforce_nets: int = Field(default=4, ge=1)
-    reinforce_baseline_decay: float = Field(default=0.99, ge=0, lt=1)
-    enforce_budget: bool = True
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TvmNasError
-from ..latency_table import LatencyTable
+from ..profile.table import LatencyTable
 from ..space import SearchSpace
 
 LOSS_FORMS = ("mul", "add")

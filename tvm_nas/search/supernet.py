@@ -15,14 +15,13 @@ The BinaryConnect estimate turns the gate gradients into α gradients (:meth:`Mi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..network import Network
+from ..network import Backbone, Network
 from ..ops import build_op
 from ..space import Block, SearchSpace
 
@@ -134,7 +133,7 @@ class MixedOp(nn.Module):
         self._old_pair_alpha = None
 
 
-class Supernet(nn.Module):
+class Supernet(Backbone):
     """stem -> first block -> MixedOps -> head -> classifier; module names mirror :class:`Network`.
 
     Args:
@@ -142,19 +141,8 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, space: SearchSpace):
-        super().__init__()
+        super().__init__(space, lambda: nn.Sequential(*(MixedOp(b) for b in space.blocks())))
         self.space = space
-        stem, first, head, cls = space.fixed_layers()
-        self.stem = build_op(stem.op, stem.in_shape[0], stem.out_channels, stem.stride)
-        self.first_block = build_op(first.op, first.in_shape[0], first.out_channels, first.stride)
-        self.blocks = nn.Sequential(*(MixedOp(b) for b in space.blocks()))
-        self.head = build_op(head.op, head.in_shape[0], head.out_channels, 1)
-        self.classifier = build_op(cls.op, cls.in_shape[0], cls.out_channels, 1)
-        if space.dropout:
-            self.classifier.dropout = nn.Dropout(space.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.head(self.blocks(self.first_block(self.stem(x)))))
 
     @property
     def mixed_ops(self) -> list[MixedOp]:
@@ -198,9 +186,6 @@ class Supernet(nn.Module):
         for m in self.mixed_ops:
             m.rescale_alpha()
 
-    def active_ops(self) -> list[str]:
-        return [m.candidates[m.active] for m in self.mixed_ops]
-
     def argmax_ops(self) -> list[str]:
         return [m.candidates[int(torch.argmax(m.alpha))] for m in self.mixed_ops]
 
@@ -230,6 +215,3 @@ def entropy(p: torch.Tensor) -> float:
     p = p.detach().clamp_min(1e-12)
     return float(-(p * p.log()).sum())
 
-
-def max_entropy(n: int) -> float:
-    return math.log(n)

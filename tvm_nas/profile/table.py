@@ -1,4 +1,7 @@
-"""The latency table (DESIGN.md): one measured (or predicted) latency per unique op of a space on one target."""
+"""The latency table: one measured (or predicted) latency per unique op of a space on one target.
+
+Format: docs/formats.md.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,38 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TvmNasError
-from .io import atomic_write_json, read_json, sha256_json
-from .space import Block, OpKey, SearchSpace
+from ..errors import TvmNasError
+from ..io import atomic_write_json, read_json, sha256_json
+from ..space import Block, OpKey, SearchSpace
 
 SCHEMA = 1
 UNITS = "us"
+# a measured op takes at least tens of nanoseconds and less than minutes: anything outside is a damaged file
+PLAUSIBLE_US = (0.01, 1e8)
+
+
+def _check_entry(path: Path, key: str, e: object) -> None:
+    """One line naming the entry and the field for any value a search could not use."""
+    import math
+
+    try:
+        OpKey.from_key(key)
+    except (ValueError, AttributeError):
+        raise TvmNasError(f"{path}: entry '{key}': not an op key (op|CxHxW|out|sSTRIDE)") from None
+    if not isinstance(e, dict):
+        raise TvmNasError(f"{path}: entry '{key}': not an object")
+    lo, hi = PLAUSIBLE_US
+    for f in ("median", "std"):
+        v = e.get(f)
+        if v is None:
+            raise TvmNasError(f"{path}: entry '{key}': field '{f}' missing; re-measure with tvm-nas profile")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise TvmNasError(f"{path}: entry '{key}': field '{f}': {v!r} is not a finite number")
+    if not lo <= e["median"] <= hi:
+        raise TvmNasError(f"{path}: entry '{key}': field 'median': {e['median']!r} µs is not a plausible latency "
+                          f"({lo:g}–{hi:g} µs); re-measure with tvm-nas profile")
+    if e["std"] < 0:
+        raise TvmNasError(f"{path}: entry '{key}': field 'std': {e['std']!r} is negative")
 
 
 @dataclass
@@ -50,8 +79,16 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike, space: SearchSpace | None = None,
-             target_name: str | None = None) -> LatencyTable:
-        """Load a table, refusing a corrupted file or one measured for another space or target."""
+             target_name: str | None = None, target=None) -> LatencyTable:
+        """Load a table, refusing a corrupted file or one measured for another space or target.
+
+        Args:
+            path: the table file.
+            space: the space it must have been measured for (name and definition hash).
+            target_name: the target it must have been measured on (name only).
+            target: a :class:`~tvm_nas.targets.TargetSpec` it must have been measured on (name and definition
+                hash: a target file that reuses another target's name is refused).
+        """
         path = Path(path)
         d = read_json(path, "latency table")
         try:
@@ -61,9 +98,7 @@ class LatencyTable:
                 if not isinstance(d.get(f), dict):
                     raise TvmNasError(f"{path}: corrupted latency table: field '{f}' missing or not an object")
             for k, e in d["entries"].items():
-                OpKey.from_key(k)
-                if not (isinstance(e, dict) and isinstance(e.get("median"), (int, float)) and e["median"] > 0):
-                    raise TvmNasError(f"{path}: corrupted latency table: entry '{k}' has no positive 'median'")
+                _check_entry(path, k, e)
         except (ValueError, AttributeError) as e:
             raise TvmNasError(f"{path}: corrupted latency table ({e})") from e
         meta = {k: v for k, v in d.items() if k not in ("schema", "space", "target", "entries", "units")}
@@ -72,6 +107,8 @@ class LatencyTable:
             table.check_space(space)
         if target_name is not None:
             table.check_target(target_name)
+        if target is not None:
+            table.check_target(target.name, target.hash)
         return table
 
     def check_space(self, space: SearchSpace) -> None:
@@ -81,11 +118,16 @@ class LatencyTable:
                 f"(hash {self.space.get('hash')}), not '{space.name}' (hash {space.hash}); "
                 f"run: tvm-nas profile --space {space.name} --target {self.target.get('name')}")
 
-    def check_target(self, target_name: str) -> None:
+    def check_target(self, target_name: str, target_hash: str | None = None) -> None:
         if self.target.get("name") != target_name:
             raise TvmNasError(
                 f"{self.path}: field 'target': table was measured on target '{self.target.get('name')}', "
                 f"not '{target_name}'; a table is only valid for its own target")
+        if target_hash is not None and self.target.get("hash") != target_hash:
+            raise TvmNasError(
+                f"{self.path}: field 'target.hash': table was measured on another definition of target "
+                f"'{target_name}' (hash {self.target.get('hash')}, yours is {target_hash}); profile your target "
+                f"with its own name, or under another --logs-dir")
 
     # -- lookups -------------------------------------------------------------------------------------
     def latency(self, key: OpKey | str) -> float:

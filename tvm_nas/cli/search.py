@@ -1,4 +1,4 @@
-"""``tvm-nas search`` and ``tvm-nas train``: arguments and runners (registered by ``tvm_nas.cli``)."""
+"""``tvm-nas search`` and ``tvm-nas train``: arguments, and runners that import torch only when they run."""
 
 from __future__ import annotations
 
@@ -6,33 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-from pydantic import ValidationError
-
-from ..data import load_data
+from ..config import SearchConfig
 from ..errors import TvmNasError
-from ..latency_table import LatencyTable, table_path
-from ..space import SearchSpace, load_space, load_yaml, resolve
-from .loop import ARCH_FILE, CONFIG, ProxylessSearch, SearchConfig, load_run_config
+from ..io import DEFAULT_LOGS_DIR
 
 _FIELDS = SearchConfig.model_fields
 DATA_HELP = "builtin | imagefolder:PATH | cifar10:PATH (default builtin)"
-
-
-def _default(name: str):
-    return _FIELDS[name].default
-
-
-def target_name(name_or_path: str) -> str:
-    """A target's name from its name or YAML path."""
-    try:
-        from ..targets import load_target  # the targets module, where present
-    except ImportError:
-        data = load_yaml(resolve(name_or_path, "targets"))
-        if not isinstance(data.get("name"), str):
-            raise TvmNasError(f"{name_or_path}: field 'name': missing") from None
-        return data["name"]
-    return load_target(name_or_path).name
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +21,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target name or YAML path (required unless --resume)")
     p.add_argument("--data", default="builtin", help=DATA_HELP)
     p.add_argument("--latency-ms", type=float, help="latency budget T in ms (required unless --resume)")
-    p.add_argument("--logs-dir", default="tuning_logs", help="latency tables' root (default tuning_logs)")
+    p.add_argument("--logs-dir", default=str(DEFAULT_LOGS_DIR), help="latency tables' root (default %(default)s)")
     p.add_argument("--table", help="latency table path (default: <logs-dir>/<target>/<space>.latency.json)")
     p.add_argument("--out", help="run directory (default runs/search-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own config")
@@ -74,15 +53,30 @@ def _console(quiet: bool):
     return Console()
 
 
-def _load_table(path: Path, space, target: str) -> LatencyTable:
+def _load_table(path: Path, space, target):
+    """The table of `space` measured on `target` (a TargetSpec, or a name when resuming a saved run)."""
+    from ..profile.table import LatencyTable
+
+    name = target if isinstance(target, str) else target.name
     if not path.is_file():
         raise TvmNasError(f"{path}: latency table not found; run: tvm-nas profile --space {space.name} "
-                          f"--target {target}")
-    return LatencyTable.load(path, space=space, target_name=target)
+                          f"--target {name}")
+    if isinstance(target, str):
+        return LatencyTable.load(path, space=space, target_name=target)
+    return LatencyTable.load(path, space=space, target=target)
 
 
 def run_search(args: argparse.Namespace) -> int:
     """Run (or resume) a search; prints the architecture file's path. Returns the exit status."""
+    import torch
+    from pydantic import ValidationError
+
+    from ..data import load_data
+    from ..profile.table import table_path
+    from ..search.loop import CONFIG, ProxylessSearch, load_run_config
+    from ..space import SearchSpace, load_space
+    from ..targets import load_target
+
     if args.threads:
         torch.set_num_threads(args.threads)
     console = _console(args.quiet)
@@ -110,9 +104,9 @@ def run_search(args: argparse.Namespace) -> int:
         if missing:
             raise TvmNasError(f"tvm-nas search: missing {', '.join(missing)}")
         space = load_space(args.space)
-        target = target_name(args.target)
-        table = _load_table(Path(args.table) if args.table else table_path(args.logs_dir, target, space.name),
-                            space, target)
+        spec = load_target(args.target)
+        table = _load_table(Path(args.table) if args.table else table_path(args.logs_dir, spec.name, space.name),
+                            space, spec)
         settings = {k: getattr(args, k) for k in _FIELDS if hasattr(args, k) and k != "latency_budget_us"}
         settings["enforce_budget"] = not args.no_enforce_budget
         try:
@@ -148,7 +142,7 @@ def run_search(args: argparse.Namespace) -> int:
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tvm-nas train``."""
     p = parser
-    p.add_argument("--arch", required=True, help=f"architecture file (e.g. RUN_DIR/{ARCH_FILE})")
+    p.add_argument("--arch", required=True, help="architecture file (e.g. RUN_DIR/final.arch.json)")
     p.add_argument("--data", default="builtin", help=DATA_HELP)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
@@ -166,7 +160,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a derived architecture and report its validation accuracy. Returns the exit status."""
-    from .train import TrainConfig, train_arch
+    import torch
+
+    from ..config import TrainConfig
+    from ..train import train_arch
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,22 +10,15 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import TvmNasError
-from .io import exclusive
-from .latency_table import LatencyTable, table_path
-from .ops import build_op, prepare_for_deploy
-from .space import OpKey, SearchSpace, load_space
-from .targets import TargetSpec, load_target
-
-DEFAULT_LOGS = Path(os.environ.get("TVM_NAS_LOGS", "tuning_logs"))
-
-
-def progress(console: Console | None = None) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+from ..console import progress
+from ..errors import TvmNasError
+from ..io import DEFAULT_LOGS_DIR, exclusive
+from ..ops import build_op, prepare_for_deploy
+from ..space import OpKey, SearchSpace, load_space
+from ..targets import TargetSpec, load_target
+from .table import LatencyTable, table_path
 
 
 def op_module(key: OpKey):
@@ -35,7 +28,7 @@ def op_module(key: OpKey):
 
 def lower_op(key: OpKey, tvm_target, prepack: bool, batch: int = 1):
     """One op through the shared pipeline, with NHWC input/output as inside a network."""
-    from .backend import pipeline
+    from ..backend import pipeline
 
     mod = pipeline.import_torch(op_module(key), (batch, *key.in_shape), nhwc_io=True)
     return pipeline.lower(mod, tvm_target, prepack)
@@ -44,7 +37,7 @@ def lower_op(key: OpKey, tvm_target, prepack: bool, batch: int = 1):
 def _settings(spec: TargetSpec, trials: int, seed: int, batch: int) -> dict:
     import tvm
 
-    from .backend.pipeline import PIPELINE_VERSION
+    from ..backend.pipeline import PIPELINE_VERSION
 
     return {"trials": trials, "seed": seed, "batch_size": batch, "dtype": "float32", "pipeline": PIPELINE_VERSION,
             "tvm_version": tvm.__version__, "evaluator": spec.evaluator.model_dump(), "threads": spec.threads,
@@ -52,7 +45,7 @@ def _settings(spec: TargetSpec, trials: int, seed: int, batch: int) -> dict:
 
 
 def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
-            logs_dir: str | os.PathLike = DEFAULT_LOGS, seed: int = 0, batch: int = 1,
+            logs_dir: str | os.PathLike = DEFAULT_LOGS_DIR, seed: int = 0, batch: int = 1,
             console: Console | None = None, time_budget: str | float | None = None, jobs: int | None = None,
             force: bool = False, tuning_settings=None) -> LatencyTable:
     """Measure the latency table of a space on a target (resuming a table and database already on disk).
@@ -73,9 +66,9 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
     Returns:
         The latency table, also written to `<logs_dir>/<target>/<space>.latency.json` after every op.
     """
-    from .backend import measure, tuning
-    from .backend.budget import parse_duration
-    from .backend.target import is_gpu, to_tvm_target
+    from ..backend import measure, tuning
+    from ..backend.budget import parse_duration
+    from ..backend.target import is_gpu, to_tvm_target
 
     console = console or Console(stderr=True)
     space, spec = load_space(space), load_target(target)
@@ -91,7 +84,7 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
     if spec.cross_compiler:
         spec.check_cross_compiler()
     if spec.is_rpc:
-        from .backend.remote import check_tracker
+        from ..backend.remote import check_tracker
 
         check_tracker(spec)
     work_dir = Path(logs_dir) / spec.name
@@ -134,7 +127,7 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                 mbar = prog.add_task("measuring", total=len(todo))
                 rng = np.random.default_rng(seed)
                 if spec.is_rpc:
-                    from .profile_farm import measure_on_farm
+                    from .farm import measure_on_farm
 
                     measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng,
                                     prog, mbar, timing, console)
@@ -151,9 +144,9 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
 
 def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings, db, prog, console, timing):
     """Tune the space's kernels within the budget, showing each round and the ETA."""
-    from .backend import tuning
-    from .backend.budget import fmt_duration, kernel_usage, op_frequency
-    from .backend.tuner import tune_budgeted
+    from ..backend import tuning
+    from ..backend.budget import fmt_duration, kernel_usage, op_frequency
+    from ..backend.tuner import tune_budgeted
 
     t0 = time.perf_counter()
     have = sum(tuning.records(db, t.mod) for t in unique.values())
@@ -192,8 +185,8 @@ def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings,
 
 def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess, advance, timing):
     """Compile each op with the database and time it on the target; the table is saved after every op."""
-    from .backend import measure, tuning
-    from .backend.pipeline import build
+    from ..backend import measure, tuning
+    from ..backend.pipeline import build
 
     t0 = time.perf_counter()
     for i, k in enumerate(todo):

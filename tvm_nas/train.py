@@ -9,31 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
-from ..data import ImageData, batches, load_data, train_val_split
-from ..errors import TvmNasError
-from ..io import atomic_write_bytes, atomic_write_json
-from ..network import Network
-from .derive import load_arch
-from .loop import CHECKPOINT
-from .supernet import Supernet
-
-
-class TrainConfig(BaseModel):
-    """Settings of ``tvm-nas train`` (SGD + Nesterov, cosine schedule, label smoothing)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=0.05, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=4e-5, ge=0)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    max_samples: int | None = Field(default=None, ge=2)
-    seed: int = 0
+from .arch import load_arch
+from .config import TrainConfig
+from .data import ImageData, batches, load_data, train_val_split
+from .errors import TvmNasError
+from .io import atomic_write_bytes, atomic_write_json
+from .network import Network
+from .search.loop import CHECKPOINT
+from .search.supernet import Supernet
 
 
 @torch.no_grad()

@@ -1,18 +1,17 @@
-"""`tvm-nas compile` and `tvm-nas compare`: argument parsers and their entry points (wired by :mod:`tvm_nas.cli`)."""
+"""``tvm-nas compile`` and ``tvm-nas compare``: arguments, and runners that import TVM only when they run."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
-from .errors import TvmNasError
+from ..errors import TvmNasError
+from ..io import DEFAULT_LOGS_DIR
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--logs-dir", default="tuning_logs",
-                   help="root of the per-target tuning databases and latency tables (default: tuning_logs)")
+    p.add_argument("--logs-dir", default=str(DEFAULT_LOGS_DIR),
+                   help="root of the per-target tuning databases and latency tables (default: %(default)s)")
     p.add_argument("--trials", type=int, default=0,
                    help="MetaSchedule trials for the tasks the target's database lacks (default: 0, tune nothing)")
     p.add_argument("--untuned", action="store_true", help="ignore the database: TVM's default schedules")
@@ -34,7 +33,9 @@ def add_compile_args(p: argparse.ArgumentParser) -> None:
 
 def run_compile(args: argparse.Namespace) -> int:
     """Entry point of ``tvm-nas compile``; prints the manifest path and predicted vs measured latency."""
-    from .deploy import MANIFEST, compile_arch
+    from rich.console import Console
+
+    from ..deploy import MANIFEST, compile_arch
 
     console = Console(stderr=True)
     out = Path(args.out) if args.out else Path("build") / Path(args.target).stem
@@ -62,7 +63,9 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Entry point of ``tvm-nas compare``: the table on stdout, CSV/JSON files when asked."""
-    from .deploy import compare, compare_table, write_rows
+    from rich.console import Console
+
+    from ..deploy import compare, compare_table, write_rows
 
     if args.trials < 0:
         raise TvmNasError(f"--trials must be >= 0, got {args.trials}")
@@ -76,24 +79,3 @@ def run_compare(args: argparse.Namespace) -> int:
         if f:
             console.print(f"wrote {f}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m tvm_nas.deploy_cli compile|compare ...``) until the main CLI wires it."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="tvm-nas")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    add_compile_args(sub.add_parser("compile", help="compile an architecture for a target"))
-    add_compare_args(sub.add_parser("compare", help="compare architectures × targets and peers"))
-    args = parser.parse_args(argv)
-    try:
-        return run_compile(args) if args.cmd == "compile" else run_compare(args)
-    except TvmNasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .errors import TvmNasError
+from ..errors import TvmNasError
 
 
 def measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, prog, mbar, timing,
@@ -16,9 +16,9 @@ def measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu
     """
     import numpy as np
 
-    from .backend import measure, tuning
-    from .backend.farm import Farm
-    from .backend.pipeline import build
+    from ..backend import measure, tuning
+    from ..backend.farm import Farm
+    from ..backend.pipeline import build
 
     bars: dict[int, int] = {}
 

@@ -1,0 +1,118 @@
+"""What a crash, a shared folder or a look-alike file does to the tool: real files, real processes, real kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TVM_NAS, cli, write_yaml
+
+from tvm_nas.io import atomic_write_json, sha256_file
+from tvm_nas.specfile import data_dir
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_json(tmp_path / "shared" / "t.json", {"a": 1})
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644  # readable by the team, as a plain open() would make it
+        os.umask(0o077)
+        q = atomic_write_json(tmp_path / "private.json", {"a": 1})
+        assert stat.S_IMODE(q.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_profiled_table_is_readable_by_others(tiny_table):
+    assert stat.S_IMODE(tiny_table.stat().st_mode) & 0o044 == 0o044
+
+
+def test_cache_folder_is_created_on_first_use(tmp_path, monkeypatch):
+    from tvm_nas.backend import aarch64
+
+    monkeypatch.setenv("TVM_NAS_CACHE", str(tmp_path / "fresh" / "cache"))
+    assert aarch64.cache_dir().is_dir()
+
+
+def test_search_refuses_a_lookalike_target(tiny_table, tmp_path):
+    """A target file that reuses the name 'host' but defines another CPU must not use host's table."""
+    logs = tiny_table.parent.parent
+    lookalike = write_yaml(tmp_path / "host.yaml", {"name": "host", "tvm": {"kind": "llvm", "mcpu": "x86-64-v2"},
+                                                    "threads": 2})
+    r = cli("search", "--space", "tiny", "--target", str(lookalike), "--logs-dir", str(logs), "--latency-ms", "1",
+            "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 2 and "field 'target.hash'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, (
+        r.stdout + r.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_kill_during_compile_never_leaves_a_mismatched_pair(tiny_table, tmp_path):
+    """kill -9 while a build is being written: the folder keeps the old library with its own manifest."""
+    from tvm_nas.arch import arch_document, write_arch
+    from tvm_nas.space import load_space
+
+    logs = tiny_table.parent.parent
+    arch = write_arch(tmp_path / "a.arch.json", arch_document(load_space("tiny"), ["mbconv_k3_e3"] * 3, None, None))
+    out = tmp_path / "build"
+    args = ["compile", "--arch", str(arch), "--target", "host", "--logs-dir", str(logs), "--untuned", "--out",
+            str(out), "--no-measure"]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    before = json.loads((out / "manifest.json").read_text())
+    # the second build of another seed: killed mid-build, once its first file (the ONNX export) is staged
+    proc = subprocess.Popen([str(TVM_NAS), *args, "--seed", "7"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not list(out.glob(".build-*/model.onnx")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    after = json.loads((out / "manifest.json").read_text())
+    assert after == before
+    assert sha256_file(out / "model.so") == after["library"]["sha256"]
+    assert sha256_file(out / "model.onnx") == after["onnx"]["sha256"]
+    # and a finished build replaces both together
+    r = cli(*args, "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    new = json.loads((out / "manifest.json").read_text())
+    assert new["weights"] == {"random_seed": 7} and sha256_file(out / "model.so") == new["library"]["sha256"]
+    assert not list(out.glob(".build-*"))
+
+
+def test_shipped_files_resolve_from_any_directory(tmp_path):
+    """Names resolve to the shipped folders, not to the working directory."""
+    r = cli("profile", "--space", "nope", "--target", "host", cwd=tmp_path)
+    assert r.returncode == 2 and str(data_dir("search_space")) in r.stderr
+
+
+def test_help_imports_neither_torch_nor_tvm():
+    code = ("import sys; from tvm_nas.cli import parser; parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'tvm') if m in sys.modules))")
+    out = subprocess.run([str(Path(TVM_NAS).parent / "python"), "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_compare_table_reads_whole_at_80_columns():
+    from rich.console import Console
+
+    from tvm_nas.deploy import compare_table
+
+    rows = [{"architecture": a, "target": "x86-64-v2", "runtime": r, "predicted_us": 1234.5, "measured_us": 1416.0,
+             "measured_over_predicted": 1.15, "vs_tvm": 0.74}
+            for a in ("final", "reference (mbconv_k3_e6)") for r in ("tvm", "tvm-untuned", "pytorch", "onnxruntime")]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(compare_table(rows))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for word in ("net", "runtime", "pred", "meas/pred", "vs tvm", "tvm-untuned", "onnxruntime", "x86-64-v2",
+                 "1,416.0", "0.74x"):
+        assert word in text, word

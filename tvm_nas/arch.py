@@ -1,0 +1,194 @@
+"""The architecture file (``*.arch.json``): one model shared by its writer (search, run) and its readers
+(train, compile, compare, validate, report).
+
+The file embeds the full space definition, so :func:`load_arch` rebuilds the exact network with no other file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import TvmNasError
+from .io import atomic_write_json, read_json
+from .ops import parse_op
+from .space import SearchSpace, load_space
+from .specfile import resolve, validation_error
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .profile.table import LatencyTable
+
+SCHEMA = 1
+REFERENCE_OP = "mbconv_k3_e6"  # the MobileNetV2 shape: every block an MBConv k3 e6
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SpaceRef(_Part):
+    name: str
+    hash: str
+    definition: dict[str, Any]
+
+
+class TableRef(_Part):
+    target: str | None = None
+    hash: str | None = None
+    path: str | None = None
+
+
+class Derivation(_Part):
+    rule: str
+    argmax_ops: list[str]
+    argmax_latency_us: float
+    changed_blocks: list[int] = Field(default_factory=list)
+    budget_us: float | None = None
+    budget_met: bool | None = None
+
+
+class ArchFile(_Part):
+    """The content of an ``*.arch.json`` file (schema 1)."""
+
+    schema_: int = Field(SCHEMA, alias="schema")
+    space: SpaceRef
+    ops: list[str]
+    probabilities: list[dict[str, float]] | None = None
+    latency_table: TableRef | None = None
+    predicted_latency_us: float | None = None
+    derivation: Derivation | None = None
+    search: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+
+def arch_document(space: SearchSpace, ops: Sequence[str], probabilities: Sequence[np.ndarray] | None,
+                  table: LatencyTable | None, search: dict | None = None,
+                  derivation: dict | None = None) -> dict:
+    """The architecture file's content, as JSON-able data."""
+    blocks = space.blocks()
+    probs = None
+    if probabilities is not None:
+        probs = [{op: float(v) for op, v in zip(b.candidates, p, strict=True)}
+                 for b, p in zip(blocks, probabilities, strict=True)]
+    doc = ArchFile(
+        space=SpaceRef(**space.describe()), ops=list(ops), probabilities=probs,
+        latency_table=None if table is None else TableRef(
+            target=table.target.get("name"), hash=table.hash, path=None if table.path is None else str(table.path)),
+        predicted_latency_us=None if table is None else table.predict(space, list(ops)),
+        derivation=None if derivation is None else Derivation(**derivation), search=search or {})
+    out = doc.to_json()
+    if derivation is None:
+        out.pop("derivation")
+    return out
+
+
+def write_arch(path: str | os.PathLike, doc: dict | ArchFile) -> Path:
+    """Write an architecture document atomically."""
+    return atomic_write_json(path, doc.to_json() if isinstance(doc, ArchFile) else doc)
+
+
+def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, list[str], dict]:
+    """Load an architecture file and rebuild its space from the embedded definition.
+
+    Returns:
+        ``(space, ops, doc)``; ``doc["warnings"]`` lists non-fatal findings (e.g. a space of the same name on
+        disk now has another definition — the embedded one is used).
+
+    Raises:
+        TvmNasError: missing or corrupted file, unsupported schema, a definition whose hash does not match the
+            recorded one, or ops that are not candidates of their blocks.
+    """
+    path = Path(path)
+    raw = read_json(path, "architecture file")
+    if raw.get("schema") != SCHEMA:
+        raise TvmNasError(f"{path}: field 'schema': {raw.get('schema')!r} is not supported (expected {SCHEMA})")
+    try:
+        doc = ArchFile.model_validate(raw)
+    except ValidationError as e:
+        raise validation_error(path, e) from None
+    try:
+        space = SearchSpace.model_validate(doc.space.definition)
+        space.blocks()
+    except ValidationError as e:
+        raise validation_error(path, e, prefix="space.definition.") from None
+    except TvmNasError as e:
+        raise TvmNasError(f"{path}: field 'space.definition': {e}") from None
+    if doc.space.hash != space.hash:
+        raise TvmNasError(f"{path}: field 'space.hash': {doc.space.hash!r} does not match the embedded "
+                          f"definition (hash {space.hash}); the file was changed or corrupted")
+    warnings = []
+    try:
+        on_disk = load_space(resolve(space.name, "search_space"))
+        if on_disk.hash != space.hash:
+            warnings.append(f"space '{space.name}' on disk has hash {on_disk.hash}, the architecture's is "
+                            f"{space.hash}; using the definition embedded in {path.name}")
+    except TvmNasError:
+        pass  # no space of that name on disk: the embedded definition is all there is
+    check_ops(space, doc.ops, str(path))
+    out = dict(raw)
+    out["warnings"] = warnings
+    return space, list(doc.ops), out
+
+
+def check_ops(space: SearchSpace, ops: Sequence[str], where: str) -> None:
+    """One op per block, each a candidate of its block."""
+    blocks = space.blocks()
+    if len(ops) != len(blocks):
+        raise TvmNasError(f"{where}: field 'ops': {len(ops)} ops for the {len(blocks)} blocks of space "
+                          f"'{space.name}'")
+    for blk, op in zip(blocks, ops, strict=True):
+        parse_op(op, f"{where}: field 'ops[{blk.index}]'")
+        if op not in blk.candidates:
+            raise TvmNasError(f"{where}: field 'ops[{blk.index}]': {op!r} is not a candidate of block "
+                              f"{blk.index} (candidates: {', '.join(blk.candidates)})")
+
+
+# -- a loaded architecture -----------------------------------------------------------------------------------------
+@dataclass
+class Arch:
+    """A loaded architecture: its space, one op per block, the file's content and where it came from."""
+
+    space: SearchSpace
+    ops: list[str]
+    doc: dict
+    path: Path | None = None
+    label: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        r = self.space.input.resolution
+        return (1, self.space.input.channels, r, r)
+
+
+def load_architecture(arch: str | os.PathLike | Arch) -> Arch:
+    """An :class:`Arch` from an ``*.arch.json`` path (or the Arch itself)."""
+    if isinstance(arch, Arch):
+        return arch
+    space, ops, doc = load_arch(arch)
+    path = Path(arch)
+    return Arch(space, ops, doc, path, path.name.removesuffix(".json").removesuffix(".arch"))
+
+
+def reference_ops(space: SearchSpace, op: str = REFERENCE_OP) -> list[str]:
+    """The same op in every block (default: the MobileNetV2 shape, all mbconv_k3_e6)."""
+    blocks = space.blocks()
+    if any(op not in b.candidates for b in blocks):
+        raise TvmNasError(f"space '{space.name}': {op!r} is not a candidate of every block")
+    return [op] * len(blocks)
+
+
+def reference_arch(space: SearchSpace, op: str = REFERENCE_OP) -> Arch:
+    """The reference net of a space: the same op in every block."""
+    ops = reference_ops(space, op)
+    return Arch(space, ops, arch_document(space, ops, None, None), None, f"reference ({op})")

@@ -1,0 +1,76 @@
+"""The `tvm-nas` command: one table of subcommands, in the order of the data flow.
+
+Each subcommand's options live beside its runner in this package; the options import nothing heavier than
+pydantic, and torch/TVM are imported only when a command runs, so ``tvm-nas --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ..errors import TvmNasError
+from . import deploy, profile, run, search
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS = (
+    Command("profile", "measure the latency table of a search space on a target (TVM-tuned ops)",
+            profile.add_profile_args, profile.run_profile),
+    Command("search", "ProxylessNAS search against a target's latency table",
+            search.add_search_args, search.run_search),
+    Command("train", "train a derived architecture and report validation accuracy",
+            search.add_train_args, search.run_train),
+    Command("compile", "compile an architecture into a deployable module for a target",
+            deploy.add_compile_args, deploy.run_compile),
+    Command("compare", "latency of architectures x targets, against PyTorch and ONNX Runtime",
+            deploy.add_compare_args, deploy.run_compare),
+    Command("run", "the whole job: profile, search, train, compile, measure, compare and report",
+            run.add_run_args, run.run_run),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tvm-nas", description="Hardware-aware NAS whose latency comes from TVM.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        c.add_args(p)
+        p.set_defaults(func=c.run)
+    return ap
+
+
+def _quiet_third_parties() -> None:
+    """Warnings of our dependencies that say nothing to a user of this tool."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export internals
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):  # "torchvision is not installed"
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_third_parties()
+    try:
+        return int(args.func(args) or 0)
+    except TvmNasError as e:
+        print(f"tvm-nas {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"\ntvm-nas {args.command}: interrupted; finished work is kept, run the same command again "
+              "(or with --resume) to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""``tvm-nas run``: arguments built from :class:`~tvm_nas.config.RunConfig`, and the runner."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import STAGES, RunConfig
+
+_HELP = {"space": "search space", "target": "hardware target", "data": "builtin | imagefolder:PATH | cifar10:PATH",
+         "logs_dir": "per-target tuning databases and tables", "seed": "seed of everything random"}
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    for name, f in RunConfig.model_fields.items():
+        default = "halfway between the space's fastest and slowest nets" if f.default is None else f.default
+        kw = {"dest": name, "default": None, "help": f"{f.description or _HELP.get(name, name)} (default {default})"}
+        if name == "loss":
+            kw["choices"] = ["mul", "add"]
+        elif f.annotation not in (str,):
+            kw["type"] = int if f.annotation in (int, int | None) else float
+        p.add_argument("--" + name.replace("_", "-"), **kw)
+    p.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; finished stages are kept")
+    p.add_argument("--stop-after", choices=STAGES, help="stop cleanly after this stage (continue with --resume)")
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from ..run import start_or_resume
+
+    given = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k, None) is not None}
+    start_or_resume(given, out=args.out, resume=args.resume, stop_after=args.stop_after)
+    return 0

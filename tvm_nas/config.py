@@ -1,0 +1,104 @@
+"""Every setting that changes a result, one typed object per stage (validated once, written beside the result).
+
+No torch or TVM here: the command line builds its options from these models and ``tvm-nas --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SearchConfig(BaseModel):
+    """Every setting of a search; written to ``config.json`` in the run directory.
+
+    Defaults follow the ProxylessNAS code (SGD + Nesterov + cosine + label smoothing for weights, Adam with
+    betas (0, 0.999) for α), with epoch counts for a quick run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latency_budget_us: float = Field(gt=1.0)
+    epochs: int = Field(default=10, ge=1)
+    warmup_epochs: int = Field(default=3, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    seed: int = 0
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    max_samples: int | None = Field(default=None, ge=2)
+    # weights
+    weight_lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=4e-5, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    # architecture
+    arch_update: Literal["gradient", "reinforce"] = "gradient"
+    arch_lr: float = Field(default=1e-3, gt=0)
+    arch_betas: tuple[float, float] = (0.0, 0.999)
+    arch_eps: float = Field(default=1e-8, gt=0)
+    arch_every: int = Field(default=1, ge=1, description="one round of architecture steps after this many "
+                                                         "weight steps")
+    arch_steps: int = Field(default=1, ge=1, description="architecture steps per round")
+    loss: Literal["mul", "add"] = "mul"
+    mul_a: float = Field(default=0.2, gt=0)
+    mul_b: float = Field(default=0.3, gt=0)
+    add_lambda: float = Field(default=1.0, ge=0)
+    reinforce_w: float = Field(default=0.1, ge=0)
+    reinforce_nets: int = Field(default=4, ge=1)
+    reinforce_baseline_decay: float = Field(default=0.99, ge=0, lt=1)
+    enforce_budget: bool = True
+
+
+class TrainConfig(BaseModel):
+    """Settings of ``tvm-nas train`` (SGD + Nesterov, cosine schedule, label smoothing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=4e-5, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    max_samples: int | None = Field(default=None, ge=2)
+    seed: int = 0
+
+
+# the stages of `tvm-nas run`, in order; each leaves its result in the run directory
+STAGES = ("profile", "search", "train", "baselines", "compile", "compare", "report")
+
+
+class RunConfig(BaseModel):
+    """Settings of ``tvm-nas run`` (kept in the run's ``run.json``; ``--resume`` reuses them unchanged).
+
+    The defaults make the embedded default job: this machine's CPU, the tiny space, scikit-learn's digits, a
+    short search whose α moves fast enough to matter in a few epochs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: str = "tiny"
+    target: str = "host"
+    data: str = "builtin"
+    latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                     description="budget; default halfway between the fastest and slowest nets")
+    trials: int = Field(default=64, ge=0, description="MetaSchedule budget of the profile")
+    logs_dir: str = "tuning_logs"
+    epochs: int = Field(default=8, ge=1, description="search epochs")
+    warmup_epochs: int = Field(default=2, ge=0, description="weight-only warm-up epochs")
+    train_epochs: int = Field(default=6, ge=1, description="training epochs of each net")
+    arch_lr: float = Field(default=0.02, gt=0, description="Adam learning rate of α (a short run needs α to move "
+                                                           "faster than the paper's 1e-3 over 90 epochs)")
+    loss: Literal["mul", "add"] = "add"
+    seed: int = 0
+    max_samples: int | None = Field(default=None, ge=2, description="use at most this many images")
+    threads: int = Field(default=1, ge=1, description="torch threads for training (TVM jobs share the cores)")
+
+    def search(self, budget_us: float) -> SearchConfig:
+        return SearchConfig(latency_budget_us=budget_us, epochs=self.epochs, warmup_epochs=self.warmup_epochs,
+                            arch_lr=self.arch_lr, loss=self.loss, seed=self.seed, max_samples=self.max_samples)
+
+    def train(self) -> TrainConfig:
+        return TrainConfig(epochs=self.train_epochs, seed=self.seed, max_samples=self.max_samples)

@@ -1,0 +1,67 @@
+"""What the user reads: progress bars, and the only place numbers become text (terminal, CSV notes, report).
+
+Every latency is printed by :func:`fmt_us`, every accuracy by :func:`fmt_pct`, so the terminal and the report
+never disagree on rounding or on how a missing value reads.
+"""
+
+from __future__ import annotations
+
+import math
+
+NA = "n/a"
+
+
+def progress(console=None):
+    """The progress display of long stages: bar, done/total, elapsed time and an ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+
+
+def fmt_us(v: float | None) -> str:
+    """A latency in µs with one decimal (``171.3``), or ``n/a``."""
+    return NA if v is None or not math.isfinite(v) else f"{v:,.1f}"
+
+
+def fmt_spread(median: float | None, iqr: float | None) -> str:
+    """A median with its spread, ``171.3 ±2.1`` (half the interquartile range), or the median alone."""
+    if iqr is None or median is None or not math.isfinite(iqr):
+        return fmt_us(median)
+    return f"{fmt_us(median)} ±{iqr / 2:,.1f}"
+
+
+def fmt_pct(v: float | None) -> str:
+    """An accuracy (a fraction) as a percent with one decimal (``81.0%``), or ``n/a``."""
+    return NA if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
+
+
+def fmt_ratio(num: float | None, den: float | None) -> str:
+    """``num / den`` as ``1.23x``, or ``n/a`` when either is missing."""
+    if num is None or den is None or not den or not math.isfinite(num) or not math.isfinite(den):
+        return NA
+    return f"{num / den:.2f}x"
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return NA
+    if s < 120:
+        return f"{s:.1f} s"
+    m, sec = divmod(round(s), 60)
+    return f"{m // 60} h {m % 60} min" if m >= 60 else f"{m} min {sec} s"
+
+
+def fmt_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

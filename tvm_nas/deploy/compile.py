@@ -1,0 +1,344 @@
+"""``tvm-nas compile``: an architecture -> ONNX + Relax -> the target's tuning database (tune what it lacks)
+-> build, export, verify and measure -> ``model.so``, ``model.onnx`` and ``manifest.json`` in one folder.
+
+Every network goes through the same lowering pipeline as the latency profile (:mod:`tvm_nas.backend.pipeline`),
+so the kernels the profile tuned are found in the target's database and reused, not tuned again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from ..arch import Arch, load_architecture
+from ..errors import TvmNasError
+from ..io import DEFAULT_LOGS_DIR, atomic_write_json, sha256_file
+from ..profile.table import LatencyTable, table_path
+from ..space import SearchSpace
+from ..targets import TargetSpec, load_target
+from .model import build_network_from_arch, example_input, torch_forward
+from .onnx import ATOL, export_onnx
+
+SCHEMA = 1
+LIBRARY, ONNX_FILE, MANIFEST = "model.so", "model.onnx", "manifest.json"
+
+
+@dataclass
+class TaskReport:
+    """How the network's kernels were scheduled: reused from the database, newly tuned, or left untuned."""
+
+    total: int = 0
+    reused: list[str] = field(default_factory=list)
+    tuned: list[str] = field(default_factory=list)
+    untuned: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"total": self.total, "reused": len(self.reused), "tuned": len(self.tuned),
+                "untuned": len(self.untuned), "tasks": {"reused": self.reused, "tuned": self.tuned,
+                                                        "untuned": self.untuned}}
+
+
+def has_database(logs_dir: str | os.PathLike, spec: TargetSpec) -> bool:
+    return (Path(logs_dir) / spec.name / "database_workload.json").is_file()
+
+
+def _table(logs_dir, spec: TargetSpec, space: SearchSpace) -> LatencyTable | None:
+    path = table_path(logs_dir, spec.name, space.name)
+    return LatencyTable.load(path, space=space, target=spec) if path.is_file() else None
+
+
+def check_inputs(a: Arch, spec: TargetSpec, logs_dir, trials: int, untuned: bool, measure: bool) -> None:
+    """Every check that can fail on bad input, before anything is written."""
+    from ..backend.target import is_gpu
+
+    if trials < 0:
+        raise TvmNasError(f"--trials must be >= 0, got {trials}")
+    spec.check_cross_compiler()
+    table = _table(logs_dir, spec, a.space)  # refuses a table of another space definition or target
+    untuned_table = table is not None and table.meta.get("settings", {}).get("trials") == 0
+    if not untuned and trials == 0 and not has_database(logs_dir, spec) and not untuned_table:
+        raise TvmNasError(
+            f"target '{spec.name}' has no tuning database in {Path(logs_dir) / spec.name}; run: tvm-nas profile "
+            f"--space {a.space.name} --target {spec.name} --trials 500 --logs-dir {logs_dir} (or pass --trials N "
+            f"to tune this network here, or --untuned for TVM's default schedules)")
+    if measure and spec.is_rpc:
+        from ..backend.remote import check_tracker
+
+        try:
+            check_tracker(spec)
+        except TvmNasError as e:
+            raise TvmNasError(f"{e} (or pass --no-measure to compile and export only)") from None
+    if is_gpu(spec) and trials > 0 and not spec.is_rpc:
+        from ..backend.library import cuda_device_present
+
+        if not cuda_device_present():
+            raise TvmNasError(f"target '{spec.name}': tuning needs a CUDA device and none is present; "
+                              "use --trials 0")
+
+
+def lower_network(model, a: Arch, onnx_path: Path | None, tvm_target, prepack: bool):
+    from ..backend import pipeline
+
+    if onnx_path is not None:
+        mod = pipeline.import_onnx(onnx_path)
+    else:
+        mod = pipeline.import_torch(model, a.input_shape)
+    return pipeline.lower(mod, tvm_target, prepack)
+
+
+def schedule_tasks(fused, spec: TargetSpec, logs_dir, trials: int, seed: int = 0, untuned: bool = False,
+                   console: Console | None = None):
+    """Apply the target's database: reuse every task it has records for, tune the rest with `trials`.
+
+    Returns:
+        ``(database or None, TaskReport)``.
+    """
+    from ..backend import tuning
+    from ..backend.target import to_tvm_target
+
+    tvm_target = to_tvm_target(spec)
+    tasks = tuning.dedup({"net": tuning.extract_tasks(fused, tvm_target)})
+    report = TaskReport(total=len(tasks))
+    if untuned:
+        report.untuned = [f"{t.name}#{k}" for k, t in tasks.items()]
+        return None, report
+    work_dir = Path(logs_dir) / spec.name
+    db = tuning.open_database(work_dir, spec, create=trials > 0)
+    missing = {k: t for k, t in tasks.items() if tuning.records(db, t.mod) == 0}
+    report.reused = [f"{t.name}#{k}" for k, t in tasks.items() if k not in missing]
+    if trials > 0 and missing:
+        owed = tuning.split_budget(trials, missing, db)
+        if console:
+            console.print(f"tuning {len(owed)} of {len(missing)} missing tasks ({sum(owed.values())} trials)")
+        tuning.tune(missing, owed, spec, work_dir, seed=seed)
+        db = tuning.open_database(work_dir, spec)
+    report.tuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) > 0]
+    report.untuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) == 0]
+    return db, report
+
+
+def build_module(fused, spec: TargetSpec, db):
+    from ..backend.library import cuda_build_env
+    from ..backend.pipeline import build
+    from ..backend.target import is_gpu, to_tvm_target
+
+    gpu = is_gpu(spec)
+    if gpu:
+        with cuda_build_env():
+            return build(fused, to_tvm_target(spec), db, gpu=True, prepack=False)
+    return build(fused, to_tvm_target(spec), db, gpu=False, prepack=True)
+
+
+def _export(exe, path: Path, spec: TargetSpec) -> Path:
+    from ..backend import measure
+    from ..backend.library import cuda_build_env
+    from ..backend.target import is_gpu
+
+    if is_gpu(spec):
+        with cuda_build_env():
+            return measure.export(exe, path, spec)
+    return measure.export(exe, path, spec)
+
+
+def _library_kind(spec: TargetSpec, tvm_target) -> str:
+    kind = tvm_target.kind.name
+    if kind == "cuda":
+        return f"shared library with CUDA kernels (nvcc, {tvm_target.attrs.get('arch', '?')})"
+    triple = str(tvm_target.attrs.get("mtriple", "") or platform.machine())
+    if spec.cross_compiler:
+        return f"shared library for {triple}, cross-linked with {spec.cross_compiler}"
+    return f"shared library for {triple}"
+
+
+def verify_library(library: str | os.PathLike, spec: TargetSpec, x: np.ndarray, expected: np.ndarray,
+                   atol: float = ATOL) -> dict:
+    """Run the shipped library where this machine can and compare with PyTorch's outputs.
+
+    Host (x86) libraries are loaded with ``tvm.runtime.load_module``; aarch64 ones run under qemu-aarch64 with
+    TVM's aarch64 runtime. Returns ``{"status": "passed"|"skipped", "how", "max_abs_err"}``.
+
+    Raises:
+        TvmNasError: the outputs differ by more than `atol` (the shipped module is wrong).
+    """
+    from ..backend.target import is_gpu, to_tvm_target
+
+    tvm_target = to_tvm_target(spec)
+    triple = str(tvm_target.attrs.get("mtriple", "") or "")
+    compiler = spec.cross_compiler or "aarch64-linux-gnu-g++"
+    if is_gpu(spec):
+        return {"status": "skipped", "how": "CUDA modules run only on the device (checked by the measurement run)"}
+    if triple.startswith("aarch64") or "aarch64" in (spec.cross_compiler or ""):
+        from ..backend import aarch64
+
+        missing = aarch64.missing_tools(compiler)
+        if missing:
+            return {"status": "skipped", "how": f"{', '.join(missing)} not installed ({aarch64.APT_HINT})"}
+        y, how = aarch64.run(library, x, compiler), "qemu-aarch64 with TVM's aarch64 runtime"
+    elif spec.cross_compiler:
+        return {"status": "skipped", "how": f"no emulator for {triple or spec.cross_compiler}"}
+    else:
+        from ..backend.library import run_library
+
+        y, how = run_library(library, x, spec.threads), "tvm.runtime.load_module on this machine"
+    err = float(np.abs(y.reshape(expected.shape) - expected).max())
+    if err > atol:
+        raise TvmNasError(f"{library}: the exported module's outputs differ from PyTorch's by {err:.2e} "
+                          f"(> {atol}) ({how})")
+    return {"status": "passed", "how": how, "max_abs_err": err}
+
+
+def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tuple[dict | None, str]:
+    from ..backend import measure
+    from ..backend.library import cuda_device_present
+    from ..backend.target import is_gpu
+
+    if is_gpu(spec) and not spec.is_rpc and not cuda_device_present():
+        return None, "not measured: no CUDA device on this machine"
+    if spec.cross_compiler and not spec.is_rpc:
+        return None, "not measured: a cross target needs its RPC runner"
+    outs, t = measure.run_and_time(exe, [x], spec)
+    err = float(np.abs(outs[0].reshape(expected.shape) - expected).max())
+    if err > ATOL:
+        raise TvmNasError(f"target '{spec.name}': the module's outputs on the device differ from PyTorch's by "
+                          f"{err:.2e} (> {ATOL})")
+    ev = spec.evaluator
+    how = (f"time_evaluator on {t.where}: median of {t.count} repeats (the quieter of 2 rounds), each the mean "
+           f"of {t.number} runs (min_repeat_ms={ev.min_repeat_ms}); outputs checked on the device "
+           f"(max abs err {err:.1e})")
+    return t.to_json(), how
+
+
+def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | TargetSpec,
+                 weights: str | os.PathLike | None = None, out: str | os.PathLike = "build",
+                 trials: int = 0, logs_dir: str | os.PathLike = DEFAULT_LOGS_DIR, frontend: str = "torch",
+                 seed: int = 0, measure: bool = True, verify: bool = True, untuned: bool = False,
+                 console: Console | None = None) -> dict:
+    """Compile an architecture for one target into `out/`: ``model.so``, ``model.onnx`` and ``manifest.json``.
+
+    Args:
+        arch: an ``*.arch.json`` path or a loaded :class:`Arch`.
+        target: a target name (``targets/``), YAML path or :class:`TargetSpec`.
+        weights: trained weights; None: seeded random weights.
+        out: output folder (created); existing files are replaced only after a successful build.
+        trials: MetaSchedule budget for the tasks the target's database lacks (0: tune nothing).
+        logs_dir: root of the per-target databases and latency tables.
+        frontend: ``"torch"`` (torch.export) or ``"onnx"`` (the exported ONNX file) into Relax.
+        seed: seed of random weights, of the test input and of tuning.
+        measure: time the module on the target (locally or through its RPC tracker).
+        verify: run the exported library on this machine (host, or qemu for aarch64) against PyTorch.
+        untuned: ignore the database and compile TVM's default schedules.
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``).
+    """
+    from ..backend.library import tvm_version
+    from ..backend.target import is_gpu, to_tvm_target
+
+    console = console or Console(stderr=True)
+    if frontend not in ("torch", "onnx"):
+        raise TvmNasError(f"--frontend must be 'torch' or 'onnx', got {frontend!r}")
+    a, spec = load_architecture(arch), load_target(target)
+    check_inputs(a, spec, logs_dir, trials, untuned, measure)
+    model = build_network_from_arch(a, weights, seed)
+    out = Path(out)
+    tvm_target, gpu = to_tvm_target(spec), is_gpu(spec)
+    x = example_input(a.input_shape, seed)
+    expected = torch_forward(model, x)
+
+    # everything is built in a staging folder and moved in at the end: a crash never leaves a new library beside
+    # an old manifest
+    stage = out / f".build-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        t0 = time.perf_counter()
+        onnx_info = export_onnx(model, x, stage / ONNX_FILE)
+        fused = lower_network(model, a, stage / ONNX_FILE if frontend == "onnx" else None, tvm_target,
+                              prepack=not gpu)
+        db, tasks = schedule_tasks(fused, spec, logs_dir, trials, seed, untuned, console)
+        console.print(f"[bold]{a.label or a.space.name}[/] on [bold]{spec.name}[/]: {tasks.total} tasks, "
+                      f"{len(tasks.reused)} reused from the database, {len(tasks.tuned)} newly tuned, "
+                      f"{len(tasks.untuned)} untuned")
+        exe = build_module(fused, spec, db)
+        lib = _export(exe, stage / LIBRARY, spec)
+        compile_s = time.perf_counter() - t0
+
+        checked = verify_library(lib, spec, x, expected) if verify else {"status": "skipped", "how": "--no-verify"}
+        timing, how = _measure(exe, spec, x, expected) if measure else (None, "not measured: --no-measure")
+        table = _table(logs_dir, spec, a.space)
+        predicted = _predict(table, a)
+        manifest = _manifest(a, spec, tvm_target, weights, seed, frontend, x, expected, lib, onnx_info, tasks,
+                             table, predicted, timing, how, checked, compile_s, tvm_version(), trials, untuned,
+                             logs_dir)
+        _install(stage, out, (ONNX_FILE, LIBRARY), manifest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    console.print(_summary(manifest))
+    return manifest
+
+
+def _install(stage: Path, out: Path, files: tuple[str, ...], manifest: dict) -> None:
+    """Move a finished build into `out`: the old manifest goes first and the new one comes last, so at every
+    moment the folder's manifest (if any) describes the files beside it."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for name in files:
+        os.replace(stage / name, out / name)
+    atomic_write_json(out / MANIFEST, manifest)
+
+
+def _predict(table: LatencyTable | None, a: Arch) -> float | None:
+    if table is None:
+        return None
+    try:
+        return table.predict(a.space, a.ops)
+    except TvmNasError:
+        return None  # an op the profile has not measured
+
+
+def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info, tasks, table, predicted,
+              timing, how, checked, compile_s, tvm_v, trials, untuned, logs_dir) -> dict:
+    measured = timing["median"] if timing else None
+    return {
+        "schema": SCHEMA,
+        "architecture": {"file": str(a.path) if a.path else None, "label": a.label,
+                         "sha256": sha256_file(a.path) if a.path else None, "space": a.space.name,
+                         "space_hash": a.space.hash, "ops": a.ops},
+        "weights": {"file": str(weights), "sha256": sha256_file(weights)} if weights else {"random_seed": seed},
+        "target": {"name": spec.name, "hash": spec.hash, "tvm": json.loads(str(tvm_target)),
+                   "cross_compiler": spec.cross_compiler, "threads": spec.threads},
+        "tvm_version": tvm_v,
+        "frontend": "torch.export" if frontend == "torch" else "onnx",
+        "input": {"name": "input", "shape": list(x.shape), "dtype": str(x.dtype), "layout": "NCHW"},
+        "output": {"shape": list(y.shape), "dtype": str(y.dtype)},
+        "library": {"file": lib.name, "sha256": sha256_file(lib), "bytes": lib.stat().st_size,
+                    "kind": _library_kind(spec, tvm_target),
+                    "load_with": "tvm.runtime.load_module(path) -> tvm.relax.VirtualMachine(lib, dev)['main']"},
+        "onnx": onnx_info,
+        "tuning": {"database": None if untuned or not has_database(logs_dir, spec)
+                   else str(Path(logs_dir) / spec.name), "trials": trials, **tasks.to_json()},
+        "compile_seconds": round(compile_s, 2),
+        "verification": checked,
+        "predicted_latency_us": predicted,
+        "latency_table": None if table is None else {"path": str(table.path), "hash": table.hash},
+        "measured_latency_us": measured,
+        "measurement": {"how": how, **(timing or {})},
+        "measured_over_predicted": measured / predicted if measured and predicted else None,
+    }
+
+
+def _fmt(v: float | None, unit: str = "µs") -> str:
+    return "—" if v is None else f"{v:,.1f} {unit}"
+
+
+def _summary(m: dict) -> str:
+    p, ms, r = m["predicted_latency_us"], m["measured_latency_us"], m["measured_over_predicted"]
+    ratio = f"{r:.2f}×" if r else "—"
+    return (f"{m['target']['name']}: predicted {_fmt(p)} (table sum) vs measured {_fmt(ms)} → ratio {ratio}; "
+            f"verification {m['verification']['status']} ({m['verification']['how']})")

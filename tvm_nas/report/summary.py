@@ -1,0 +1,154 @@
+"""``summary.json``: the run's closing record, one model shared by its writer (``tvm-nas run``) and its reader
+(the report).
+
+Every section but the schema is optional for the reader, so a partial run still renders; the writer fills them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import TvmNasError
+from ..io import atomic_write_json, read_json
+
+SCHEMA = 1
+SUMMARY = "summary.json"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """An optional field written as null takes its default (an empty list stays a list)."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+        return data
+
+
+class BlockInfo(_Part):
+    index: int
+    in_channels: int
+    out_channels: int
+    stride: int = 1
+    in_hw: int
+    candidates: list[str]
+
+
+class FixedInfo(_Part):
+    op: str
+    in_shape: list[int]
+    out_channels: int
+    stride: int = 1
+
+
+class SpaceInfo(_Part):
+    name: str = "?"
+    hash: str = ""
+    input: list[int] = Field(default_factory=list)
+    num_classes: int | None = None
+    blocks: list[BlockInfo] = Field(default_factory=list)
+    fixed: list[FixedInfo] = Field(default_factory=list)
+
+
+class TargetInfo(_Part):
+    name: str = "?"
+    tvm: dict | str | None = None
+
+
+class ArchInfo(_Part):
+    ops: list[str] = Field(default_factory=list)
+    probabilities: list[dict[str, float]] = Field(default_factory=list)
+    predicted_us: float | None = None
+    path: str | None = None
+
+
+class TableInfo(_Part):
+    path: str | None = None
+    blocks: list[list[float | None]] = Field(default_factory=list)
+    fixed_us: float | None = None
+
+
+class NetInfo(_Part):
+    name: str
+    kind: str = "random"
+    ops: list[str] = Field(default_factory=list)
+    accuracy: float | None = None
+    predicted_us: float | None = None
+    measured_us: float | None = None
+
+
+class PeerInfo(_Part):
+    net: str
+    tvm_us: float | None = None
+    tvm_untuned_us: float | None = None
+    pytorch_us: float | None = None
+    onnxruntime_us: float | None = None
+
+
+class StageInfo(_Part):
+    name: str
+    seconds: float | None = None
+    status: str = ""
+
+
+class RunSummary(_Part):
+    """`summary.json` as written by `tvm-nas run` (schema 1); every section but the schema is optional."""
+
+    schema_version: int = Field(alias="schema")
+    space: SpaceInfo = Field(default_factory=SpaceInfo)
+    target: TargetInfo = Field(default_factory=TargetInfo)
+    budget_us: float | None = None
+    arch: ArchInfo | None = None
+    latency_table: TableInfo | None = None
+    nets: list[NetInfo] = Field(default_factory=list)
+    peers: list[PeerInfo] = Field(default_factory=list)
+    stages: list[StageInfo] = Field(default_factory=list)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def searched(self) -> NetInfo | None:
+        """The searched net: the first of kind `searched`, else the first net."""
+        return next((n for n in self.nets if n.kind == "searched"), self.nets[0] if self.nets else None)
+
+    @property
+    def predicted_us(self) -> float | None:
+        if self.arch is not None and self.arch.predicted_us is not None:
+            return self.arch.predicted_us
+        return self.searched.predicted_us if self.searched else None
+
+
+def write_summary(run_dir: str | os.PathLike, summary: RunSummary | dict) -> Path:
+    """Validate `summary` against :class:`RunSummary` and write ``run_dir/summary.json`` (what the report reads)."""
+    if not isinstance(summary, RunSummary):
+        try:
+            summary = RunSummary.model_validate({"schema": SCHEMA, **summary})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise TvmNasError(f"summary.json: field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}") from None
+    return atomic_write_json(Path(run_dir) / SUMMARY, summary.model_dump(mode="json", by_alias=True))
+
+
+def load_summary(run_dir: str | os.PathLike) -> RunSummary:
+    """Read and validate ``run_dir/summary.json``.
+
+    Raises:
+        TvmNasError: the file is missing, corrupted, of another schema, or a field has the wrong type.
+    """
+    path = Path(run_dir) / SUMMARY
+    raw = read_json(path, "run summary (written by `tvm-nas run`)")
+    if raw.get("schema") != SCHEMA:
+        raise TvmNasError(f"{path}: schema {raw.get('schema')!r}, this tvm-nas reads schema {SCHEMA}; "
+                          "rerun `tvm-nas run` with this version to rewrite it")
+    try:
+        return RunSummary.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise TvmNasError(f"{path}: {field}: {err['msg']} (got {err.get('input')!r}); "
+                          "rerun `tvm-nas run` to rewrite the summary") from e
