@@ -1,14 +1,20 @@
 """What profiling costs and buys: dedup figures, the budget -> latency curve, the farm, and the full tuned table.
 
-    python bench/profile_cost.py dedup  [--target host]                       # dedup of the shipped spaces (~2 min)
-    python bench/profile_cost.py curve  [--space tiny] [--time-budget 10m]    # expected net latency per tuning time,
-                                         [--configs r16-p128-g2 r32-p256-g2]   #   one fresh database per config
-    python bench/profile_cost.py farm   [--trials 48] [--boards 3]            # candidates/min, 3 loopback servers vs 1
-    python bench/profile_cost.py table  [--space proxyless-cifar] [--time-budget 60m] [--arch searched.arch.json]
-                                                                              # full table + TVM vs ORT vs PyTorch
+    python bench/profile_cost.py dedup  [--target host]                          # dedup of the shipped spaces
+    python bench/profile_cost.py curve  [--space tiny] [--time-budget 10m] [--kernels N]
+                                        [--configs r16-p128-g2 r32-p256-g2]      # expected net latency per tuning
+                                                                                 #   time, a fresh database per config
+    python bench/profile_cost.py farm   [--trials 48] [--boards 3]               # candidates/min, 3 loopback servers
+                                                                                 #   vs 1, interleaved
+    python bench/profile_cost.py table  [--space proxyless-cifar] [--time-budget 60m] [--threads 1 2]
+                                        [--arch runs/<search>/final.arch.json]   # full table, then TVM vs ONNX
+                                                                                 #   Runtime vs PyTorch
 
-Every figure is printed with the load average beside it: on a shared machine absolute seconds are noise, compare
-runs taken side by side. Results go to bench/results/profile_cost-<mode>-....json.
+The full goal of issue 11 on a quiet machine: `table --space proxyless-cifar --time-budget 60m --threads 1 2 --arch
+<a searched cifar net>` (two tables, one per thread count: about 2 x 75 min, then the comparisons). Without --arch the
+table's fastest net (a latency-only pick, no accuracy search) stands in for the searched net; `--baselines` adds the
+reference net (all mbconv_k3_e6). Every figure is printed with the load average beside it: on a shared machine
+absolute seconds are noise, compare runs taken side by side. Results: bench/results/profile_cost-<mode>-<tag>.json.
 """
 
 from __future__ import annotations
@@ -206,7 +212,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def mode_table(args) -> dict:
     logs = Path(args.logs_dir)
     out = {"space": args.space, "time_budget": args.time_budget, "targets": {}}
-    for target in args.targets:
+    targets = list(args.targets)
+    if args.threads:  # this machine's CPU at each thread count: each is its own target with its own database
+        base = load_target("host")
+        folder = Path(tempfile.mkdtemp())
+        targets = []
+        for n in args.threads:
+            d = {"name": f"host-t{n}", "tvm": {"kind": "llvm", "mcpu": "auto"}, "runner": "local", "threads": n,
+                 "evaluator": base.evaluator.model_dump()}
+            targets.append(str(folder / f"host-t{n}.yaml"))
+            Path(targets[-1]).write_text(json.dumps(d))  # JSON is YAML
+    for target in targets:
         spec = load_target(target)
         t0 = time.perf_counter()
         console.print(f"profile {args.space} on {spec.name}, --time-budget {args.time_budget} ({load()})")
@@ -278,6 +294,9 @@ def main() -> int:
     p.add_argument("--space", default="proxyless-cifar")
     p.add_argument("--targets", nargs="+", default=["host"],
                    help="targets to profile and compare on (e.g. host and a 1-thread copy of it)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="instead of --targets: this machine's CPU at these thread counts (e.g. 1 2), each tuned "
+                        "with its own --time-budget")
     p.add_argument("--time-budget", default="60m")
     p.add_argument("--arch", action="append", help="searched architecture file(s) to compare (default: the "
                    "table's fastest net, a latency-only pick)")
