@@ -268,4 +268,4 @@ def test_compare_with_baselines_writes_table(tiny_host_logs, arch_file, tmp_path
             assert (arch, rt) in runtimes
     assert all(r["measured_us"] > 0 for r in rows)
     assert (tmp_path / "c.csv").read_text().splitlines()[0].startswith("architecture,target,runtime")
-    assert "latency by architecture" in capsys.readouterr().out
+    assert "latency, µs" in capsys.readouterr().out

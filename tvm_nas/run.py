@@ -206,6 +206,7 @@ class Run:
 
     def _compile(self) -> dict:
         from .deploy import compile_arch
+        from .deploy.compile import LIBRARY, ONNX_FILE
 
         d = self.state["done"]
         untuned = self.cfg.trials == 0  # a --trials 0 profile has no database: default schedules
@@ -230,7 +231,7 @@ class Run:
         self.state.pop("compile_partial", None)
         out = self.dir / "build" / self.target.name
         return {"measured_us": measured, "manifest": self.rel(out / "manifest.json"),
-                "module": self.rel(next(out.glob("model.*"), out / "model.so")), "onnx": self.rel(out / "model.onnx")}
+                "module": self.rel(out / LIBRARY), "onnx": self.rel(out / ONNX_FILE)}
 
     def _baseline_build(self, net: dict) -> Path:
         return self.dir / "build" / "baselines" / Path(net["arch"]).name.removesuffix(".arch.json")

@@ -127,7 +127,8 @@ def compare_table(rows: list[dict]) -> Table:
               "are ratios", caption_justify="left")
     for c, j in (("net", "left"), ("target", "left"), ("runtime", "left"), ("pred", "right"), ("meas", "right"),
                  ("meas/pred", "right"), ("vs tvm", "right")):
-        t.add_column(c, justify=j, overflow="fold")
+        # only the free-text columns wrap; names and numbers keep their width
+        t.add_column(c, justify=j, overflow="fold", no_wrap=c not in ("net", "target"))
     for r in rows:
         t.add_row(r["architecture"], r["target"], r["runtime"], fmt_us(r["predicted_us"]), fmt_us(r["measured_us"]),
                   _ratio(r["measured_over_predicted"]), _ratio(r["vs_tvm"]))

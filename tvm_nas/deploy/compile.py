@@ -255,8 +255,8 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
 
     # everything is built in a staging folder and moved in at the end: a crash never leaves a new library beside
     # an old manifest
+    _remove_stale_stages(out)
     stage = out / f".build-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
     try:
         t0 = time.perf_counter()
         onnx_info = export_onnx(model, x, stage / ONNX_FILE)
@@ -282,6 +282,24 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
         shutil.rmtree(stage, ignore_errors=True)
     console.print(_summary(manifest))
     return manifest
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Staging folders left by builds whose process is gone (killed, or the machine went down)."""
+    for d in out.glob(".build-*"):
+        pid = d.name.removeprefix(".build-")
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _install(stage: Path, out: Path, files: tuple[str, ...], manifest: dict) -> None:
