@@ -176,9 +176,10 @@ def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings,
                         settings=settings, on_round=on_round, say=lambda m: prog.console.print(m),
                         on_trials=(lambda n: prog.advance(tbar, n)) if left is not None else None)
     prog.update(tbar, completed=total)
+    before = f" (before: {out.expected_us_before:.0f} µs)" if out.expected_us_before else ""
     console.print(f"tuning: {out.trials} trials in {out.rounds} rounds, {fmt_duration(out.seconds)} "
-                  f"({out.why_ended}); expected net latency {out.expected_us_before:.0f} -> "
-                  f"{out.expected_us_after:.0f} µs from tuned kernels")
+                  f"({out.why_ended}); the tuned kernels add {out.expected_us_after:.0f} µs to an average net of "
+                  f"the space{before}")
     timing.update(tune_s=round(timing.get("tune_s", 0) + time.perf_counter() - t0, 2),
                   tune_trials=timing.get("tune_trials", 0) + out.trials)
 
