@@ -53,7 +53,7 @@ def _search(space, table_file, data, run_dir, **settings):
 # -- binary gates --------------------------------------------------------------------------------------
 def test_arch_step_gives_nonzero_alpha_gradients(space, tiny_table, data, tmp_path):
     s = _search(space, tiny_table, data, tmp_path)
-    s._build()
+    s.setup()
     x, y = data.images[:32], data.labels[:32]
     from tvm_nas.data import normalize
 
@@ -72,7 +72,7 @@ def test_rescale_keeps_unsampled_probabilities(space, tiny_table, data, tmp_path
     from tvm_nas.data import normalize
 
     s = _search(space, tiny_table, data, tmp_path, arch_lr=0.05)
-    s._build()
+    s.setup()
     for step in range(5):
         x, y = normalize(data.images[32 * step:32 * step + 32]), data.labels[32 * step:32 * step + 32]
         before = [m.probs.detach().clone() for m in s.supernet_.mixed_ops]
@@ -90,7 +90,7 @@ def test_weight_step_runs_only_the_sampled_ops(space, tiny_table, data, tmp_path
     from tvm_nas.data import normalize
 
     s = _search(space, tiny_table, data, tmp_path)
-    s._build()
+    s.setup()
     calls = []
     for b, m in enumerate(s.supernet_.mixed_ops):
         for i, op in enumerate(m.ops):

@@ -101,7 +101,11 @@ class ProxylessSearch:
                                   "path": None if self.table.path is None else str(self.table.path)},
                 "runtime": {"device": self.dist.device.type, "processes": self.dist.world}}
 
-    def _build(self) -> None:
+    def setup(self) -> ProxylessSearch:
+        """Build the supernet, its optimizers and the data split (what :meth:`fit` starts from); returns self.
+
+        Called by :meth:`fit`; call it yourself to take single steps (:meth:`weight_step`, :meth:`arch_step`).
+        """
         cfg, device = self.config, self.dist.device
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         self.supernet_ = Supernet(self.space).to(device)
@@ -120,6 +124,7 @@ class ProxylessSearch:
         self.baseline_: float | None = None
         self.history_: list[dict] = []
         self.epoch_ = 0
+        return self
 
     def _seed_epoch(self, epoch: int) -> None:
         """Path sampling: the same stream in every process; dropout: one stream per process and epoch."""
@@ -297,7 +302,7 @@ class ProxylessSearch:
         ckpt = self.run_dir / CHECKPOINT
         main = self.dist.main
         with exclusive(ckpt, "search run") if main else nullcontext():
-            self._build()
+            self.setup()
             if ckpt.exists():
                 if not resume:
                     raise TvmNasError(f"{self.run_dir}: a search run is already there; add --resume to "
