@@ -150,18 +150,6 @@ def best_run_s(db, mod) -> float | None:
     return sum(secs) / len(secs)
 
 
-def split_budget(trials: int, tasks: dict[str, Task], db) -> dict[str, int]:
-    """Trials still owed to each task: an equal share of the budget less the records already in the database."""
-    if trials <= 0 or not tasks:
-        return {}
-    base, extra = divmod(trials, len(tasks))
-    owed = {}
-    for i, (k, t) in enumerate(tasks.items()):
-        share = base + (1 if i < extra else 0)
-        owed[k] = max(0, share - records(db, t.mod)) if share else 0
-    return {k: v for k, v in owed.items() if v > 0}
-
-
 # -- tuning ------------------------------------------------------------------------------------------------------
 def default_jobs() -> int:
     """All the cores this process may use."""
@@ -239,14 +227,3 @@ def _quiet_logging() -> None:
             log.removeHandler(h)
     if log.level in (logging.NOTSET, logging.DEBUG, logging.INFO):
         log.setLevel(logging.WARNING)
-
-
-def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Path, seed: int = 0,
-         on_trials: Callable[[int], None] | None = None, jobs: int | None = None):
-    """Tune the tasks that are owed trials within the sum of what they are owed (see :mod:`.tuner`)."""
-    from .tuner import tune_budgeted
-
-    if not owed:
-        return None
-    return tune_budgeted({k: tasks[k] for k in owed}, spec, work_dir, trials=sum(owed.values()), seed=seed,
-                         settings=Settings(jobs=jobs), on_trials=on_trials)

@@ -60,6 +60,7 @@ def _quiet_third_parties() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that restart themselves (--nproc)
     _quiet_third_parties()
     try:
         return int(args.func(args) or 0)

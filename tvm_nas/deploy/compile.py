@@ -115,10 +115,12 @@ def schedule_tasks(fused, spec: TargetSpec, logs_dir, trials: int, seed: int = 0
     missing = {k: t for k, t in tasks.items() if tuning.records(db, t.mod) == 0}
     report.reused = [f"{t.name}#{k}" for k, t in tasks.items() if k not in missing]
     if trials > 0 and missing:
-        owed = tuning.split_budget(trials, missing, db)
+        from ..backend.tuner import tune_budgeted
+
         if console:
-            console.print(f"tuning {len(owed)} of {len(missing)} missing tasks ({sum(owed.values())} trials)")
-        tuning.tune(missing, owed, spec, work_dir, seed=seed)
+            console.print(f"tuning the {len(missing)} tasks the database lacks ({trials} trials)")
+        tune_budgeted(missing, spec, work_dir, trials=trials, seed=seed,
+                      say=console.print if console else print)
         db = tuning.open_database(work_dir, spec)
     report.tuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) > 0]
     report.untuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) == 0]
