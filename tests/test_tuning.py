@@ -155,10 +155,12 @@ def test_second_writer_exits_naming_the_holder(tuned, tmp_path):
         assert holder.stdout.readline().strip() == "held"
         from tvm_nas.backend.tuner import tune_budgeted
 
-        with pytest.raises(TvmNasError, match=f"being written by pid {holder.pid}"):
-            tune_budgeted(tasks, spec, work_dir, trials=3, say=lambda m: None)
+        said = []
         with pytest.raises(TvmNasError, match=f"still being written by pid {holder.pid}"):
-            with dbfile.writer(work_dir, wait_s=1, say=lambda m: None):
+            tune_budgeted(tasks, spec, work_dir, trials=3, say=said.append, lock_wait_s=1)
+        assert said == [f"tuning database {work_dir} is being written by pid {holder.pid} (-c); waiting up to 1 s"]
+        with pytest.raises(TvmNasError, match=f"being written by pid {holder.pid}"):
+            with dbfile.writer(work_dir):
                 pass
     finally:
         holder.kill()
@@ -190,3 +192,11 @@ def test_tuning_over_a_damaged_database_repairs_it_in_place(tuned, tmp_path):
     tune_budgeted(tasks, spec, work_dir, trials=1, say=said.append)
     assert any("damaged line(s) dropped" in m for m in said), said
     assert len(rec.read_text().splitlines()) == 4 and rec.read_text().endswith("\n")
+
+
+@pytest.mark.parametrize("content", ["{half", "[1, 2]", ""])
+def test_damaged_target_stamp_is_named(tuned, tmp_path, content):
+    work_dir, _, spec = _copy(tuned, tmp_path)
+    (work_dir / "target.json").write_text(content)
+    with pytest.raises(TvmNasError, match=r"target\.json: damaged .* delete .*target\.json"):
+        tuning.open_database(work_dir, spec)

@@ -76,7 +76,8 @@ def _warm_start(cost_model, ctxs: dict, tasks: dict[str, Task], db, per_task: in
 def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: int | None = None,
                   time_budget_s: float | None = None, usage: dict[str, float] | None = None, seed: int = 0,
                   settings: Settings | None = None, on_round: Callable[[RoundEvent], None] | None = None,
-                  on_trials: Callable[[int], None] | None = None, say: Callable[[str], None] = _say) -> Outcome:
+                  on_trials: Callable[[int], None] | None = None, say: Callable[[str], None] = _say,
+                  lock_wait_s: float = 600.0) -> Outcome:
     """Tune `tasks` into the target's database within a trial and/or time budget.
 
     Args:
@@ -87,6 +88,7 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
         settings: jobs, round size and search strategy settings.
         on_round: called after every round (per-task progress, ETA).
         on_trials: called with the number of candidates measured, as they are measured.
+        lock_wait_s: how long to wait (saying so) while another process writes the target's database.
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -102,7 +104,7 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
     import_tensor_intrinsics()  # TuneContext imports them all; do it with the fast stack walk
     usage = usage or {k: float(t.weight or 1) for k, t in tasks.items()}
     work_dir = Path(work_dir)
-    with dbfile.writer(work_dir, wait_s=0):
+    with dbfile.writer(work_dir, wait_s=lock_wait_s, say=say):
         db = open_database(work_dir, spec, say=say, writer_held=True)
         have = {k: records(db, t.mod) for k, t in tasks.items()}
         fresh = sum(1 for v in have.values() if v == 0)

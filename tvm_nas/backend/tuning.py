@@ -80,9 +80,11 @@ def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable
         try:
             theirs = json.loads(stamp.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            theirs = {}
-        if not isinstance(theirs, dict):
-            theirs = {}
+            theirs = None
+        if not isinstance(theirs, dict) or not isinstance(theirs.get("tvm"), str):
+            raise TvmNasError(f"{stamp}: damaged (expected {{\"name\": ..., \"tvm\": ...}}): it says which target "
+                              f"the database beside it serves; if that is {spec.name!r}, delete {stamp} and it is "
+                              "written again")
         if theirs.get("tvm") != mine["tvm"]:
             raise TvmNasError(f"{stamp}: field 'tvm': this tuning database was written for target "
                               f"{theirs.get('name')!r} ({theirs.get('tvm')}), not {spec.name!r} "
