@@ -1,4 +1,4 @@
-"""Datasets: builtin digits, image folders, CIFAR-10 batches, the split, the batch order; every bad input."""
+"""Datasets: builtin digits, streamed image folders, CIFAR-10 batches, the split, the batch order; every bad input."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tvm_nas.data import batches, load_data, train_val_split
+from tvm_nas.data import FolderData, batches, load_data, train_val_split
 from tvm_nas.errors import TvmNasError
+from tvm_nas.imagefolder import CenterCrop, RandomResizedCrop, Resize
 from tvm_nas.space import load_space
 
 
@@ -68,9 +69,59 @@ def _folder(root, classes=("cat", "dog"), n=3, size=(20, 12), mode="RGB"):
 
 def test_imagefolder(tiny, tmp_path):
     root = _folder(tmp_path / "imgs", mode="L")
-    d = load_data(f"imagefolder:{root}", tiny)
-    assert d.images.shape == (6, 3, 16, 16) and d.classes == ["cat", "dog"]
-    assert d.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    (root / "dog" / "nested").mkdir()
+    Image.fromarray(np.zeros((12, 20), np.uint8), "L").save(root / "dog" / "nested" / "deep.png")
+    (root / ".hidden").mkdir()  # not a class
+    d = load_data(f"imagefolder:{root}", tiny, workers=0)
+    assert isinstance(d, FolderData) and d.classes == ["cat", "dog"] and len(d) == 7
+    assert d.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert d.describe()["shape"] == [3, 16, 16] and d.describe()["streamed"]
+    idx = np.arange(7)
+    (x, y), = batches(d, idx, 8, raw=True)  # validation transforms: resize + centre crop, deterministic
+    assert x.shape == (7, 3, 16, 16) and x.dtype == torch.uint8 and y.tolist() == d.labels.tolist()
+    assert torch.equal(x, next(batches(d, idx, 8, raw=True))[0])
+    # training transforms: random-resized crop + flip, the same for a (seed, epoch) whatever the workers ...
+    x0, y0 = next(batches(d, idx, 8, seed=1, epoch=0, train=True, raw=True))
+    d.workers = 2
+    x2, y2 = next(batches(d, idx, 8, seed=1, epoch=0, train=True, raw=True))
+    assert x0.shape == (7, 3, 16, 16) and torch.equal(x0, x2) and torch.equal(y0, y2)
+    # ... and different in another epoch
+    order = np.argsort(y0.numpy(), kind="stable")
+    x3, y3 = next(batches(d, idx, 8, seed=1, epoch=1, train=True, raw=True))
+    assert not torch.equal(x0[order], x3[np.argsort(y3.numpy(), kind="stable")])
+    # two processes: the shares of a global batch are its consecutive halves
+    halves = [next(batches(d, idx, 6, seed=1, rank=r, world=2, raw=True)) for r in (0, 1)]
+    whole = next(batches(d, idx, 6, seed=1, raw=True))
+    assert torch.equal(torch.cat([h[1] for h in halves]), whole[1])
+    assert torch.equal(torch.cat([h[0] for h in halves]), whole[0])
+
+
+def test_imagefolder_skips_and_counts_bad_images(tiny, tmp_path):
+    root = _folder(tmp_path / "imgs", n=4)
+    (root / "cat" / "9.png").write_bytes(b"not a png")
+    (root / "dog" / "8.jpg").write_bytes(b"\xff\xd8\xff truncated jpeg")
+    d = load_data(f"imagefolder:{root}", tiny, workers=1)
+    assert len(d) == 10
+    got = [y for _, y in batches(d, np.arange(10), 4, seed=0, train=True)]
+    assert sum(len(y) for y in got) == 8 and d.skipped == 2
+    assert {os.path.basename(p) for p in d.bad_examples} == {"9.png", "8.jpg"}
+
+
+def test_transforms_follow_torchvision():
+    import random
+
+    img = Image.fromarray(np.arange(40 * 30 * 3, dtype=np.uint8).reshape(30, 40, 3) % 251)
+    rng = random.Random(0)
+    crop = RandomResizedCrop(16)
+    for _ in range(200):
+        left, top, w, h = crop.params(40, 30, rng)
+        assert 0 <= left and left + w <= 40 and 0 <= top and top + h <= 30
+        assert 0.08 * 1200 * 0.75 <= w * h <= 1200  # rounding can take the area a little under 8 %
+    assert crop(img, rng).size == (16, 16)
+    assert Resize(18)(img).size == (24, 18)  # shorter side to 18, aspect kept
+    out = CenterCrop(16)(Resize(18)(img))
+    assert out.size == (16, 16)
+    assert np.array_equal(np.asarray(out), np.asarray(Resize(18)(img))[1:17, 4:20])
 
 
 def _cifar(root, n=8, data=None, labels=None):
@@ -101,8 +152,8 @@ def _bad_cases(tmp_path):
     empty.mkdir()
     noimg = tmp_path / "noimg"
     (noimg / "a").mkdir(parents=True)
-    corrupt = _folder(tmp_path / "corrupt")
-    (corrupt / "cat" / "9.png").write_bytes(b"not a png")
+    (noimg / "b").mkdir()
+    one = _folder(tmp_path / "one", classes=["only"])
     many = _folder(tmp_path / "many", classes=[f"k{i}" for i in range(11)], n=1)
     evil = tmp_path / "evil"
     evil.mkdir()
@@ -116,7 +167,7 @@ def _bad_cases(tmp_path):
         (f"imagefolder:{tmp_path / 'missing'}", "not found"),
         (f"imagefolder:{empty}", "no class sub-folders"),
         (f"imagefolder:{noimg}", "has no images"),
-        (f"imagefolder:{corrupt}", "9.png: corrupt"),
+        (f"imagefolder:{one}", "only one class"),
         (f"imagefolder:{many}", "11 classes"),
         (f"cifar10:{tmp_path / 'missing'}", "not found"),
         (f"cifar10:{empty}", "no data_batch"),

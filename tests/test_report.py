@@ -229,3 +229,21 @@ def test_terminal_summary_names_every_artifact(tmp_path):
     for name, rel in summary["artifacts"].items():
         assert name in out and rel in out
     assert "171.3" in out and "81.2%" in out and "missing" not in out
+
+
+def test_over_budget_is_marked(tmp_path):
+    from rich.console import Console
+
+    summary = make_summary()
+    summary["arch"].update(budget_met=False, budget_feasible=False)
+    run = write_run(tmp_path, summary)
+    render_report(run)
+    assert "over budget: no net of the space meets it" in text(run / "report" / "index.html")
+    console = Console(width=300, record=True, color_system=None)
+    console.print(terminal_summary(run))
+    assert "over budget: no net of the space meets it" in " ".join(console.export_text().split())  # wrapped
+    summary["arch"].update(budget_met=True, budget_feasible=True)
+    (tmp_path / "ok").mkdir()
+    run = write_run(tmp_path / "ok", summary)
+    render_report(run)
+    assert "over budget" not in text(run / "report" / "index.html")

@@ -9,6 +9,7 @@ import shutil
 from conftest import cli
 
 from tvm_nas.config import STAGES
+from tvm_nas.io import sha256_file
 
 
 def test_whole_chain_resumes_at_every_boundary(tiny_logs, tmp_path):
@@ -57,3 +58,16 @@ def test_whole_chain_resumes_at_every_boundary(tiny_logs, tmp_path):
     assert "Kendall τ" in page and f"{v['kendall_tau']:.2f}" in page
     kinds = {n["kind"] for n in summary["nets"]}
     assert {"searched", "reference", "fastest", "slowest", "random"} <= kinds
+
+    # a deleted module is noticed on --resume: compile and every stage after it run again, the rest is kept
+    module = run / summary["artifacts"]["module"]
+    module.unlink()
+    r = cli("run", "--resume", str(run), timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "missing since stage 'compile'" in " ".join(r.stdout.split()), r.stdout[-3000:]
+    state = json.loads((run / "run.json").read_text())
+    for s in ("profile", "search", "train", "baselines"):
+        assert state["done"][s]["seconds"] == seconds[s]
+    assert list(state["done"]) == list(STAGES) and module.is_file()
+    manifest = json.loads((run / summary["artifacts"]["manifest"]).read_text())
+    assert manifest["library"]["sha256"] == sha256_file(module)

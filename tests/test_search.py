@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -52,7 +53,7 @@ def _search(space, table_file, data, run_dir, **settings):
 # -- binary gates --------------------------------------------------------------------------------------
 def test_arch_step_gives_nonzero_alpha_gradients(space, tiny_table, data, tmp_path):
     s = _search(space, tiny_table, data, tmp_path)
-    s._build()
+    s.setup()
     x, y = data.images[:32], data.labels[:32]
     from tvm_nas.data import normalize
 
@@ -71,7 +72,7 @@ def test_rescale_keeps_unsampled_probabilities(space, tiny_table, data, tmp_path
     from tvm_nas.data import normalize
 
     s = _search(space, tiny_table, data, tmp_path, arch_lr=0.05)
-    s._build()
+    s.setup()
     for step in range(5):
         x, y = normalize(data.images[32 * step:32 * step + 32]), data.labels[32 * step:32 * step + 32]
         before = [m.probs.detach().clone() for m in s.supernet_.mixed_ops]
@@ -89,7 +90,7 @@ def test_weight_step_runs_only_the_sampled_ops(space, tiny_table, data, tmp_path
     from tvm_nas.data import normalize
 
     s = _search(space, tiny_table, data, tmp_path)
-    s._build()
+    s.setup()
     calls = []
     for b, m in enumerate(s.supernet_.mixed_ops):
         for i, op in enumerate(m.ops):
@@ -266,14 +267,16 @@ def test_cli_search_resume_and_train(space, tiny_table, tmp_path, capsys):
     assert cli_main(["search", "--resume", "--out", str(run), "--quiet"]) == 0
     assert json.loads(arch.read_text())["ops"] == doc["ops"]
     _fails(["search", *argv], capsys, "--resume")
-    # train the derived net from scratch and from the supernet
-    for extra in ([], ["--init-from", str(run)]):
+    # train the derived net from scratch and from the supernet (in bfloat16 autocast, on the device auto picks)
+    for extra in ([], ["--init-from", str(run), "--precision", "bf16", "--device", "auto"]):
         out = tmp_path / f"train{len(extra)}"
         targs = ["--arch", str(arch), "--data", "builtin", "--epochs", "1", "--max-samples", "300", "--out",
                  str(out), "--quiet", *extra]
         assert cli_main(["train", *targs]) == 0
         result = json.loads((out / "train.json").read_text())
         assert 0.0 <= result["val_accuracy"] <= 1.0 and (out / "model.pt").is_file()
+        assert result["config"]["precision"] == ("bf16" if extra else "fp32")
+        assert result["device"] == ("cuda" if extra and torch.cuda.is_available() else "cpu")
     assert "validation accuracy" in capsys.readouterr().out
 
 
@@ -282,7 +285,7 @@ def test_cli_bad_inputs(space, tiny_table, tmp_path, capsys):
     table_path(logs, "host", "tiny").parent.mkdir(parents=True)
     table_path(logs, "host", "tiny").write_text(tiny_table.read_text())
     base = ["--space", "tiny", "--data", "builtin", "--latency-ms", "0.1", "--logs-dir", str(logs), "--quiet",
-            "--out", str(tmp_path / "r"), "--epochs", "1", "--max-samples", "100"]
+            "--out", str(tmp_path / "r"), "--epochs", "1", "--warmup-epochs", "0", "--max-samples", "100"]
     # a table from another target is refused (copied under another target's folder)
     other = table_path(logs, "x86-64-v2", "tiny")
     other.parent.mkdir(parents=True)
@@ -297,6 +300,15 @@ def test_cli_bad_inputs(space, tiny_table, tmp_path, capsys):
         (base + ["--target", "host", "--data", "mnist"], "unknown data spec"),
         (base + ["--target", "host", "--epochs", "0"], "--epochs"),
         (["--target", "host", "--quiet"], "missing --space"),
+        *((base + ["--target", "host", "--latency-ms", v], r"--latency-ms: .*above 0.001 \(1 µs\)")
+          for v in ("inf", "0", "-1", "nan", "0.001")),
+        (base + ["--target", "host", "--threads", "-1"], "--threads"),
+        (base + ["--target", "host", "--warmup-epochs", "5"], "--warmup-epochs: .*never be trained"),
+        (base + ["--target", "host", "--workers", "-1"], "--workers"),
+        (base + ["--target", "host", "--nproc", "0"], "--nproc"),
+        (base + ["--target", "host", "--precision", "fp16"], "fp16: needs --device cuda"),
+        *([(base + ["--target", "host", "--device", "cuda"], "sees no CUDA GPU")]
+          if not torch.cuda.is_available() else []),
         (["--resume", "--out", str(tmp_path / "none"), "--quiet"], "not found"),
     ]
     for argv, match in cases:
@@ -306,3 +318,88 @@ def test_cli_bad_inputs(space, tiny_table, tmp_path, capsys):
     assert cli_main(["search", *base, "--target", "host"]) == 0
     (run / "checkpoint.pt").write_bytes(b"garbage")
     _fails(["search", "--resume", "--out", str(run), "--quiet"], capsys, "corrupted checkpoint")
+
+
+# -- untrusted checkpoints and settings that cannot work (issue 8) ---------------------------------------
+class _Payload:
+    """Unpickling this creates a file: proof that a checkpoint's code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_never_runs_code(space, tiny_table, data, tmp_path):
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": 2, "supernet": {}, "x": _Payload(marker)}, run / "checkpoint.pt")
+    with pytest.raises(TvmNasError, match="corrupted checkpoint.*never unpickled") as e:
+        _search(space, tiny_table, data, run).fit(resume=True)
+    assert "\n" not in str(e.value)
+    from tvm_nas.train import supernet_weights
+
+    with pytest.raises(TvmNasError, match="not a search checkpoint"):
+        supernet_weights(space, [b.candidates[0] for b in space.blocks()], run)
+    assert not marker.exists()
+    # the payload is real: an unrestricted load runs it
+    torch.load(run / "checkpoint.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_settings_that_cannot_search_are_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="never be trained"):
+        SearchConfig(latency_budget_us=100.0, epochs=1, warmup_epochs=5)
+    for bad in (float("inf"), float("nan"), 0.0, -1.0, 1.0):
+        with pytest.raises(ValidationError):
+            SearchConfig(latency_budget_us=bad)
+    with pytest.raises(ValidationError):
+        SearchConfig(latency_budget_us=100.0, threads=-1)
+
+
+def test_budget_below_the_fastest_net_is_marked(space, tiny_table):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    fast, _ = table.extremes(space)
+    t_fast = table.predict(space, fast)
+    probs = [np.ones(len(b.candidates)) / len(b.candidates) for b in space.blocks()]
+    doc = derive(probs, space, table, budget_us=t_fast / 2)
+    d = doc["derivation"]
+    assert d["budget_feasible"] is False and d["budget_met"] is False
+    assert d["fastest_latency_us"] == pytest.approx(t_fast) and doc["ops"] == fast
+    ok = derive(probs, space, table, budget_us=t_fast * 2)["derivation"]
+    assert ok["budget_feasible"] is True
+
+
+def test_cli_train_bad_inputs(space, tiny_table, tmp_path, capsys):
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    arch = write_arch(tmp_path / "a.arch.json", derive([np.ones(len(b.candidates)) for b in space.blocks()],
+                                                       space, table))
+    for extra, match in ((["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"),
+                         (["--threads", "-1"], "--threads")):
+        _fails(["train", "--arch", str(arch), "--quiet", "--out", str(tmp_path / "t"), *extra], capsys, match)
+
+
+def test_cli_resume_keeps_the_run_settings(space, tiny_table, tmp_path, capsys):
+    run = tmp_path / "run"
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    fast_us = table.predict(space, table.extremes(space)[0])
+    argv = ["--space", "tiny", "--target", "host", "--logs-dir", str(tiny_table.parent.parent), "--latency-ms",
+            str(fast_us / 2000), "--out", str(run), "--epochs", "2", "--warmup-epochs", "1", "--max-samples", "200",
+            "--batch-size", "32", "--threads", "2", "--quiet", "--precision", "bf16"]
+    capsys.readouterr()
+    assert cli_main(["search", *argv]) == 0
+    out = capsys.readouterr()
+    assert "below the fastest net" in out.err and "OVER BUDGET" in out.out
+    doc = json.loads((run / ARCH_FILE).read_text())
+    assert doc["derivation"]["budget_feasible"] is False
+    saved = json.loads((run / "config.json").read_text())["search"]
+    assert saved["threads"] == 2 and saved["precision"] == "bf16"
+    torch.set_num_threads(1)
+    (run / ARCH_FILE).unlink()
+    assert cli_main(["search", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert torch.get_num_threads() == 2  # the run's own setting, not this process's
+    assert json.loads((run / ARCH_FILE).read_text())["ops"] == doc["ops"]

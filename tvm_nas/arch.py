@@ -52,6 +52,8 @@ class Derivation(_Part):
     changed_blocks: list[int] = Field(default_factory=list)
     budget_us: float | None = None
     budget_met: bool | None = None
+    budget_feasible: bool | None = None  # False: even the space's fastest net is over budget
+    fastest_latency_us: float | None = None
 
 
 class ArchFile(_Part):

@@ -5,9 +5,27 @@ No torch or TVM here: the command line builds its options from these models and 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import TvmNasError
+
+DEVICES = ("cpu", "cuda", "auto")  # auto: cuda when torch sees a GPU
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def budget_us_from_ms(ms: float) -> float:
+    """The ``--latency-ms`` value in µs, checked: a finite number above 0.001 ms (1 µs).
+
+    Raises:
+        TvmNasError: zero, negative, infinite, NaN or at most 1 µs.
+    """
+    if not math.isfinite(ms) or ms <= 0.001:
+        raise TvmNasError(f"--latency-ms: the budget must be a finite number of milliseconds above 0.001 (1 µs), "
+                          f"got {ms}")
+    return ms * 1000.0
 
 
 class SearchConfig(BaseModel):
@@ -19,7 +37,7 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    latency_budget_us: float = Field(gt=1.0)
+    latency_budget_us: float = Field(gt=1.0, allow_inf_nan=False)
     epochs: int = Field(default=10, ge=1)
     warmup_epochs: int = Field(default=3, ge=0)
     batch_size: int = Field(default=64, ge=1)
@@ -48,6 +66,20 @@ class SearchConfig(BaseModel):
     reinforce_nets: int = Field(default=4, ge=1)
     reinforce_baseline_decay: float = Field(default=0.99, ge=0, lt=1)
     enforce_budget: bool = True
+    # execution settings that change the numbers (so --resume keeps them)
+    threads: int = Field(default=0, ge=0, description="torch CPU threads per process (0: torch's choice)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="weight steps under autocast (bf16: CPU or CUDA, fp16: CUDA); α and the latency "
+                                    "loss stay fp32")
+    global_batchnorm: bool = Field(default=False, description="several processes: BatchNorm statistics over the "
+                                                              "whole global batch, as in one process")
+
+    @model_validator(mode="after")
+    def _search_happens(self):
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warm-up takes all {self.epochs} epochs, so α would never be trained; use "
+                             f"fewer --warmup-epochs than --epochs")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -64,6 +96,7 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     max_samples: int | None = Field(default=None, ge=2)
     seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 # the stages of `tvm-nas run`, in order; each leaves its result in the run directory
@@ -82,7 +115,7 @@ class RunConfig(BaseModel):
     space: str = "tiny"
     target: str = "host"
     data: str = "builtin"
-    latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+    latency_ms: float | None = Field(default=None, gt=0.001, allow_inf_nan=False,
                                      description="budget; default halfway between the fastest and slowest nets")
     trials: int = Field(default=64, ge=0, description="MetaSchedule budget of the profile")
     logs_dir: str = "tuning_logs"
@@ -95,6 +128,8 @@ class RunConfig(BaseModel):
     seed: int = 0
     max_samples: int | None = Field(default=None, ge=2, description="use at most this many images")
     threads: int = Field(default=1, ge=1, description="torch threads for training (TVM jobs share the cores)")
+    device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="where search and training run "
+                                                                              "(auto: cuda when torch sees a GPU)")
 
     def search(self, budget_us: float) -> SearchConfig:
         return SearchConfig(latency_budget_us=budget_us, epochs=self.epochs, warmup_epochs=self.warmup_epochs,

@@ -1,21 +1,24 @@
-"""Datasets for search and training, held in memory as uint8 images; a deterministic train/validation split.
+"""Datasets for search and training and a deterministic train/validation split.
 
 A data spec is one string:
 
 * ``builtin`` — scikit-learn's handwritten digits (1797 gray 8x8 images, 10 classes), shipped inside the
-  installed scikit-learn, resized to the space's input resolution and channel count;
-* ``imagefolder:PATH`` — one sub-folder per class, images readable by PIL;
-* ``cifar10:PATH`` — the CIFAR-10 "python version" folder (``data_batch_1`` … ``data_batch_5``).
+  installed scikit-learn, resized to the space's input resolution and channel count, held in memory;
+* ``imagefolder:PATH`` — one sub-folder per class, images readable by PIL, streamed from disk by a
+  ``DataLoader`` with workers (random-resized crop + flip for training, resize + centre crop for validation);
+  only the file list is held in memory, and unreadable images are skipped and counted;
+* ``cifar10:PATH`` — the CIFAR-10 "python version" folder (``data_batch_1`` … ``data_batch_5``), in memory.
 
-Every problem with the data (missing, empty, corrupt, wrongly shaped, more classes than the space has outputs)
-is a :class:`~tvm_nas.errors.TvmNasError` with one line naming the file.
+Every problem with the data (missing, empty, one class, corrupt, wrongly shaped, more classes than the space has
+outputs) is a :class:`~tvm_nas.errors.TvmNasError` with one line naming the file.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from .errors import TvmNasError
+from .imagefolder import IMAGE_SUFFIXES, ImageFolder, collate, train_transforms, val_transforms
 from .space import SearchSpace
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "FolderData", "ImageData", "batches", "endless_batches", "load_data", "normalize",
+           "train_val_split"]
 
 
 @dataclass
 class ImageData:
-    """Images of one dataset, already at the space's input size.
+    """Images of one dataset held in memory, already at the space's input size.
 
     Attributes:
         images: uint8 tensor ``(N, C, H, W)``.
@@ -43,6 +48,7 @@ class ImageData:
     labels: torch.Tensor
     classes: list[str]
     spec: str
+    skipped: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,8 +58,49 @@ class ImageData:
                 "shape": list(self.images.shape[1:])}
 
 
+@dataclass
+class FolderData:
+    """An image folder streamed from disk (see :mod:`tvm_nas.imagefolder`).
+
+    Attributes:
+        folder: the dataset (file list and labels).
+        resolution: the side of the square images a batch holds.
+        spec: the data spec string.
+        workers: DataLoader worker processes (0: load in this process).
+        skipped: unreadable images met so far; ``bad_examples`` the first few of their paths.
+    """
+
+    folder: ImageFolder
+    resolution: int
+    spec: str
+    workers: int = 0
+    skipped: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folder.classes
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.folder.targets.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "samples": len(self), "classes": len(self.classes),
+                "shape": [self.folder.channels, self.resolution, self.resolution], "streamed": True}
+
+
+def default_workers(world: int = 1) -> int:
+    """DataLoader workers per process: the cores left to each process, at least 1, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, world) - 1))
+
+
 # -- loading -------------------------------------------------------------------------------------------
-def load_data(spec: str, space: SearchSpace, max_samples: int | None = None, seed: int = 0) -> ImageData:
+def load_data(spec: str, space: SearchSpace, max_samples: int | None = None, seed: int = 0,
+              workers: int | None = None) -> ImageData | FolderData:
     """Load a dataset by spec and fit it to the space's input (resolution, channels) and number of classes.
 
     Args:
@@ -61,29 +108,42 @@ def load_data(spec: str, space: SearchSpace, max_samples: int | None = None, see
         space: the search space whose input the images must match.
         max_samples: keep a deterministic random subset of this many samples (quick runs).
         seed: seed of that subset.
+        workers: DataLoader workers of a streamed folder (default :func:`default_workers`).
 
     Raises:
-        TvmNasError: unknown spec, missing/empty/corrupt/wrongly shaped data, too many classes.
+        TvmNasError: unknown spec, missing/empty/one-class/corrupt/wrongly shaped data, too many classes.
     """
+    if workers is not None and workers < 0:
+        raise TvmNasError(f"--workers: must be 0 (load in the main process) or more, got {workers}")
     kind, _, arg = spec.partition(":")
+    if kind == "imagefolder" and arg:
+        folder = ImageFolder(Path(arg), space.input.channels)
+        _check_classes(spec, folder.classes, space)
+        if max_samples is not None and max_samples < len(folder):
+            keep = np.sort(np.random.default_rng(seed).permutation(len(folder))[:max_samples])
+            folder.files, folder.targets = folder.files[keep], folder.targets[keep]
+        return FolderData(folder, space.input.resolution, spec,
+                          default_workers() if workers is None else workers)
     if kind == "builtin" and not arg:
         images, labels, classes = _load_builtin()
-    elif kind == "imagefolder" and arg:
-        images, labels, classes = _load_imagefolder(Path(arg), space.input.channels)
     elif kind == "cifar10" and arg:
         images, labels, classes = _load_cifar10(Path(arg))
     else:
         raise TvmNasError(f"--data: unknown data spec {spec!r}; accepted: builtin, imagefolder:PATH, "
                           "cifar10:PATH")
-    if len(classes) > space.num_classes:
-        raise TvmNasError(f"--data {spec}: {len(classes)} classes, but space '{space.name}' has only "
-                          f"num_classes={space.num_classes} outputs; use a space with enough classes")
+    _check_classes(spec, classes, space)
     if max_samples is not None and max_samples < len(labels):
         keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:max_samples])
         images, labels = images[keep], labels[keep]
     tensor = fit_images(torch.from_numpy(np.ascontiguousarray(images)), space.input.resolution,
                         space.input.channels)
     return ImageData(tensor, torch.from_numpy(labels.astype(np.int64)), classes, spec)
+
+
+def _check_classes(spec: str, classes: list[str], space: SearchSpace) -> None:
+    if len(classes) > space.num_classes:
+        raise TvmNasError(f"--data {spec}: {len(classes)} classes, but space '{space.name}' has only "
+                          f"num_classes={space.num_classes} outputs; use a space with enough classes")
 
 
 def fit_images(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
@@ -113,35 +173,6 @@ def _load_builtin() -> tuple[np.ndarray, np.ndarray, list[str]]:
     d = load_digits()
     images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     return images, d.target.astype(np.int64), [str(c) for c in d.target_names]
-
-
-def _load_imagefolder(root: Path, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
-    if not root.is_dir():
-        raise TvmNasError(f"{root}: image folder not found (expected one sub-folder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise TvmNasError(f"{root}: no class sub-folders (expected {root}/<class>/<image>.png ...)")
-    images, labels, size = [], [], None
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise TvmNasError(f"{root / name}: class folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("L" if channels == 1 else "RGB")
-                    if size is None:
-                        size = im.size
-                    if im.size != size:
-                        im = im.resize(size, Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError) as e:
-                raise TvmNasError(f"{f}: corrupt or unreadable image ({e.__class__.__name__})") from e
-            images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-            labels.append(label)
-    return np.stack(images), np.array(labels, dtype=np.int64), classes
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -210,25 +241,64 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def batches(data: ImageData, indices: np.ndarray, batch_size: int, seed: int | None = None,
-            epoch: int = 0, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalized ``(x, y)`` batches; shuffled by ``(seed, epoch)`` when ``seed`` is given.
-
-    The order depends only on ``seed`` and ``epoch``, so a resumed run sees the same batches.
-    """
+def order(indices: np.ndarray, seed: int | None, epoch: int) -> np.ndarray:
+    """``indices`` shuffled by ``(seed, epoch)``, or as given when ``seed`` is None."""
     idx = np.asarray(indices)
-    if seed is not None:
-        idx = idx[np.random.default_rng([seed, epoch]).permutation(len(idx))]
+    return idx if seed is None else idx[np.random.default_rng([seed, epoch]).permutation(len(idx))]
+
+
+def sample_seed(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
+    """The augmentation seed of each sample: a function of (seed, epoch, sample) only."""
+    high = np.int64(seed % 1_000_003) * 1009 + epoch % 1009  # < 2**30, so the shifted value fits in int64
+    return (high << np.int64(32)) + index.astype(np.int64)
+
+
+def batches(data: ImageData | FolderData, indices: np.ndarray, batch_size: int, seed: int | None = None,
+            epoch: int = 0, drop_last: bool = False, train: bool = False, rank: int = 0, world: int = 1,
+            raw: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)`` batches; shuffled by ``(seed, epoch)`` when ``seed`` is given.
+
+    The order depends only on ``seed`` and ``epoch``, so a resumed run sees the same batches. With ``world``
+    processes, each global batch of ``batch_size`` is split into ``world`` consecutive shares and this process
+    gets share ``rank``. ``x`` is normalized float, or the uint8 images with ``raw``. A streamed folder applies
+    the training transforms when ``train`` (else the validation ones) and drops unreadable images, counting
+    them in ``data.skipped``; its batches may therefore be smaller, even empty.
+    """
+    idx = order(indices, seed, epoch)
     stop = len(idx) - (len(idx) % batch_size if drop_last and len(idx) >= batch_size else 0)
-    for i in range(0, stop, batch_size):
-        b = torch.from_numpy(idx[i:i + batch_size])
-        yield normalize(data.images[b]), data.labels[b]
+    shares = (np.array_split(idx[i:i + batch_size], world)[rank] for i in range(0, stop, batch_size))
+    if isinstance(data, ImageData):
+        for share in shares:
+            b = torch.from_numpy(share)
+            x = data.images[b]
+            yield (x if raw else normalize(x)), data.labels[b]
+        return
+    yield from _stream(data, shares, 0 if seed is None else seed, epoch, train, raw)
 
 
-def endless_batches(data: ImageData, indices: np.ndarray, batch_size: int, seed: int,
-                    epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _stream(data: FolderData, shares, seed: int, epoch: int, train: bool, raw: bool):
+    transforms = (train_transforms if train else val_transforms)(data.resolution)
+    dataset = data.folder.with_transforms(transforms)
+    keys = ([(int(i), int(s)) for i, s in zip(share, sample_seed(seed, epoch, share), strict=True)]
+            for share in shares)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, num_workers=data.workers,
+                                         collate_fn=collate, pin_memory=torch.cuda.is_available())
+    for x, y, bad in loader:
+        if bad:
+            data.skipped += len(bad)
+            data.bad_examples.extend(bad[:max(0, 5 - len(data.bad_examples))])
+        if not len(y):
+            c = data.folder.channels
+            x = torch.empty(0, c, data.resolution, data.resolution, dtype=torch.uint8)
+        yield (x if raw else normalize(x)), y
+
+
+def endless_batches(data: ImageData | FolderData, indices: np.ndarray, batch_size: int, seed: int,
+                    epoch: int, rank: int = 0, world: int = 1,
+                    raw: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled batches that start over (with a new order) when the indices run out."""
     rnd = 0
     while True:
-        yield from batches(data, indices, batch_size, seed=seed + 7919 * (rnd + 1), epoch=epoch)
+        yield from batches(data, indices, batch_size, seed=seed + 7919 * (rnd + 1), epoch=epoch, rank=rank,
+                           world=world, raw=raw)
         rnd += 1

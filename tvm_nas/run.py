@@ -139,8 +139,18 @@ class Run:
         budget = self.cfg.latency_ms * 1000 if self.cfg.latency_ms else (lo + hi) / 2
         self.console.print(f"fastest net {lo:.1f} µs, slowest {hi:.1f} µs -> budget {budget:.1f} µs"
                            + ("" if self.cfg.latency_ms else " (halfway)"))
+        if budget < lo:
+            self.console.print(f"[bold red]warning:[/] the budget {budget:.1f} µs is below the fastest net of the "
+                               f"space ({lo:.1f} µs): no architecture can meet it; the searched net is marked over "
+                               "budget")
         return {"table": self.rel(dest), "fastest_us": lo, "slowest_us": hi, "budget_us": budget,
                 "fastest_ops": fast, "slowest_ops": slow}
+
+    def device(self):
+        """The torch device of the search and training stages (``--device``; auto: cuda when torch sees a GPU)."""
+        from .search.distributed import resolve_device
+
+        return resolve_device(self.cfg.device)
 
     def _data(self):
         from .data import load_data
@@ -149,10 +159,12 @@ class Run:
 
     def _search(self) -> dict:
         from .search import ProxylessSearch
+        from .search.distributed import Dist
 
         conf = self.cfg.search(self.state["done"]["profile"]["budget_us"])
         run = self.dir / "search"
-        s = ProxylessSearch(self.space, self.table(), self._data(), conf, run, console=self.console)
+        s = ProxylessSearch(self.space, self.table(), self._data(), conf, run, console=self.console,
+                            dist=Dist(device=self.device()))
         s.fit(resume=(run / "checkpoint.pt").exists())
         return {"arch": self.rel(s.arch_path_), "predicted_us": s.arch_["predicted_latency_us"],
                 "ops": s.arch_["ops"]}
@@ -162,7 +174,7 @@ class Run:
 
         arch = self.dir / self.state["done"]["search"]["arch"]
         res = train_arch(arch, self.cfg.data, self.cfg.train(), self.dir / "train",
-                         init_from=self.dir / "search", console=self.console)
+                         init_from=self.dir / "search", console=self.console, device=self.device())
         return {"weights": self.rel(self.dir / "train" / "model.pt"), "accuracy": res["val_accuracy"]}
 
     def baseline_ops(self) -> dict[str, tuple[str, list[str]]]:
@@ -194,7 +206,8 @@ class Run:
                 slug = name.split(" ")[0]
                 arch = write_arch(self.dir / "baselines" / f"{slug}.arch.json",
                                   arch_document(self.space, ops, None, table))
-                res = train_arch(arch, self.cfg.data, self.cfg.train(), self.dir / "baselines" / slug)
+                res = train_arch(arch, self.cfg.data, self.cfg.train(), self.dir / "baselines" / slug,
+                                 device=self.device())
                 done[name] = {"kind": kind, "ops": ops, "arch": self.rel(arch), "accuracy": res["val_accuracy"],
                               "weights": self.rel(self.dir / "baselines" / slug / "model.pt"),
                               "predicted_us": table.predict(self.space, ops)}
@@ -206,6 +219,7 @@ class Run:
 
     def _compile(self) -> dict:
         from .deploy import compile_arch
+        from .deploy.compile import LIBRARY, ONNX_FILE
 
         d = self.state["done"]
         untuned = self.cfg.trials == 0  # a --trials 0 profile has no database: default schedules
@@ -230,7 +244,7 @@ class Run:
         self.state.pop("compile_partial", None)
         out = self.dir / "build" / self.target.name
         return {"measured_us": measured, "manifest": self.rel(out / "manifest.json"),
-                "module": self.rel(next(out.glob("model.*"), out / "model.so")), "onnx": self.rel(out / "model.onnx")}
+                "module": self.rel(out / LIBRARY), "onnx": self.rel(out / ONNX_FILE)}
 
     def _baseline_build(self, net: dict) -> Path:
         return self.dir / "build" / "baselines" / Path(net["arch"]).name.removesuffix(".arch.json")
@@ -302,7 +316,9 @@ class Run:
             "target": {"name": self.target.name, "tvm": table.target.get("tvm")},
             "budget_us": d["profile"]["budget_us"],
             "arch": {"ops": arch["ops"], "probabilities": arch.get("probabilities"),
-                     "predicted_us": arch["predicted_latency_us"], "path": d["search"]["arch"]},
+                     "predicted_us": arch["predicted_latency_us"], "path": d["search"]["arch"],
+                     "budget_met": arch.get("derivation", {}).get("budget_met"),
+                     "budget_feasible": arch.get("derivation", {}).get("budget_feasible")},
             "latency_table": {"path": d["profile"]["table"],
                               "blocks": [[float(x) for x in v] for v in table.block_matrix(self.space)],
                               "fixed_us": table.fixed_latency(self.space)},

@@ -67,6 +67,19 @@ class TargetSpec(_Strict):
             raise ValueError("a target dict needs 'kind' (llvm, cuda, ...) or 'tag'")
         return v
 
+    @field_validator("runner", mode="before")
+    @classmethod
+    def _runner(cls, v):
+        accepted = ("accepted runners: 'local' (this machine), or {kind: rpc, key: <key>, tracker_host: <host>, "
+                    "tracker_port: <port>} (a device on TVM's RPC tracker)")
+        if isinstance(v, str) and v != "local":
+            raise ValueError(f"unknown runner {v!r}; {accepted}")
+        if isinstance(v, dict) and v.get("kind", "rpc") != "rpc":
+            raise ValueError(f"unknown runner kind {v.get('kind')!r}; {accepted}")
+        if not isinstance(v, (str, dict, RPCRunnerSpec)):
+            raise ValueError(f"expected a runner, got {v!r}; {accepted}")
+        return v
+
     @property
     def is_rpc(self) -> bool:
         return isinstance(self.runner, RPCRunnerSpec)

@@ -12,29 +12,49 @@ import torch.nn.functional as F
 
 from .arch import load_arch
 from .config import TrainConfig
-from .data import ImageData, batches, load_data, train_val_split
+from .data import FolderData, ImageData, batches, load_data, normalize, train_val_split
 from .errors import TvmNasError
 from .io import atomic_write_bytes, atomic_write_json
 from .network import Network
+from .search.distributed import autocast, check_precision, grad_scaler
 from .search.loop import CHECKPOINT
 from .search.supernet import Supernet
 
 
+def _on(device: torch.device, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, data: ImageData, indices: np.ndarray) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on the given samples."""
+def accuracy(model: torch.nn.Module, data: ImageData | FolderData, indices: np.ndarray,
+             precision: str = "fp32") -> float:
+    """Top-1 accuracy of ``model`` (eval mode, on its own device) on the given samples (unreadable ones skipped)."""
     model.eval()
-    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches(data, indices, 256))
-    return correct / len(indices)
+    device = next(model.parameters()).device
+    correct = n = 0
+    for x, y in batches(data, indices, 256, raw=True):
+        if len(y):
+            x, y = _on(device, x, y)
+            with autocast(device, precision):
+                correct += int((model(x).argmax(1) == y).sum())
+            n += len(y)
+    if n == 0:
+        raise TvmNasError(f"--data {data.spec}: no validation image could be read")
+    return correct / n
 
 
-def train_network(model: torch.nn.Module, data: ImageData, config: TrainConfig, console=None) -> dict:
+def train_network(model: torch.nn.Module, data: ImageData | FolderData, config: TrainConfig, console=None,
+                  device: torch.device | str = "cpu") -> dict:
     """Train ``model`` on the training split; returns per-epoch history and the final validation accuracy.
 
     The split is the same deterministic one the search used (same seed and fraction), so validation images are
-    never trained on.
+    never trained on. ``config.precision`` bf16/fp16 trains under autocast (fp16 with loss scaling).
     """
+    device = torch.device(device)
+    check_precision(config.precision, device)
     torch.manual_seed(config.seed)
+    model.to(device)
+    scaler = grad_scaler(device, config.precision)
     train_idx, val_idx = train_val_split(len(data), config.val_fraction, config.seed)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           nesterov=config.momentum > 0, weight_decay=config.weight_decay)
@@ -43,15 +63,26 @@ def train_network(model: torch.nn.Module, data: ImageData, config: TrainConfig, 
     for epoch in range(config.epochs):
         model.train()
         losses = []
-        for x, y in batches(data, train_idx, config.batch_size, config.seed, epoch, drop_last=True):
+        for x, y in batches(data, train_idx, config.batch_size, config.seed, epoch, drop_last=True, train=True,
+                            raw=True):
+            if not len(y):
+                continue
+            x, y = _on(device, x, y)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-            loss.backward()
-            opt.step()
+            with autocast(device, config.precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             losses.append(loss.item())
         sched.step()
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                  "val_accuracy": accuracy(model, data, val_idx)}
+                  "val_accuracy": accuracy(model, data, val_idx, config.precision)}
         history.append(record)
         if console is not None:
             console.print(f"epoch {epoch + 1:>3}/{config.epochs} loss {record['train_loss']:.3f} "
@@ -67,7 +98,7 @@ def supernet_weights(space, ops: list[str], path: str | os.PathLike) -> dict[str
     if not path.is_file():
         raise TvmNasError(f"{path}: search checkpoint not found (--init-from takes a search run directory)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)["supernet"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["supernet"]  # never run a pickle
         net = Supernet(space)
         net.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - unreadable or from another space: one line
@@ -77,7 +108,8 @@ def supernet_weights(space, ops: list[str], path: str | os.PathLike) -> dict[str
 
 
 def train_arch(arch: str | os.PathLike, data_spec: str, config: TrainConfig, out_dir: str | os.PathLike,
-               init_from: str | os.PathLike | None = None, console=None) -> dict:
+               init_from: str | os.PathLike | None = None, console=None, device: torch.device | str = "cpu",
+               workers: int | None = None) -> dict:
     """Train the net of an architecture file and write ``model.pt`` and ``train.json`` into ``out_dir``.
 
     Args:
@@ -87,23 +119,26 @@ def train_arch(arch: str | os.PathLike, data_spec: str, config: TrainConfig, out
         out_dir: output folder.
         init_from: a search run (directory or checkpoint) whose supernet weights initialize the net.
         console: a ``rich`` console for per-epoch lines, or None.
+        device: where to train.
+        workers: DataLoader workers of a streamed image folder.
 
     Returns:
         The result document (also written to ``out_dir/train.json``) with ``val_accuracy``.
     """
     space, ops, doc = load_arch(arch)
-    data = load_data(data_spec, space, max_samples=config.max_samples, seed=config.seed)
+    data = load_data(data_spec, space, max_samples=config.max_samples, seed=config.seed, workers=workers)
     torch.manual_seed(config.seed)
     model = Network(space, ops, where=str(arch))
     if init_from is not None:
         model.load_state_dict(supernet_weights(space, ops, init_from))
-    result = train_network(model, data, config, console)
+    result = train_network(model, data, config, console, device)
     out_dir = Path(out_dir)
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     atomic_write_bytes(out_dir / "model.pt", buf.getvalue())
     result = {"schema": 1, "arch": str(arch), "ops": ops, "space": space.name, "data": data.describe(),
               "init_from": None if init_from is None else str(init_from),
+              "device": torch.device(device).type, "skipped_images": data.skipped,
               "config": config.model_dump(mode="json"),
               "predicted_latency_us": doc.get("predicted_latency_us"), **result}
     atomic_write_json(out_dir / "train.json", result)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TvmNasError
 from ..io import atomic_write_json
+from . import database as dbfile
 from .target import to_tvm_target
 
 
@@ -22,6 +25,7 @@ class Task:
     extracted: object  # ms.ExtractedTask
     users: list[str] = field(default_factory=list)
     weight: int = 0
+    uses: dict[str, int] = field(default_factory=dict)  # user -> calls of this kernel in it
 
 
 def task_key(mod) -> str:
@@ -50,12 +54,23 @@ def dedup(tasks_by_user: dict[str, list]) -> dict[str, Task]:
             task = unique.setdefault(key, Task(key, t.task_name, mod, t))
             task.users.append(user)
             task.weight += int(t.weight)
+            task.uses[user] = task.uses.get(user, 0) + int(t.weight)
     return unique
 
 
-# -- the database: one per target, never shared ----------------------------------------------------------------
-def open_database(work_dir: str | Path, spec, create: bool = True):
-    """The target's MetaSchedule JSON database in `work_dir`, refusing one written for another target."""
+# -- the database: one per target, never shared, never thrown away ---------------------------------------------
+def _say(msg: str) -> None:
+    print(f"tvm-nas: {msg}", file=sys.stderr)
+
+
+def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable[[str], None] = _say,
+                  writer_held: bool = False):
+    """The target's MetaSchedule JSON database in `work_dir`, refusing one written for another target.
+
+    Damaged lines (a crash mid-write, a garbage line) are dropped with a backup kept and a message through `say`;
+    while another process holds the writer lock, the repair is made on a private copy and the files are left alone.
+    A caller that holds the writer lock itself (`writer_held`) always gets the files, repaired in place.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     work_dir = Path(work_dir)
@@ -64,8 +79,12 @@ def open_database(work_dir: str | Path, spec, create: bool = True):
     if stamp.is_file():
         try:
             theirs = json.loads(stamp.read_text())
-        except json.JSONDecodeError:
-            theirs = {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            theirs = None
+        if not isinstance(theirs, dict) or not isinstance(theirs.get("tvm"), str):
+            raise TvmNasError(f"{stamp}: damaged (expected {{\"name\": ..., \"tvm\": ...}}): it says which target "
+                              f"the database beside it serves; if that is {spec.name!r}, delete {stamp} and it is "
+                              "written again")
         if theirs.get("tvm") != mine["tvm"]:
             raise TvmNasError(f"{stamp}: field 'tvm': this tuning database was written for target "
                               f"{theirs.get('name')!r} ({theirs.get('tvm')}), not {spec.name!r} "
@@ -76,7 +95,43 @@ def open_database(work_dir: str | Path, spec, create: bool = True):
     work_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
         atomic_write_json(stamp, mine)
-    return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+    for deep in (False, True):  # lines TVM cannot parse although they are JSON are looked for only on failure
+        where = _healthy_copy(work_dir, say, deep, writer_held)
+        try:
+            return ms.database.JSONDatabase(str(where / dbfile.WORKLOADS), str(where / dbfile.RECORDS),
+                                            module_equality="structural")
+        except Exception as e:  # noqa: BLE001 - TVM raises RuntimeError/TVMError with a C++ trace
+            error = e
+    raise TvmNasError(f"{work_dir / dbfile.RECORDS}: TVM cannot read this tuning database "
+                      f"({error.__class__.__name__}); move {work_dir} aside to start a new one")
+
+
+def _healthy_copy(work_dir: Path, say, deep: bool = False, writer_held: bool = False) -> Path:
+    """`work_dir` itself after any repair, or a repaired private copy while another process writes it."""
+    import tempfile
+
+    if not (work_dir / dbfile.WORKLOADS).is_file() and not (work_dir / dbfile.RECORDS).is_file():
+        return work_dir
+    _, _, damage = dbfile.scan(work_dir, tvm_check=deep)
+    if not damage:
+        return work_dir
+    if writer_held:
+        rep = dbfile.repair(work_dir, deep)
+        if rep:
+            say(rep.describe())
+        return work_dir
+    try:
+        with dbfile.writer(work_dir):
+            rep = dbfile.repair(work_dir, deep)
+        if rep:
+            say(rep.describe())
+        return work_dir
+    except TvmNasError:  # a writer is appending right now: its last line may be half-written, read around it
+        good_w, good_r, _ = dbfile.scan(work_dir, tvm_check=deep)
+        tmp = Path(tempfile.mkdtemp(prefix="tvm-nas-db-"))
+        (tmp / dbfile.WORKLOADS).write_text("".join(ln + "\n" for ln in good_w))
+        (tmp / dbfile.RECORDS).write_text("".join(ln + "\n" for ln in good_r))
+        return tmp
 
 
 def records(db, mod) -> int:
@@ -86,23 +141,48 @@ def records(db, mod) -> int:
     return len(db.get_top_k(db.commit_workload(mod), 1 << 20))
 
 
+def best_run_s(db, mod) -> float | None:
+    """The best measured run time (seconds) of this kernel in the database, or None."""
+    if db is None or not db.has_workload(mod):
+        return None
+    top = db.get_top_k(db.commit_workload(mod), 1)
+    if not top or not top[0].run_secs:
+        return None
+    secs = [float(v) for v in top[0].run_secs]
+    return sum(secs) / len(secs)
+
+
 # -- tuning ------------------------------------------------------------------------------------------------------
-def split_budget(trials: int, tasks: dict[str, Task], db) -> dict[str, int]:
-    """Trials still owed to each task: an equal share of the budget less the records already in the database.
+def default_jobs() -> int:
+    """All the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    The shares add up to `trials`; with fewer trials than tasks, the first `trials` tasks get one each.
+
+@dataclass
+class Settings:
+    """How tuning spends its time. The search strategy's per-round cost is measured in docs/tuning.md.
+
+    Attributes:
+        jobs: builder processes and search/cost-model threads (default: all cores).
+        round_size: candidates per round (None: the trial budget over the tasks, capped at 64; 32 with a time
+            budget only).
+        population: evolutionary search population (None: 8 x round size, within 128..512).
+        genetic_iters: evolution iterations per round.
+        patience / min_gain: a task stops after `patience` rounds without a gain of `min_gain`.
     """
-    if trials <= 0 or not tasks:
-        return {}
-    base, extra = divmod(trials, len(tasks))
-    owed = {}
-    for i, (k, t) in enumerate(tasks.items()):
-        share = base + (1 if i < extra else 0)
-        owed[k] = max(0, share - records(db, t.mod)) if share else 0
-    return {k: v for k, v in owed.items() if v > 0}
+
+    jobs: int | None = None
+    round_size: int | None = None
+    population: int | None = None
+    genetic_iters: int = 2
+    patience: int = 2
+    min_gain: float = 0.01
 
 
-def _builder(spec, target):
+def _builder(spec, jobs: int):
     from tvm.s_tir import meta_schedule as ms
 
     from . import workers
@@ -111,22 +191,29 @@ def _builder(spec, target):
     if spec.cross_compiler:
         spec.check_cross_compiler()
         f_export = workers.cross_exporter(spec.cross_compiler)
-    return ms.builder.LocalBuilder(f_build=workers.build_kernel, f_export=f_export, max_workers=2, timeout_sec=60)
+    return ms.builder.LocalBuilder(f_build=workers.build_kernel, f_export=f_export, max_workers=jobs,
+                                   timeout_sec=60)
 
 
-def _runner(spec):
+def _runner(spec, say):
+    """MetaSchedule's runner: in a local process, or one worker per free server registered under the key."""
     from tvm.s_tir import meta_schedule as ms
+
+    from .target import set_runtime_threads
 
     ev = ms.runner.EvaluatorConfig(number=spec.evaluator.number, repeat=min(spec.evaluator.repeat, 5),
                                    min_repeat_ms=spec.evaluator.min_repeat_ms, enable_cpu_cache_flush=False)
     if spec.is_rpc:
-        r = spec.runner
-        from .remote import check_tracker
+        from .remote import check_tracker, free_servers
 
+        r = spec.runner
         check_tracker(spec)
+        workers = max(1, free_servers(spec))
+        say(f"tuning runner: {workers} worker(s), one per free server under key '{r.key}'")
         cfg = ms.runner.RPCConfig(tracker_host=r.tracker_host, tracker_port=r.tracker_port, tracker_key=r.key,
                                   session_timeout_sec=r.session_timeout_s)
-        return ms.runner.RPCRunner(rpc_config=cfg, evaluator_config=ev, max_workers=1)
+        return ms.runner.RPCRunner(rpc_config=cfg, evaluator_config=ev, max_workers=workers)
+    set_runtime_threads(spec)  # inherited by the runner's worker process
     return ms.runner.LocalRunner(evaluator_config=ev, timeout_sec=60)
 
 
@@ -142,44 +229,3 @@ def _quiet_logging() -> None:
             log.removeHandler(h)
     if log.level in (logging.NOTSET, logging.DEBUG, logging.INFO):
         log.setLevel(logging.WARNING)
-
-
-def tune(tasks: dict[str, Task], owed: dict[str, int], spec, work_dir: str | Path, seed: int = 0,
-         on_trials: Callable[[int], None] | None = None):
-    """Tune the tasks that are owed trials, each up to what it is owed, into the target's database."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
-    if not owed:
-        return
-    from .workers import import_tensor_intrinsics
-
-    import_tensor_intrinsics()  # TuneContext imports them all; do it with the fast stack walk
-    _quiet_logging()
-    target = to_tvm_target(spec)
-    chosen = [tasks[k] for k in owed]
-    per_task = max(owed.values())
-    # The evolutionary search's defaults (2048 candidates evolved 4 times per round) cost ~1 min per task and
-    # round on 2 cores; a population scaled to the trials per task keeps small budgets affordable.
-    strategy = ms.search_strategy.EvolutionarySearch(
-        population_size=int(min(2048, max(128, 32 * per_task))), genetic_num_iters=2 if per_task < 64 else 4,
-        init_min_unmeasured=min(50, max(8, per_task)))
-    ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [t.extracted for t in chosen], str(work_dir), strategy=strategy, seed=seed, num_threads=2)
-
-    @derived_object
-    class _Progress(ms.measure_callback.PyMeasureCallback):
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            if on_trials:
-                on_trials(len(runner_results))
-
-    callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [_Progress()]
-    ms.tune.tune_tasks(
-        tasks=ctxs, task_weights=weights, work_dir=str(work_dir),
-        max_trials_global=sum(owed.values()), max_trials_per_task=per_task,
-        # a round never sends more candidates than the smallest share: otherwise the first tasks' rounds eat the
-        # global budget and the last tasks get none (TVM_NOTES.md)
-        num_trials_per_iter=max(1, min(64, min(owed.values()))),
-        builder=_builder(spec, target), runner=_runner(spec), database=open_database(work_dir, spec),
-        measure_callbacks=callbacks, cost_model="xgb", task_scheduler="gradient")
-

@@ -73,6 +73,7 @@ def _fix_runtime_threads(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that restart themselves (--nproc)
     _quiet_third_parties()
     try:
         _fix_runtime_threads(args)

@@ -11,8 +11,14 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search space: a name in search_space/ or a YAML path")
     p.add_argument("--target", required=True, help="hardware target: a name in targets/ or a YAML path")
     p.add_argument("--trials", type=int, default=0,
-                   help="global MetaSchedule trial budget spread over the unique kernels (0: TVM's default "
-                        "schedules, a fast first table)")
+                   help="MetaSchedule trial budget over the unique kernels, in whole rounds given by each kernel's "
+                        "share of the space's latency (0: TVM's default schedules, a fast first table)")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="tuning time, e.g. 90s, 20m, 1h (with --trials: whichever ends first)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="build processes and tuning threads (default: all cores)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a table measured with tuning by an untuned one (--trials 0)")
     p.add_argument("--logs-dir", default=str(DEFAULT_LOGS_DIR),
                    help="per-target databases and tables (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -22,5 +28,6 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
 def run_profile(args: argparse.Namespace) -> int:
     from ..profile import profile
 
-    profile(args.space, args.target, trials=args.trials, logs_dir=args.logs_dir, seed=args.seed, batch=args.batch)
+    profile(args.space, args.target, trials=args.trials, logs_dir=args.logs_dir, seed=args.seed, batch=args.batch,
+            time_budget=args.time_budget, jobs=args.jobs, force=args.force)
     return 0

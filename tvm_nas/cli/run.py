@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import STAGES, RunConfig
+from ..config import DEVICES, STAGES, RunConfig
 
 _HELP = {"space": "search space", "target": "hardware target", "data": "builtin | imagefolder:PATH | cifar10:PATH",
          "logs_dir": "per-target tuning databases and tables", "seed": "seed of everything random"}
@@ -16,6 +16,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         kw = {"dest": name, "default": None, "help": f"{f.description or _HELP.get(name, name)} (default {default})"}
         if name == "loss":
             kw["choices"] = ["mul", "add"]
+        elif name == "device":
+            kw["choices"] = list(DEVICES)
         elif f.annotation not in (str,):
             kw["type"] = int if f.annotation in (int, int | None) else float
         p.add_argument("--" + name.replace("_", "-"), **kw)
@@ -28,5 +30,9 @@ def run_run(args: argparse.Namespace) -> int:
     from ..run import start_or_resume
 
     given = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k, None) is not None}
+    if "device" in given:  # refuse a missing GPU now, not after the profile stage
+        from ..search.distributed import resolve_device
+
+        resolve_device(given["device"])
     start_or_resume(given, out=args.out, resume=args.resume, stop_after=args.stop_after)
     return 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
-from ..config import SearchConfig
+from ..config import DEVICES, PRECISIONS, SearchConfig, budget_us_from_ms
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR
 
@@ -25,7 +27,14 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--table", help="latency table path (default: <logs-dir>/<target>/<space>.latency.json)")
     p.add_argument("--out", help="run directory (default runs/search-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own config")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (default: torch's choice)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="weight steps under autocast (bf16: CPU or CUDA, fp16: CUDA); α and the latency loss stay "
+                        "fp32 (default fp32)")
+    add_runtime_args(p)
+    p.add_argument("--global-batchnorm", action="store_true",
+                   help="several processes: BatchNorm statistics over the whole global batch, as one process computes "
+                        "them (default: each process's share, as DDP does; faster)")
     p.add_argument("--no-enforce-budget", action="store_true",
                    help="derive the pure argmax net even if it is over budget")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -43,6 +52,25 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         else:
             kw["type"] = int if f.annotation in (int, int | None) else float
         p.add_argument(flag, **kw)
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, nproc: bool = True) -> None:
+    """``--device``, ``--workers`` (and ``--nproc``): where and how a job runs, not what it computes."""
+    parser.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="cpu, cuda or auto (cuda when torch sees a GPU); default cpu")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers per process for an image folder (default: the cores left, <= 8)")
+    if nproc:
+        parser.add_argument("--nproc", type=int, default=None,
+                            help="run in N processes on this machine (starts torchrun; gloo on CPU, nccl on CUDA)")
+
+
+def _config_error(e) -> TvmNasError:
+    """A pydantic ValidationError of a config as one line naming the option."""
+    err = e.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else "warmup_epochs"  # the one check across fields
+    opt = "--" + name.replace("_", "-").replace("latency-budget-us", "latency-ms")
+    return TvmNasError(f"{opt}: {err['msg'].removeprefix('Value error, ')}")
 
 
 def _console(quiet: bool):
@@ -67,19 +95,36 @@ def _load_table(path: Path, space, target):
 
 
 def run_search(args: argparse.Namespace) -> int:
-    """Run (or resume) a search; prints the architecture file's path. Returns the exit status."""
+    """Run (or resume) a search; prints the architecture file's path. Returns the exit status.
+
+    With ``--nproc N`` (N > 1) outside torchrun, starts torchrun with N copies of this command.
+    """
+    from ..search import distributed
+
+    if args.nproc is not None and args.nproc < 1:
+        raise TvmNasError(f"--nproc: must be at least 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv = getattr(args, "argv", None) or sys.argv[1:]
+        return distributed.launch(args.nproc, distributed.strip_nproc(argv))
+    dist = distributed.init(args.device)
+    try:
+        return _search(args, dist)
+    finally:
+        distributed.shutdown()
+
+
+def _search(args: argparse.Namespace, dist) -> int:
     import torch
     from pydantic import ValidationError
 
-    from ..data import load_data
+    from ..data import default_workers, load_data
     from ..profile.table import table_path
+    from ..search import distributed
     from ..search.loop import CONFIG, ProxylessSearch, load_run_config
     from ..space import SearchSpace, load_space
     from ..targets import load_target
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    console = _console(args.quiet)
+    console = _console(args.quiet or not dist.main)
     if args.resume:
         if not args.out:
             raise TvmNasError("--resume needs --out RUN_DIR (the run to continue)")
@@ -93,6 +138,11 @@ def run_search(args: argparse.Namespace) -> int:
         except (KeyError, TypeError, ValidationError) as e:
             raise TvmNasError(f"{run_dir / CONFIG}: corrupted search run config "
                               f"({e.__class__.__name__})") from e
+        before = saved.get("runtime", {})
+        if console and before and before != {"device": dist.device.type, "processes": dist.world}:
+            console.print(f"note: the run started on {before.get('processes')} {before.get('device')} process(es), "
+                          f"it continues on {dist.world} {dist.device.type}; the result may differ slightly "
+                          "from an uninterrupted run")
         table = _load_table(Path(table_file), space, target)
         if table.hash != saved["latency_table"]["hash"]:
             raise TvmNasError(f"{table_file}: the latency table changed since the run started (hash "
@@ -107,27 +157,40 @@ def run_search(args: argparse.Namespace) -> int:
         spec = load_target(args.target)
         table = _load_table(Path(args.table) if args.table else table_path(args.logs_dir, spec.name, space.name),
                             space, spec)
+        budget_us = budget_us_from_ms(args.latency_ms)
         settings = {k: getattr(args, k) for k in _FIELDS if hasattr(args, k) and k != "latency_budget_us"}
         settings["enforce_budget"] = not args.no_enforce_budget
         try:
-            config = SearchConfig(latency_budget_us=args.latency_ms * 1000.0, **settings)
+            config = SearchConfig(latency_budget_us=budget_us, **settings)
         except ValidationError as e:
-            err = e.errors()[0]
-            opt = "--" + str(err["loc"][0]).replace("_", "-").replace("latency-budget-us", "latency-ms")
-            raise TvmNasError(f"{opt}: {err['msg']}") from e
+            raise _config_error(e) from e
         run_dir = Path(args.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
         data_spec = args.data
-    data = load_data(data_spec, space, max_samples=config.max_samples, seed=config.seed)
-    fast, slow = table.extremes(space)
+    distributed.check_precision(config.precision, dist.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data = load_data(data_spec, space, max_samples=config.max_samples, seed=config.seed,
+                     workers=args.workers if args.workers is not None else default_workers(dist.world))
+    fast, slow = (table.predict(space, ops) for ops in table.extremes(space))
     if console:
         console.print(f"search {space.name} on {table.target.get('name')}: budget "
-                      f"{config.latency_budget_us:.1f} µs (space range {table.predict(space, fast):.1f} – "
-                      f"{table.predict(space, slow):.1f} µs), data {data.spec} ({len(data)} samples) "
+                      f"{config.latency_budget_us:.1f} µs (space range {fast:.1f} – {slow:.1f} µs), data "
+                      f"{data.spec} ({len(data)} samples) on {dist.world} {dist.device.type} process(es) "
                       f"-> {run_dir}")
-    search = ProxylessSearch(space, table, data, config, run_dir, console=console).fit(resume=args.resume)
+    if config.latency_budget_us < fast and dist.main and not args.resume:  # said when the run started
+        print(f"warning: the budget {config.latency_budget_us / 1000:g} ms is below the fastest net of space "
+              f"'{space.name}' ({fast / 1000:g} ms): no architecture can meet it; the result is marked over budget",
+              file=sys.stderr)
+    search = ProxylessSearch(space, table, data, config, run_dir, console=console, dist=dist)
+    search.fit(resume=args.resume)
+    if not dist.main:
+        return 0
     arch = search.arch_
+    over = "" if arch["derivation"]["budget_met"] else " OVER BUDGET"
     line = (f"{search.arch_path_}: {' '.join(arch['ops'])} predicted {arch['predicted_latency_us']:.1f} µs "
-            f"(budget {config.latency_budget_us:.1f} µs)")
+            f"(budget {config.latency_budget_us:.1f} µs){over}")
+    if data.skipped:
+        line += f"; {data.skipped} unreadable images skipped (e.g. {data.bad_examples[0]})"
     if console:
         console.print(line)
         if arch["derivation"]["changed_blocks"]:
@@ -155,24 +218,36 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", help="fine-tune from a search run's supernet (RUN_DIR or checkpoint.pt)")
     p.add_argument("--out", help="output folder (default: beside the arch file, <arch>.train/)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="train under autocast (bf16: CPU or CUDA, fp16: CUDA; default fp32)")
+    add_runtime_args(p, nproc=False)
     p.add_argument("--quiet", action="store_true")
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a derived architecture and report its validation accuracy. Returns the exit status."""
     import torch
+    from pydantic import ValidationError
 
     from ..config import TrainConfig
+    from ..search.distributed import resolve_device
     from ..train import train_arch
 
+    if args.threads < 0:
+        raise TvmNasError(f"--threads: must be 0 (torch's choice) or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                      val_fraction=args.val_fraction, max_samples=args.max_samples, seed=args.seed)
+    try:
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                          val_fraction=args.val_fraction, max_samples=args.max_samples, seed=args.seed,
+                          precision=args.precision)
+    except ValidationError as e:
+        raise _config_error(e) from e
+    device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path(str(args.arch).removesuffix(".json") + ".train")
     result = train_arch(args.arch, args.data, cfg, out, init_from=args.init_from,
-                        console=_console(args.quiet))
+                        console=_console(args.quiet), device=device, workers=args.workers)
     print(f"{out}: validation accuracy {result['val_accuracy']:.4f} after {cfg.epochs} epochs "
           f"({'fine-tuned from ' + str(args.init_from) if args.init_from else 'from scratch'})")
     return 0

@@ -131,7 +131,8 @@ def compare_table(rows: list[dict]) -> Table:
               "interleaved", caption_justify="left")
     for c, j in (("net", "left"), ("target", "left"), ("runtime", "left"), ("pred", "right"), ("meas", "right"),
                  ("meas/pred", "right"), ("vs tvm", "right")):
-        t.add_column(c, justify=j, overflow="fold")
+        # only the free-text columns wrap; names and numbers keep their width
+        t.add_column(c, justify=j, overflow="fold", no_wrap=c not in ("net", "target"))
     for r in rows:
         meas = fmt_us(r["measured_us"])
         if r.get("measured_q1_us") is not None:

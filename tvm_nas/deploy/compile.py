@@ -115,10 +115,12 @@ def schedule_tasks(fused, spec: TargetSpec, logs_dir, trials: int, seed: int = 0
     missing = {k: t for k, t in tasks.items() if tuning.records(db, t.mod) == 0}
     report.reused = [f"{t.name}#{k}" for k, t in tasks.items() if k not in missing]
     if trials > 0 and missing:
-        owed = tuning.split_budget(trials, missing, db)
+        from ..backend.tuner import tune_budgeted
+
         if console:
-            console.print(f"tuning {len(owed)} of {len(missing)} missing tasks ({sum(owed.values())} trials)")
-        tuning.tune(missing, owed, spec, work_dir, seed=seed)
+            console.print(f"tuning the {len(missing)} tasks the database lacks ({trials} trials)")
+        tune_budgeted(missing, spec, work_dir, trials=trials, seed=seed,
+                      say=console.print if console else print)
         db = tuning.open_database(work_dir, spec)
     report.tuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) > 0]
     report.untuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) == 0]
@@ -256,8 +258,8 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
 
     # everything is built in a staging folder and moved in at the end: a crash never leaves a new library beside
     # an old manifest
+    _remove_stale_stages(out)
     stage = out / f".build-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
     try:
         t0 = time.perf_counter()
         onnx_info = export_onnx(model, x, stage / ONNX_FILE)
@@ -283,6 +285,24 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
         shutil.rmtree(stage, ignore_errors=True)
     console.print(_summary(manifest))
     return manifest
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Staging folders left by builds whose process is gone (killed, or the machine went down)."""
+    for d in out.glob(".build-*"):
+        pid = d.name.removeprefix(".build-")
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _install(stage: Path, out: Path, files: tuple[str, ...], manifest: dict) -> None:

@@ -51,13 +51,19 @@ def _settings(spec: TargetSpec, trials: int, seed: int, batch: int) -> dict:
 
 def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
             logs_dir: str | os.PathLike = DEFAULT_LOGS_DIR, seed: int = 0, batch: int = 1,
-            console: Console | None = None) -> LatencyTable:
+            console: Console | None = None, time_budget: str | float | None = None, jobs: int | None = None,
+            force: bool = False, tuning_settings=None) -> LatencyTable:
     """Measure the latency table of a space on a target (resuming a table and database already on disk).
 
     Args:
         space: a `SearchSpace`, or a name in `search_space/` or a YAML path.
         target: a `TargetSpec`, or a name in `targets/` or a YAML path.
-        trials: global MetaSchedule budget spread over the unique tasks; 0 compiles TVM's default schedules.
+        trials: MetaSchedule trial budget over the unique kernels, records already in the database included;
+            0 (and no `time_budget`) compiles TVM's default schedules.
+        time_budget: tuning time ("90s", "20m", "1h" or seconds); with `trials`, whichever ends first.
+        jobs: build processes and search threads (default: all cores).
+        force: replace a table measured with tuning by an untuned one.
+        tuning_settings: a :class:`tvm_nas.backend.tuning.Settings` (round size, search strategy).
         logs_dir: root of the per-target databases and tables (`<logs_dir>/<target>/`).
         seed: tuning seed.
         batch: batch size of the measured ops.
@@ -66,12 +72,19 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
         The latency table, also written to `<logs_dir>/<target>/<space>.latency.json` after every op.
     """
     from ..backend import measure, tuning
+    from ..backend.budget import parse_duration
     from ..backend.target import is_gpu, to_tvm_target
 
     console = console or Console(stderr=True)
     space, spec = load_space(space), load_target(target)
     if trials < 0:
         raise TvmNasError(f"--trials must be >= 0, got {trials}")
+    if batch < 1:
+        raise TvmNasError(f"--batch must be >= 1, got {batch}")
+    if jobs is not None and jobs < 1:
+        raise TvmNasError(f"--jobs must be >= 1, got {jobs}")
+    budget_s = parse_duration(time_budget)
+    tuned = trials > 0 or budget_s is not None
     tvm_target, gpu = to_tvm_target(spec), is_gpu(spec)
     if spec.cross_compiler:
         spec.check_cross_compiler()
@@ -82,8 +95,10 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
     work_dir = Path(logs_dir) / spec.name
     path = table_path(logs_dir, spec.name, space.name)
     settings = _settings(spec, trials, seed, batch)
+    if budget_s is not None:  # absent otherwise: tables measured before time budgets existed still resume
+        settings["time_budget_s"] = budget_s
     with exclusive(path, "latency table"):
-        table = _open_table(path, space, spec, settings, tvm_target)
+        table = _open_table(path, space, spec, settings, tvm_target, force)
         keys = space.unique_op_keys()
         todo = [k for k in keys if k.key not in table.entries]
         n_all = len(space.op_keys())
@@ -91,7 +106,7 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                       f"ops ({len(space.blocks())} blocks + fixed layers), {len(keys)} unique, "
                       f"{len(keys) - len(todo)} already measured")
         if todo:
-            db = tuning.open_database(work_dir, spec) if trials > 0 else None
+            db = tuning.open_database(work_dir, spec) if tuned else None
             timing = table.meta.setdefault("timing", {})
             t0 = time.perf_counter()
             with progress(console) as prog:
@@ -108,33 +123,73 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                 table.meta["dedup"] = {"ops": len(todo), "tasks": n_tasks, "unique_tasks": len(unique)}
                 timing["lower_s"] = round(time.perf_counter() - t0, 2)
                 t0 = time.perf_counter()
-                if trials > 0:
-                    owed = tuning.split_budget(trials, unique, db)
-                    if trials < len(unique):
-                        console.print(f"[yellow]budget {trials} < {len(unique)} tasks: some tasks stay untuned")
-                    if owed:
-                        tbar = prog.add_task("tuning", total=sum(owed.values()))
-                        tuning.tune(unique, owed, spec, work_dir, seed=seed,
-                                    on_trials=lambda n: prog.advance(tbar, n))
-                        prog.update(tbar, completed=sum(owed.values()))
-                    else:
-                        console.print("tuning: every task already has its share of records in the database")
+                if tuned:
+                    _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, tuning_settings, db, prog,
+                          console, timing)
                     db = tuning.open_database(work_dir, spec)  # re-read what the tuner wrote
-                    timing.update(tune_s=round(time.perf_counter() - t0, 2), tune_trials=sum(owed.values()))
                     t0 = time.perf_counter()
                 task_of = {u: [t for t in unique.values() if u in t.users] for u in by_op}
                 mbar = prog.add_task("measuring", total=len(todo))
                 rng = np.random.default_rng(seed)
-                with measure.target_session(spec) as sess:
-                    if "invocation" not in table.meta:
+                if "invocation" not in table.meta:  # the module call's own cost, once per target
+                    with measure.target_session(spec) as sess:
                         table.meta["invocation"] = measure.invocation_cost(spec, sess).to_json()
-                    _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess,
-                                 lambda: prog.advance(mbar), timing)
+                if spec.is_rpc:
+                    from .farm import measure_on_farm
+
+                    measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng,
+                                    prog, mbar, timing, console)
+                else:
+                    with measure.target_session(spec) as sess:
+                        _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng,
+                                     sess, lambda: prog.advance(mbar), timing)
         table.meta["updated"] = _now()
         table.save(path)
     console.print(summary_table(table, space))
     console.print(f"latency table: {path}")
     return table
+
+
+def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings, db, prog, console, timing):
+    """Tune the space's kernels within the budget, showing each round and the ETA."""
+    from ..backend import tuning
+    from ..backend.budget import fmt_duration, kernel_usage, op_frequency
+    from ..backend.tuner import tune_budgeted
+
+    t0 = time.perf_counter()
+    have = sum(tuning.records(db, t.mod) for t in unique.values())
+    left = None if trials <= 0 else max(0, trials - have)  # records already in the database count
+    if left == 0 and budget_s is None:
+        console.print(f"tuning: the database already holds {have} records for these kernels (budget {trials})")
+        return
+    settings = settings or tuning.Settings()
+    if jobs:
+        settings.jobs = jobs
+    total = left if left is not None else int(budget_s)
+    tbar = prog.add_task("tuning" + (" (s)" if left is None else ""), total=total)
+    t_start = time.monotonic()
+
+    def on_round(e):
+        was = f" (was {e.before_us:.1f})" if e.before_us else ""
+        eta = f", eta {fmt_duration(e.eta_s)}" if e.eta_s is not None else ""
+        stop = f"; stopped: {e.stopped}" if e.stopped else ""
+        prog.console.print(f"  [{e.index}/{e.n_tasks}] {e.name}: round {e.round}, {e.trials} trials, best "
+                           f"{e.best_us or 0:.1f} µs{was}; {e.spent_trials}"
+                           f"{'/' + str(e.max_trials) if e.max_trials else ''} trials{eta}{stop}")
+        if left is None:
+            prog.update(tbar, completed=min(total, time.monotonic() - t_start))
+
+    usage = kernel_usage(unique, op_frequency(space))
+    out = tune_budgeted(unique, spec, work_dir, trials=left, time_budget_s=budget_s, usage=usage, seed=seed,
+                        settings=settings, on_round=on_round, say=lambda m: prog.console.print(m),
+                        on_trials=(lambda n: prog.advance(tbar, n)) if left is not None else None)
+    prog.update(tbar, completed=total)
+    before = f" (before: {out.expected_us_before:.0f} µs)" if out.expected_us_before else ""
+    console.print(f"tuning: {out.trials} trials in {out.rounds} rounds, {fmt_duration(out.seconds)} "
+                  f"({out.why_ended}); the tuned kernels add {out.expected_us_after:.0f} µs to an average net of "
+                  f"the space{before}")
+    timing.update(tune_s=round(timing.get("tune_s", 0) + time.perf_counter() - t0, 2),
+                  tune_trials=timing.get("tune_trials", 0) + out.trials)
 
 
 def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess, advance, timing):
@@ -167,12 +222,24 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _open_table(path: Path, space: SearchSpace, spec: TargetSpec, settings: dict, tvm_target) -> LatencyTable:
-    """The table on disk when it was measured under the same settings (resume), else a new one."""
+def _open_table(path: Path, space: SearchSpace, spec: TargetSpec, settings: dict, tvm_target,
+                force: bool = False) -> LatencyTable:
+    """The table on disk when it was measured under the same settings (resume), else a new one.
+
+    A table measured with tuning is never silently replaced by an untuned one.
+    """
     if path.exists():
         old = LatencyTable.load(path, space=space, target_name=spec.name)
-        if old.meta.get("settings") == settings and old.target.get("hash") == spec.hash:
+        theirs = old.meta.get("settings") or {}
+        if theirs == settings and old.target.get("hash") == spec.hash:
             return old
+        old_tuned = (theirs.get("trials") or 0) > 0 or theirs.get("time_budget_s")
+        new_tuned = settings["trials"] > 0 or settings.get("time_budget_s")
+        if old_tuned and not new_tuned and not force and old.entries:
+            budget = (f"--trials {theirs['trials']}" if theirs.get("trials") else
+                      f"--time-budget {theirs.get('time_budget_s'):.0f}s")
+            raise TvmNasError(f"{path}: field 'settings.trials': this table was measured with {budget}; "
+                              "untuned timings would replace it: keep it, or add --force to replace it")
     return LatencyTable(
         space={"name": space.name, "hash": space.hash},
         target={"name": spec.name, "hash": spec.hash, "tvm": json.loads(str(tvm_target))},

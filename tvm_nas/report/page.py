@@ -76,7 +76,8 @@ def _header(s: RunSummary) -> str:
                   f"{_e('x'.join(map(str, s.space.input)) or NA)}, {len(s.space.blocks)} searchable blocks)</span>"],
         ["target", f"{_e(s.target.name)}" + (f" <span class='small'><code>{_e(tvm_text)}</code></span>"
                                              if tvm_text else "")],
-        ["latency budget", f"{fmt_us(s.budget_us)} µs"],
+        ["latency budget", f"{fmt_us(s.budget_us)} µs" + (f" <b>({_e(s.arch.budget_note)})</b>"
+                                                         if s.arch and s.arch.budget_note else "")],
         ["predicted latency", f"{fmt_us(s.predicted_us)} µs"],
         ["measured latency", f"{fmt_us(net.measured_us if net else None)} µs"],
         ["accuracy", fmt_pct(net.accuracy if net else None)],
@@ -237,7 +238,8 @@ def terminal_summary(run_dir: str | os.PathLike):
     net = s.searched
     caption = (f"{s.space.name} on {s.target.name}: predicted {fmt_us(s.predicted_us)} µs, measured "
                f"{fmt_us(net.measured_us if net else None)} µs, accuracy {fmt_pct(net.accuracy if net else None)}, "
-               f"budget {fmt_us(s.budget_us)} µs")
+               f"budget {fmt_us(s.budget_us)} µs" + (f" ({s.arch.budget_note})" if s.arch and s.arch.budget_note
+                                                     else ""))
     table = Table(title=f"tvm-nas run: {run_dir}", caption=caption)
     table.add_column("artifact", style="bold")
     table.add_column("path")

@@ -66,6 +66,15 @@ class ArchInfo(_Part):
     probabilities: list[dict[str, float]] = Field(default_factory=list)
     predicted_us: float | None = None
     path: str | None = None
+    budget_met: bool | None = None
+    budget_feasible: bool | None = None  # False: even the space's fastest net is over budget
+
+    @property
+    def budget_note(self) -> str:
+        """'' when the net meets the budget (or nothing is known), else why it does not."""
+        if self.budget_feasible is False:
+            return "over budget: no net of the space meets it"
+        return "over budget" if self.budget_met is False else ""
 
 
 class TableInfo(_Part):

@@ -68,7 +68,11 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
     if budget_us is not None and enforce_budget:
         ops, changed = fit_budget(argmax_ops, probabilities, space, table, budget_us)
     lat = table.predict(space, ops)
+    fastest_us = table.predict(space, table.extremes(space)[0])
     derivation = {"rule": "argmax" if not changed else "argmax, then fit to budget",
                   "argmax_ops": argmax_ops, "argmax_latency_us": argmax_lat, "changed_blocks": changed,
-                  "budget_us": budget_us, "budget_met": None if budget_us is None else bool(lat <= budget_us)}
+                  "budget_us": budget_us, "budget_met": None if budget_us is None else bool(lat <= budget_us),
+                  # False: even the fastest net of the space is over budget, so no search could meet it
+                  "budget_feasible": None if budget_us is None else bool(fastest_us <= budget_us),
+                  "fastest_latency_us": fastest_us}
     return arch_document(space, ops, probabilities, table, derivation=derivation)

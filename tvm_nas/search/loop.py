@@ -3,16 +3,20 @@
 Weight steps train the sampled path (one per block) on the training split; architecture steps update α on the
 held-out validation split, either with the binarized gate gradients (``"gradient"``) or with REINFORCE
 (``"reinforce"``). Every epoch ends with an atomic checkpoint, so ``fit(resume=True)`` continues to exactly
-the result an uninterrupted run reaches.
+the result an uninterrupted run reaches: the paths are sampled from a generator seeded by (seed, epoch) and the
+global generator (dropout) is reseeded every epoch, so no random state needs saving.
+
+The search runs on a CPU or a GPU, in one process or several under torchrun (see :mod:`.distributed`). Weight
+steps may run under autocast (``precision`` bf16/fp16); the architecture step, the expected latency and the
+latency loss always run in fp32.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import random
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,13 @@ import torch.nn.functional as F
 
 from ..arch import write_arch
 from ..config import SearchConfig
-from ..data import ImageData, batches, endless_batches, train_val_split
+from ..data import FolderData, ImageData, batches, endless_batches, normalize, train_val_split
 from ..errors import TvmNasError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive, read_json
 from ..profile.table import LatencyTable
 from ..space import SearchSpace
 from .derive import derive
+from .distributed import Dist, autocast, grad_scaler, use_global_batchnorm
 from .loss import ExpectedLatency, latency_loss, pair_probs, reinforce_reward
 from .supernet import Supernet, entropy
 
@@ -34,6 +39,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 LOG = "log.jsonl"
 ARCH_FILE = "final.arch.json"
+CHECKPOINT_FORMAT = 2  # 1: pickled RNG states, loaded only with weights_only=False
 
 
 @contextmanager
@@ -55,10 +61,11 @@ class ProxylessSearch:
     Args:
         space: the search space.
         table: the latency table of the chosen target, measured for ``space``.
-        data: the dataset (already at the space's input size).
+        data: the dataset (in memory, or a streamed folder).
         config: the search settings.
         run_dir: where config, checkpoints, the per-epoch log and the architecture file go.
         console: a ``rich`` console for progress, or None for silence.
+        dist: device and process group (default: one process on the CPU); only the main process writes files.
 
     Attributes (after :meth:`fit`):
         supernet_: the trained :class:`Supernet`.
@@ -67,14 +74,15 @@ class ProxylessSearch:
         history_: one dict per epoch (what ``log.jsonl`` holds).
     """
 
-    def __init__(self, space: SearchSpace, table: LatencyTable, data: ImageData, config: SearchConfig,
-                 run_dir: str | Path, console=None):
+    def __init__(self, space: SearchSpace, table: LatencyTable, data: ImageData | FolderData, config: SearchConfig,
+                 run_dir: str | Path, console=None, dist: Dist | None = None):
         self.space = space
         self.table = table
         self.data = data
         self.config = config
         self.run_dir = Path(run_dir)
-        self.console = console
+        self.dist = dist or Dist()
+        self.console = console if self.dist.main else None
 
     # -- setup -------------------------------------------------------------------------------------------
     def _validate(self) -> None:
@@ -82,18 +90,28 @@ class ProxylessSearch:
         if len(self.data.classes) > self.space.num_classes:
             raise TvmNasError(f"--data {self.data.spec}: {len(self.data.classes)} classes exceed the space's "
                               f"num_classes={self.space.num_classes}")
+        if self.config.batch_size % self.dist.world:
+            raise TvmNasError(f"--batch-size: {self.config.batch_size} images cannot be shared equally by "
+                              f"{self.dist.world} processes; use a multiple of {self.dist.world}")
 
     def effective_config(self) -> dict:
         return {"schema": 1, "search": self.config.model_dump(mode="json"), "space": self.space.describe(),
                 "data": self.data.describe(),
                 "latency_table": {"target": self.table.target.get("name"), "hash": self.table.hash,
-                                  "path": None if self.table.path is None else str(self.table.path)}}
+                                  "path": None if self.table.path is None else str(self.table.path)},
+                "runtime": {"device": self.dist.device.type, "processes": self.dist.world}}
 
-    def _build(self) -> None:
-        cfg = self.config
-        torch.manual_seed(cfg.seed)
-        self.supernet_ = Supernet(self.space)
-        self.expected_ = ExpectedLatency(self.table, self.space)
+    def setup(self) -> ProxylessSearch:
+        """Build the supernet, its optimizers and the data split (what :meth:`fit` starts from); returns self.
+
+        Called by :meth:`fit`; call it yourself to take single steps (:meth:`weight_step`, :meth:`arch_step`).
+        """
+        cfg, device = self.config, self.dist.device
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        self.supernet_ = Supernet(self.space).to(device)
+        if cfg.global_batchnorm and self.dist.active:
+            use_global_batchnorm(self.supernet_)
+        self.expected_ = ExpectedLatency(self.table, self.space, device)
         self.train_idx_, self.val_idx_ = train_val_split(len(self.data), cfg.val_fraction, cfg.seed)
         self.weight_opt_ = torch.optim.SGD(self.supernet_.weight_parameters(), lr=cfg.weight_lr,
                                            momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -101,38 +119,63 @@ class ProxylessSearch:
         self.weight_sched_ = torch.optim.lr_scheduler.CosineAnnealingLR(self.weight_opt_, T_max=cfg.epochs)
         self.arch_opt_ = torch.optim.Adam(self.supernet_.arch_parameters(), lr=cfg.arch_lr,
                                           betas=cfg.arch_betas, eps=cfg.arch_eps)
+        self.scaler_ = grad_scaler(device, cfg.precision)
+        self.generator_ = torch.Generator()
         self.baseline_: float | None = None
         self.history_: list[dict] = []
         self.epoch_ = 0
+        return self
+
+    def _seed_epoch(self, epoch: int) -> None:
+        """Path sampling: the same stream in every process; dropout: one stream per process and epoch."""
+        self.generator_.manual_seed(int(np.random.SeedSequence([self.config.seed, epoch]).generate_state(1)[0]))
+        torch.manual_seed(int(np.random.SeedSequence([self.config.seed, epoch, 1 + self.dist.rank])
+                              .generate_state(1)[0]))
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.dist.device
+        x = x.to(dev, non_blocking=True)
+        return (normalize(x) if x.dtype == torch.uint8 else x), y.to(dev, non_blocking=True)
 
     # -- steps -------------------------------------------------------------------------------------------
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, uniform: bool = False) -> tuple[float, float]:
-        """Train the weights of one sampled path per block on a batch. Returns (loss, accuracy)."""
-        net = self.supernet_
+        """Train the weights of one sampled path per block on a batch. Returns (loss, accuracy) on this batch."""
+        net, cfg = self.supernet_, self.config
         net.train()
-        net.sample_one(uniform=uniform)
+        net.sample_one(uniform=uniform, generator=self.generator_)
         net.zero_grad(set_to_none=True)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
-        loss.backward()
-        self.weight_opt_.step()
-        return float(loss.detach()), float((logits.argmax(1) == y).float().mean())
+        # a streamed share whose images were all unreadable is empty: it still runs, so that every process
+        # joins the same collectives (global BatchNorm, gradient averaging) with a zero loss
+        with autocast(self.dist.device, cfg.precision):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum")
+        loss = loss / max(len(y), 1)
+        (self.scaler_.scale(loss) if self.scaler_ else loss).backward()
+        loss_v, acc = float(loss.detach()), float((logits.argmax(1) == y).float().mean()) if len(y) else 0.0
+        self.dist.average_gradients(net.active_weight_parameters())
+        if self.scaler_:
+            self.scaler_.step(self.weight_opt_)
+            self.scaler_.update()
+        else:
+            self.weight_opt_.step()
+        return loss_v, acc
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """One architecture update on a validation batch; returns the loss details."""
+        """One architecture update on a validation batch (fp32); returns the loss details."""
         if self.config.arch_update == "reinforce":
             return self._reinforce_step(x, y)
         cfg, net = self.config, self.supernet_
         net.train()
         net.zero_grad(set_to_none=True)
-        net.sample_two()
+        net.sample_two(generator=self.generator_)
         with _frozen(net.weight_parameters()):
-            ce = F.cross_entropy(net(x), y)
+            ce = F.cross_entropy(net(x), y, reduction="sum") / max(len(y), 1)
         expected = self.expected_([pair_probs(m.alpha, m.pair()) for m in net.mixed_ops])
         loss, details = latency_loss(ce, expected, cfg.latency_budget_us, cfg.loss, cfg.mul_a, cfg.mul_b,
                                      cfg.add_lambda)
         loss.backward()
         net.set_alpha_grads()
+        self.dist.average_gradients(net.arch_parameters())
         self.arch_opt_.step()
         net.rescale_alphas()
         return details
@@ -141,12 +184,17 @@ class ProxylessSearch:
         cfg, net = self.config, self.supernet_
         net.zero_grad(set_to_none=True)
         probs = net.probs()
-        rewards, log_probs, lats, accs = [], [], [], []
+        samples, correct = [], []
         for _ in range(cfg.reinforce_nets):
-            idx = [int(torch.multinomial(p.detach(), 1)) for p in probs]
+            idx = [int(torch.multinomial(p.detach().cpu(), 1, generator=self.generator_)) for p in probs]
             net.fix([m.candidates[i] for m, i in zip(net.mixed_ops, idx, strict=True)])
             with torch.no_grad():
-                acc = float((net(x).argmax(1) == y).float().mean())
+                correct.append(float((net(x).argmax(1) == y).sum()))
+            samples.append(idx)
+        *correct, n = self.dist.sum([*correct, float(len(y))])  # every process scores the same nets
+        rewards, log_probs, lats, accs = [], [], [], []
+        for idx, c in zip(samples, correct, strict=True):
+            acc = c / max(n, 1.0)
             lat = self.expected_.of_ops(idx)
             rewards.append(reinforce_reward(acc, lat, cfg.latency_budget_us, cfg.reinforce_w))
             log_probs.append(sum(torch.log(p[i]) for p, i in zip(probs, idx, strict=True)))
@@ -168,43 +216,61 @@ class ProxylessSearch:
     @torch.no_grad()
     def evaluate(self, ops: list[str] | None = None) -> float:
         """Validation accuracy of one net of the supernet (default: the most probable op per block)."""
-        net = self.supernet_
+        net, dist = self.supernet_, self.dist
         net.fix(ops or net.argmax_ops())
+        dist.broadcast_buffers(net)  # the main process's BatchNorm statistics, as DDP would
         net.eval()
-        correct = 0
-        for x, y in batches(self.data, self.val_idx_, 256):
-            correct += int((net(x).argmax(1) == y).sum())
+        correct = n = 0
+        for x, y in batches(self.data, self.val_idx_, 256, rank=dist.rank, world=dist.world, raw=True):
+            if len(y):
+                x, y = self._to_device(x, y)
+                with autocast(dist.device, self.config.precision):
+                    correct += int((net(x).argmax(1) == y).sum())
+                n += len(y)
         net.train()
-        return correct / len(self.val_idx_)
+        correct, n = dist.sum([correct, n])
+        if n == 0:
+            raise TvmNasError(f"--data {self.data.spec}: no validation image could be read")
+        return correct / n
 
     # -- epochs ------------------------------------------------------------------------------------------
     def _run_epoch(self, epoch: int, progress=None) -> dict:
-        cfg = self.config
+        cfg, dist = self.config, self.dist
         warm = epoch < cfg.warmup_epochs
+        self._seed_epoch(epoch)
+        skipped0 = self.data.skipped
         t0 = time.perf_counter()
-        losses, accs, arch = [], [], []
-        val_iter = endless_batches(self.data, self.val_idx_, cfg.batch_size, cfg.seed, epoch)
+        loss_sum = correct = seen = 0.0
+        arch = []
+        val_iter = endless_batches(self.data, self.val_idx_, cfg.batch_size, cfg.seed, epoch, rank=dist.rank,
+                                   world=dist.world, raw=True)
         n_steps = max(1, len(self.train_idx_) // cfg.batch_size)
         task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}" + (" (warm-up)" if warm else ""),
                                  total=n_steps) if progress else None
         for step, (x, y) in enumerate(batches(self.data, self.train_idx_, cfg.batch_size, cfg.seed, epoch,
-                                              drop_last=True)):
-            loss, acc = self.weight_step(x, y, uniform=warm)
-            losses.append(loss)
-            accs.append(acc)
+                                              drop_last=True, train=True, rank=dist.rank, world=dist.world,
+                                              raw=True)):
+            loss, acc = self.weight_step(*self._to_device(x, y), uniform=warm)
+            if len(y):
+                loss_sum, correct, seen = loss_sum + loss * len(y), correct + acc * len(y), seen + len(y)
             if not warm and (step + 1) % cfg.arch_every == 0:
                 for _ in range(cfg.arch_steps):
-                    arch.append(self.arch_step(*next(val_iter)))
+                    arch.append(self.arch_step(*self._to_device(*next(val_iter))))
             if progress:
                 progress.update(task, advance=1)
         if progress:
             progress.remove_task(task)
+        train_seconds = time.perf_counter() - t0
         self.weight_sched_.step()
+        loss_sum, correct, seen, skipped = dist.sum([loss_sum, correct, seen, self.data.skipped - skipped0])
+        if seen == 0:
+            raise TvmNasError(f"--data {self.data.spec}: no training image could be read "
+                              f"(e.g. {', '.join(self.data.bad_examples[:2]) or 'none listed'})")
         net = self.supernet_
-        probs = [p.detach() for p in net.probs()]
+        probs = [p.detach().cpu() for p in net.probs()]
         record = {
             "epoch": epoch + 1, "phase": "warmup" if warm else "search",
-            "train_loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accs)),
+            "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
             "val_accuracy": self.evaluate(),
             "expected_latency_us": float(self.expected_(probs)),
             "argmax_latency_us": self.table.predict(self.space, net.argmax_ops()),
@@ -213,9 +279,13 @@ class ProxylessSearch:
             "probabilities": [[round(float(v), 6) for v in p] for p in probs],
             "weight_lr": self.weight_sched_.get_last_lr()[0],
             "seconds": round(time.perf_counter() - t0, 3),
+            "train_images": int(seen), "images_per_second": round(seen / train_seconds, 1),
+            "skipped_images": int(skipped),
         }
         if arch:
-            record["arch"] = {k: float(np.mean([a[k] for a in arch])) for k in arch[0]}
+            means = {k: float(np.nanmean([a[k] for a in arch])) for k in arch[0]}
+            record["arch"] = dict(zip(means, (v / dist.world for v in dist.sum(list(means.values()))),
+                                      strict=True))
         return record
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> ProxylessSearch:
@@ -230,8 +300,9 @@ class ProxylessSearch:
         """
         self._validate()
         ckpt = self.run_dir / CHECKPOINT
-        with exclusive(ckpt, "search run"):
-            self._build()
+        main = self.dist.main
+        with exclusive(ckpt, "search run") if main else nullcontext():
+            self.setup()
             if ckpt.exists():
                 if not resume:
                     raise TvmNasError(f"{self.run_dir}: a search run is already there; add --resume to "
@@ -239,7 +310,9 @@ class ProxylessSearch:
                 self._load_checkpoint(ckpt)
             elif resume and not (self.run_dir / CONFIG).exists():
                 raise TvmNasError(f"{self.run_dir}: nothing to resume (no {CHECKPOINT})")
-            atomic_write_json(self.run_dir / CONFIG, self.effective_config())
+            self.dist.barrier()  # every process has read the run before the main one writes to it
+            if main:
+                atomic_write_json(self.run_dir / CONFIG, self.effective_config())
             done = 0
             with self._progress() as progress:
                 while self.epoch_ < self.config.epochs:
@@ -249,31 +322,36 @@ class ProxylessSearch:
                     self.history_.append(record)
                     self.epoch_ += 1
                     done += 1
-                    self._save_checkpoint(ckpt)
+                    if main:
+                        self._save_checkpoint(ckpt)
                     self._print_epoch(record)
             self._derive()
         return self
 
     def _derive(self) -> None:
-        self.probabilities_ = [p.detach().numpy().astype(np.float64) for p in self.supernet_.probs()]
+        self.probabilities_ = [p.detach().cpu().numpy().astype(np.float64) for p in self.supernet_.probs()]
         doc = derive(self.probabilities_, self.space, self.table, self.config.latency_budget_us,
                      self.config.enforce_budget)
         doc["search"] = {**self.config.model_dump(mode="json"), "data": self.data.describe(),
                          "run_dir": str(self.run_dir), "checkpoint": str(self.run_dir / CHECKPOINT),
+                         "runtime": {"device": self.dist.device.type, "processes": self.dist.world},
                          "final_val_accuracy_supernet": self.history_[-1]["val_accuracy"] if self.history_
                          else None}
         self.arch_ = doc
-        self.arch_path_ = write_arch(self.run_dir / ARCH_FILE, doc)
+        self.arch_path_ = self.run_dir / ARCH_FILE
+        if self.dist.main:
+            write_arch(self.arch_path_, doc)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path) -> None:
+        # tensors, numbers, strings, lists and dicts only: the file loads with torch.load(weights_only=True)
         state = {
-            "epoch": self.epoch_, "config": self.config.model_dump(mode="json"),
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch_, "config": json.dumps(self.config.model_dump(
+                mode="json"), sort_keys=True),
             "supernet": self.supernet_.state_dict(), "weight_opt": self.weight_opt_.state_dict(),
             "weight_sched": self.weight_sched_.state_dict(), "arch_opt": self.arch_opt_.state_dict(),
-            "baseline": self.baseline_, "history": self.history_,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate()},
+            "scaler": self.scaler_.state_dict() if self.scaler_ else None,
+            "baseline": self.baseline_, "history": json.dumps(self.history_),
         }
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -282,23 +360,27 @@ class ProxylessSearch:
 
     def _load_checkpoint(self, path: Path) -> None:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if state["config"] != self.config.model_dump(mode="json"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                raise TvmNasError(f"{path}: field 'format': not a checkpoint of this version of tvm-nas; delete "
+                                  "it to start the run over")
+            if json.loads(state["config"]) != self.config.model_dump(mode="json"):
                 raise TvmNasError(f"{path}: field 'config': the checkpoint was written with other settings; "
                                   f"resume with the run's own {CONFIG}")
             self.supernet_.load_state_dict(state["supernet"])
             self.weight_opt_.load_state_dict(state["weight_opt"])
             self.weight_sched_.load_state_dict(state["weight_sched"])
             self.arch_opt_.load_state_dict(state["arch_opt"])
-            self.baseline_, self.history_, self.epoch_ = state["baseline"], state["history"], state["epoch"]
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
+            if self.scaler_ and state["scaler"]:
+                self.scaler_.load_state_dict(state["scaler"])
+            self.baseline_, self.epoch_ = state["baseline"], int(state["epoch"])
+            self.history_ = json.loads(state["history"])
         except TvmNasError:
             raise
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one clear line
-            raise TvmNasError(f"{path}: corrupted checkpoint ({e.__class__.__name__}: {e}); "
-                              "delete it to start the run over") from e
+        except Exception as e:  # noqa: BLE001 - any unreadable or untrusted checkpoint is one clear line
+            raise TvmNasError(f"{path}: corrupted checkpoint, or one holding objects other than tensors and plain "
+                              f"data, which are never unpickled ({e.__class__.__name__}); delete it to start the run "
+                              "over") from e
 
     # -- display -----------------------------------------------------------------------------------------
     @contextmanager

@@ -28,19 +28,19 @@ class ExpectedLatency:
         space: the search space.
     """
 
-    def __init__(self, table: LatencyTable, space: SearchSpace):
+    def __init__(self, table: LatencyTable, space: SearchSpace, device: torch.device | str = "cpu"):
         self.fixed_us = table.fixed_latency(space)
-        self.vectors = [torch.tensor(v, dtype=torch.float32) for v in table.block_matrix(space)]
+        self.vectors = [torch.tensor(v, dtype=torch.float32, device=device) for v in table.block_matrix(space)]
 
     def __call__(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Expected latency (µs, a 0-d tensor) for one probability vector per block."""
         if len(probs) != len(self.vectors):
             raise ValueError(f"{len(probs)} probability vectors for {len(self.vectors)} blocks")
-        return self.fixed_us + sum(p @ v for p, v in zip(probs, self.vectors, strict=True))
+        return self.fixed_us + sum(p.float().to(v.device) @ v for p, v in zip(probs, self.vectors, strict=True))
 
     def of_ops(self, indices: Sequence[int]) -> float:
         """Latency (µs) of one net given its candidate index per block."""
-        return self.fixed_us + float(sum(v[i] for v, i in zip(self.vectors, indices, strict=True)))
+        return self.fixed_us + float(sum(float(v[i]) for v, i in zip(self.vectors, indices, strict=True)))
 
 
 def pair_probs(alpha: torch.Tensor, pair: Sequence[int]) -> torch.Tensor:
@@ -51,7 +51,7 @@ def pair_probs(alpha: torch.Tensor, pair: Sequence[int]) -> torch.Tensor:
     step leaves every other path's probability unchanged.
     """
     p = F.softmax(alpha, dim=0).detach()
-    idx = torch.tensor(list(pair))
+    idx = torch.tensor(list(pair), device=alpha.device)
     mass = p[idx].sum()
     return p.index_put((idx,), mass * F.softmax(alpha[idx], dim=0))
 
@@ -74,6 +74,7 @@ def latency_loss(ce: torch.Tensor, expected_us: torch.Tensor, budget_us: float, 
     """
     if budget_us <= 1.0:
         raise TvmNasError(f"--latency-ms: the budget must be above 1 µs, got {budget_us} µs")
+    ce, expected_us = ce.float(), expected_us.float()  # exact even after an autocast forward pass
     if form == "mul":
         term = a * (torch.log(expected_us) / math.log(budget_us)) ** b
         loss = ce * term

@@ -54,18 +54,19 @@ class MixedOp(nn.Module):
     # -- sampling ----------------------------------------------------------------------------------------
     def sample_one(self, uniform: bool = False, generator: torch.Generator | None = None) -> int:
         """Weight-step mode: one path drawn from p (or uniformly, for warm-up)."""
-        p = torch.ones(len(self.ops)) if uniform else self.probs.detach()
+        p = torch.ones(len(self.ops)) if uniform else self.probs.detach().cpu()  # sampled on the CPU generator
         self.mode, self.inactive, self.gates = "one", None, None
         self.active = int(torch.multinomial(p, 1, generator=generator))
         return self.active
 
     def sample_two(self, generator: torch.Generator | None = None) -> tuple[int, int]:
         """Architecture-step mode: two paths from p, the active one from p renormalized over the pair."""
-        pair = torch.multinomial(self.probs.detach(), 2, replacement=False, generator=generator).tolist()
-        q = F.softmax(self.alpha.detach()[pair], dim=0)
+        alpha = self.alpha.detach().cpu()
+        pair = torch.multinomial(F.softmax(alpha, dim=0), 2, replacement=False, generator=generator).tolist()
+        q = F.softmax(alpha[pair], dim=0)
         c = int(torch.multinomial(q, 1, generator=generator))
         self.mode, self.active, self.inactive = "two", pair[c], pair[1 - c]
-        self.gates = torch.zeros(2)
+        self.gates = torch.zeros(2, device=self.alpha.device)
         self.gates[0] = 1.0  # gates[0] belongs to the active path, gates[1] to the inactive one
         self.gates.requires_grad_(True)
         return self.active, self.inactive
@@ -105,13 +106,13 @@ class MixedOp(nn.Module):
 
         p is renormalized over the two sampled paths; the gate gradients come from the last backward pass.
         Whatever gradient α already has (the latency term) is kept. Also remembers the pair's α for
-        :meth:`rescale_alpha`.
+        :meth:`rescale_alpha`. Without gate gradients (no image in this process's batch) the estimate is zero.
         """
-        if self.gates is None or self.gates.grad is None:
+        if self.gates is None:
             return
         pair = self.pair()
         q = F.softmax(self.alpha[pair], dim=0)
-        g = self.gates.grad
+        g = self.gates.grad if self.gates.grad is not None else torch.zeros_like(self.gates)
         if self.alpha.grad is None:
             self.alpha.grad = torch.zeros_like(self.alpha)
         for i in range(2):
@@ -155,18 +156,23 @@ class Supernet(Backbone):
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.endswith(".alpha")]
 
+    def active_weight_parameters(self) -> list[nn.Parameter]:
+        """The weights a forward pass of the current paths uses: fixed layers and one op per block."""
+        fixed = [p for n, p in self.named_parameters() if not n.startswith("blocks.")]
+        return fixed + [p for m in self.mixed_ops for p in m.ops[m.active].parameters()]
+
     def probs(self) -> list[torch.Tensor]:
         """p = softmax(α) per block (differentiable)."""
         return [m.probs for m in self.mixed_ops]
 
     # -- modes -------------------------------------------------------------------------------------------
-    def sample_one(self, uniform: bool = False) -> list[str]:
-        return [m.candidates[m.sample_one(uniform)] for m in self.mixed_ops]
+    def sample_one(self, uniform: bool = False, generator: torch.Generator | None = None) -> list[str]:
+        return [m.candidates[m.sample_one(uniform, generator)] for m in self.mixed_ops]
 
-    def sample_two(self) -> list[tuple[str, str]]:
+    def sample_two(self, generator: torch.Generator | None = None) -> list[tuple[str, str]]:
         out = []
         for m in self.mixed_ops:
-            a, b = m.sample_two()
+            a, b = m.sample_two(generator)
             out.append((m.candidates[a], m.candidates[b]))
         return out
 
