@@ -42,17 +42,19 @@ DEFAULT = ",".join(CONFIGS)
 
 def build(space: str, logs_dir: str | None, out: Path) -> tuple[Path, Path, list[int]]:
     """Compile the reference net to ``out/model.so`` (and its ONNX file); returns paths and input shape."""
-    from tvm_nas import deploy
+    from tvm_nas.arch import reference_arch
     from tvm_nas.backend import measure, pipeline
     from tvm_nas.backend.target import to_tvm_target
+    from tvm_nas.deploy.model import build_network_from_arch, example_input
+    from tvm_nas.deploy.onnx import export_onnx
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
 
     spec = load_target("host")
-    a = deploy.reference_arch(load_space(space))
-    model = deploy.build_network_from_arch(a)
-    x = deploy.example_input(a.input_shape)
-    deploy.export_onnx(model, x, out / "model.onnx")
+    a = reference_arch(load_space(space))
+    model = build_network_from_arch(a)
+    x = example_input(a.input_shape)
+    export_onnx(model, x, out / "model.onnx")
     tgt = to_tvm_target(spec)
     fused = pipeline.lower(pipeline.import_torch(model, a.input_shape), tgt, True)
     db = None
