@@ -131,9 +131,6 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                 task_of = {u: [t for t in unique.values() if u in t.users] for u in by_op}
                 mbar = prog.add_task("measuring", total=len(todo))
                 rng = np.random.default_rng(seed)
-                if "invocation" not in table.meta:  # the module call's own cost, once per target
-                    with measure.target_session(spec) as sess:
-                        table.meta["invocation"] = measure.invocation_cost(spec, sess).to_json()
                 if spec.is_rpc:
                     from .farm import measure_on_farm
 
@@ -143,6 +140,9 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                     with measure.target_session(spec) as sess:
                         _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng,
                                      sess, lambda: prog.advance(mbar), timing)
+        if "invocation" not in table.meta:  # the module call's own cost, once per target (after the farm let go)
+            with measure.target_session(spec) as sess:
+                table.meta["invocation"] = measure.invocation_cost(spec, sess).to_json()
         table.meta["updated"] = _now()
         table.save(path)
     console.print(summary_table(table, space))
