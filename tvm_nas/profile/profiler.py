@@ -98,7 +98,7 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
     if budget_s is not None:  # absent otherwise: tables measured before time budgets existed still resume
         settings["time_budget_s"] = budget_s
     with exclusive(path, "latency table"):
-        table = _open_table(path, space, spec, settings, tvm_target, force)
+        table = _open_table(path, space, spec, settings, tvm_target, force, say=console.print)
         keys = space.unique_op_keys()
         todo = [k for k in keys if k.key not in table.entries]
         n_all = len(space.op_keys())
@@ -223,7 +223,7 @@ def _now() -> str:
 
 
 def _open_table(path: Path, space: SearchSpace, spec: TargetSpec, settings: dict, tvm_target,
-                force: bool = False) -> LatencyTable:
+                force: bool = False, say=print) -> LatencyTable:
     """The table on disk when it was measured under the same settings (resume), else a new one.
 
     A table measured with tuning is never silently replaced by an untuned one.
@@ -240,6 +240,12 @@ def _open_table(path: Path, space: SearchSpace, spec: TargetSpec, settings: dict
                       f"--time-budget {theirs.get('time_budget_s'):.0f}s")
             raise TvmNasError(f"{path}: field 'settings.trials': this table was measured with {budget}; "
                               "untuned timings would replace it: keep it, or add --force to replace it")
+        changed = [f"{k} {theirs.get(k)!r} -> {settings.get(k)!r}"
+                   for k in sorted({*theirs, *settings}) if theirs.get(k) != settings.get(k)]
+        if old.target.get("hash") != spec.hash:
+            changed.append("the target's definition")
+        say(f"{path}: measured under other settings ({'; '.join(changed)}); measuring it again (the tuning "
+            "database is kept and reused)")
     return LatencyTable(
         space={"name": space.name, "hash": space.hash},
         target={"name": spec.name, "hash": spec.hash, "tvm": json.loads(str(tvm_target))},
