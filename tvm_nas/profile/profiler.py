@@ -255,16 +255,19 @@ def _open_table(path: Path, space: SearchSpace, spec: TargetSpec, settings: dict
 
 
 def summary_table(table: LatencyTable, space: SearchSpace) -> Table:
-    t = Table(title=f"latency table: {table.space['name']} on {table.target['name']} (µs, median)")
-    for col in ("op", "input (C×H×W)", "out", "stride", "median µs", "IQR µs", "trials"):
-        t.add_column(col, justify="right" if col not in ("op",) else "left")
+    """The table as the terminal shows it; fits 80 columns (op names are never cut)."""
+    t = Table(title=f"latency table: {table.space['name']} on {table.target['name']} (µs)",
+              caption="IQR: interquartile range of the samples; * unstable: its rounds disagreed by more than the "
+                      "protocol allows", caption_justify="left")
+    for col in ("op", "in C×H×W", "out", "s", "median", "IQR", "trials"):
+        t.add_column(col, justify="left" if col == "op" else "right", no_wrap=True)
     for k in space.unique_op_keys():
         e = table.entries.get(k.key)
         if e is None:
             continue
         c, h, w = k.in_shape
         iqr = f"{e['q1']:.1f}–{e['q3']:.1f}" if "q1" in e else "—"
-        flag = "" if e.get("stable", True) else " UNSTABLE"
+        flag = "" if e.get("stable", True) else " *"
         t.add_row(k.op, f"{c}×{h}×{w}", str(k.out_channels), str(k.stride), f"{e['median']:.1f}{flag}", iqr,
                   str(e.get("trials", 0)))
     return t
