@@ -201,8 +201,10 @@ def _runner(spec, say):
 
     from .target import set_runtime_threads
 
-    ev = ms.runner.EvaluatorConfig(number=spec.evaluator.number, repeat=min(spec.evaluator.repeat, 5),
-                                   min_repeat_ms=spec.evaluator.min_repeat_ms, enable_cpu_cache_flush=False)
+    # Tuning only ranks candidates: 3 samples of >= 25 ms each rank them as well as the table's protocol does, at
+    # a fraction of its time (a round times 32 candidates; docs/tuning.md). The table is timed with the full one.
+    ev = ms.runner.EvaluatorConfig(number=spec.evaluator.number, repeat=min(spec.evaluator.repeat, 3),
+                                   min_repeat_ms=min(spec.evaluator.min_repeat_ms, 25), enable_cpu_cache_flush=False)
     if spec.is_rpc:
         from .remote import check_tracker, free_servers
 
