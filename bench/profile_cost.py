@@ -129,31 +129,11 @@ def mode_curve(args) -> dict:
 
 # -- farm ----------------------------------------------------------------------------------------------------------
 def _start_farm(n: int, logdir: Path):
+    """A real tracker and `n` real servers under key `bench` on 127.0.0.1 (the tests' own helper)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from conftest import _start, free_port
-    from tvm import rpc
+    from conftest import start_farm
 
-    port = free_port()
-    procs = [_start(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
-                     str(port + 1)], logdir / "tracker.log")]
-    deadline = time.time() + 90
-    while True:
-        try:
-            rpc.connect_tracker("127.0.0.1", port).summary()
-            break
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
-    for i in range(n):
-        sport = free_port()
-        procs.append(_start(["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "bench", "--host",
-                             "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1)],
-                            logdir / f"server{i}.log"))
-    while len(rpc.connect_tracker("127.0.0.1", port).summary().get("server_info", [])) < n:
-        if time.time() > deadline:
-            raise RuntimeError("servers did not register")
-        time.sleep(0.5)
+    port, _, procs = start_farm("bench", n, logdir, fork=True)
     return port, procs
 
 
@@ -224,26 +204,59 @@ def mode_table(args) -> dict:
             Path(targets[-1]).write_text(json.dumps(d))  # JSON is YAML
     for target in targets:
         spec = load_target(target)
-        t0 = time.perf_counter()
-        console.print(f"profile {args.space} on {spec.name}, --time-budget {args.time_budget} ({load()})")
-        r = _cli("profile", "--space", args.space, "--target", target, "--time-budget", args.time_budget,
-                 "--logs-dir", str(logs))
-        profile_s = time.perf_counter() - t0
-        tail = [ln for ln in r.stderr.splitlines() if ln.startswith("tuning:")]
-        console.print(f"  table in {fmt_duration(profile_s)}; {tail[-1] if tail else ''} ({load()})")
+        table = logs / spec.name / f"{args.space}.latency.json"
+        if args.no_profile:
+            if not table.is_file():
+                raise SystemExit(f"--no-profile: {table} does not exist")
+            profile_s = json.loads(table.read_text()).get("meta", {}).get("timing", {})
+            console.print(f"using the table {table} ({profile_s})")
+        else:
+            t0 = time.perf_counter()
+            console.print(f"profile {args.space} on {spec.name}, --time-budget {args.time_budget} ({load()})")
+            r = _cli("profile", "--space", args.space, "--target", target, "--time-budget", args.time_budget,
+                     "--logs-dir", str(logs))
+            profile_s = time.perf_counter() - t0
+            tail = [ln for ln in r.stderr.splitlines() if ln.startswith("tuning:")]
+            console.print(f"  table in {fmt_duration(profile_s)}; {tail[-1] if tail else ''} ({load()})")
         archs = list(args.arch or [])
-        js = Path(tempfile.mkdtemp()) / "compare.json"
-        cmp_args = ["compare", "--target", target, "--baselines", "--logs-dir", str(logs), "--json", str(js)]
         if not archs:  # compare needs one architecture; --baselines adds the reference net
-            archs = [_fastest_arch(args.space, logs, spec.name, Path(js.parent))]
-        for a in archs:
-            cmp_args += ["--arch", str(a)]
-        _cli(*cmp_args)
-        rows = json.loads(js.read_text())
-        rows = rows.get("rows", rows) if isinstance(rows, dict) else rows
-        out["targets"][spec.name] = {"profile_s": profile_s, "threads": spec.threads, "rows": rows}
-        _ratios(rows, spec)
+            archs = [_fastest_arch(args.space, logs, spec.name, Path(tempfile.mkdtemp()))]
+        for n in args.compare_threads or [spec.threads]:
+            run_spec, run_target = (spec, target) if n == spec.threads else _at_threads(spec, n, logs)
+            js = Path(tempfile.mkdtemp()) / "compare.json"
+            cmp_args = ["compare", "--target", run_target, "--baselines",
+                        "--logs-dir", str(logs), "--json", str(js)]
+            for a in archs:
+                cmp_args += ["--arch", str(a)]
+            console.print(f"compare on {run_spec.name} ({n} threads, {load()})")
+            _cli(*cmp_args)
+            rows = json.loads(js.read_text())
+            rows = rows.get("rows", rows) if isinstance(rows, dict) else rows
+            out["targets"][run_spec.name] = {"profile_s": profile_s, "threads": n, "tuned_for": spec.name,
+                                             "rows": rows, "load_after": os.getloadavg()}
+            _ratios(rows, run_spec)
     return out
+
+
+def _at_threads(spec, n: int, logs: Path):
+    """The same TVM target and schedules run with `n` threads: a target `<name>-t<n>` whose TVM target string is
+    the tuned one (num-cores kept), with a copy of the tuned database. The schedules were tuned for
+    `spec.threads` threads, so this measures what a user gets by running the shipped module with fewer."""
+    import shutil
+
+    from tvm_nas.backend import database as dbfile
+
+    conf = json.loads(str(to_tvm_target(spec)))
+    d = {"name": f"{spec.name}-t{n}", "tvm": {"kind": conf["kind"], "mcpu": conf.get("mcpu", "auto"),
+                                               "num-cores": conf.get("num-cores", spec.threads)},
+         "runner": "local", "threads": n, "evaluator": spec.evaluator.model_dump()}
+    path = Path(tempfile.mkdtemp()) / f"{d['name']}.yaml"
+    path.write_text(json.dumps(d))
+    dest = logs / d["name"]
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (dbfile.WORKLOADS, dbfile.RECORDS):
+        shutil.copyfile(logs / spec.name / f, dest / f)
+    return load_target(str(path)), str(path)
 
 
 def _fastest_arch(space_name: str, logs: Path, target: str, where: Path) -> Path:
@@ -300,6 +313,9 @@ def main() -> int:
     p.add_argument("--time-budget", default="60m")
     p.add_argument("--arch", action="append", help="searched architecture file(s) to compare (default: the "
                    "table's fastest net, a latency-only pick)")
+    p.add_argument("--no-profile", action="store_true", help="use the table already in --logs-dir")
+    p.add_argument("--compare-threads", type=int, nargs="+", default=None,
+                   help="also run the tuned module at these thread counts (e.g. 1 2) against peers at the same")
     p.add_argument("--logs-dir", default="tuning_logs")
     args = ap.parse_args()
     t0 = time.perf_counter()

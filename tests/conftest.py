@@ -70,18 +70,20 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def rpc_tracker(tmp_path_factory):
-    """A real TVM RPC tracker and one server (this machine, key `loopback`) on 127.0.0.1."""
+def start_farm(key: str, n: int, logdir: Path, timeout_s: float = 90, fork: bool = False):
+    """A real TVM RPC tracker on 127.0.0.1 and `n` real servers registered under `key`.
+
+    Returns (tracker port, {server port: server process}, every process); stop them with :func:`stop_all`.
+    Each process has its own process group: the tracker and servers leave popen_worker children behind.
+    """
     from tvm import rpc
 
-    logs = tmp_path_factory.mktemp("rpc")
     port = free_port()
-    tracker = _start(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
-                     logs / "tracker.log")
-    server = None
+    procs = [_start(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+                     str(port + 1)], logdir / "tracker.log")]
+    servers: dict[int, subprocess.Popen] = {}
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + timeout_s
         while True:
             try:
                 rpc.connect_tracker("127.0.0.1", port).summary()
@@ -90,19 +92,35 @@ def rpc_tracker(tmp_path_factory):
                 if time.time() > deadline:
                     raise
                 time.sleep(0.5)
-        sport = free_port()
-        server = _start(["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "loopback",
-                         "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1),
-                         "--no-fork"], logs / "server.log")
-        while "loopback" not in rpc.connect_tracker("127.0.0.1", port).summary().get("queue_info", {}):
+        for i in range(n):
+            sport = free_port()
+            servers[sport] = _start(["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", key,
+                                     "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1)]
+                                    + ([] if fork else ["--no-fork"]), logdir / f"server{i}.log")
+            procs.append(servers[sport])
+        while len(rpc.connect_tracker("127.0.0.1", port).summary().get("server_info", [])) < n:
             if time.time() > deadline:
-                raise RuntimeError((logs / "server.log").read_text())
+                raise RuntimeError(f"{n} server(s) did not register under {key!r}: see {logdir}")
             time.sleep(0.5)
+    except BaseException:
+        stop_all(procs)
+        raise
+    return port, servers, procs
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        _stop(p)
+
+
+@pytest.fixture(scope="session")
+def rpc_tracker(tmp_path_factory):
+    """A real TVM RPC tracker and one server (this machine, key `loopback`) on 127.0.0.1."""
+    port, _, procs = start_farm("loopback", 1, tmp_path_factory.mktemp("rpc"), timeout_s=60)
+    try:
         yield port
     finally:
-        if server:
-            _stop(server)
-        _stop(tracker)
+        stop_all(procs)
 
 
 @pytest.fixture

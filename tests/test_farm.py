@@ -11,42 +11,17 @@ import threading
 import time
 
 import pytest
-from conftest import TVM_NAS, _start, _stop, free_port, write_yaml
+from conftest import TVM_NAS, start_farm, stop_all, write_yaml
 
 
 @pytest.fixture
 def farm(tmp_path):
     """A tracker and three servers registered under key `farm`: (tracker port, {server port: process})."""
-    from tvm import rpc
-
-    port = free_port()
-    procs = [_start(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
-                     str(port + 1)], tmp_path / "tracker.log")]
-    servers = {}
+    port, servers, procs = start_farm("farm", 3, tmp_path)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                rpc.connect_tracker("127.0.0.1", port).summary()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
-        for i in range(3):
-            sport = free_port()
-            servers[sport] = _start(["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "farm",
-                                     "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1),
-                                     "--no-fork"], tmp_path / f"server{i}.log")
-            procs.append(servers[sport])
-        while len(rpc.connect_tracker("127.0.0.1", port).summary().get("server_info", [])) < 3:
-            if time.time() > deadline:
-                raise RuntimeError("servers did not register")
-            time.sleep(0.5)
         yield port, servers
     finally:
-        for p in procs:
-            _stop(p)
+        stop_all(procs)
 
 
 def _target(tmp_path, port, **evaluator):

@@ -13,7 +13,7 @@ from conftest import MICRO_SPACE, ROOT, write_yaml
 
 from tvm_nas.backend import database as dbfile
 from tvm_nas.backend import tuning
-from tvm_nas.backend.budget import Allocator, parse_duration, round_size_for
+from tvm_nas.backend.budget import Allocator, TimeLedger, parse_duration, round_size_for
 from tvm_nas.errors import TvmNasError
 
 
@@ -59,6 +59,18 @@ def test_round_size():
     assert round_size_for(10_000, 32) == 64
     assert round_size_for(8, 10) == 1
     assert round_size_for(None, 93) == 32
+
+
+def test_time_ledger_carries_spent_time_across_runs(tmp_path):
+    first = TimeLedger(tmp_path, ["b", "a"])
+    assert first.base == 0 and first.left(60) == 60
+    first.base = 45.0  # as if 45 s had been spent when the run was killed
+    first.save()
+    again = TimeLedger(tmp_path, ["a", "b"])  # same kernels, any order
+    assert 45 <= again.base < 46 and again.left(60) < 15.1 and again.left(30) == 0
+    assert TimeLedger(tmp_path, ["a", "c"]).base == 0  # other kernels: their own budget
+    (tmp_path / TimeLedger.FILE).write_text("{half")  # damaged: start again, never refuse to tune
+    assert TimeLedger(tmp_path, ["a", "b"]).base == 0
 
 
 # -- a real database ---------------------------------------------------------------------------------------------
@@ -200,3 +212,34 @@ def test_damaged_target_stamp_is_named(tuned, tmp_path, content):
     (work_dir / "target.json").write_text(content)
     with pytest.raises(TvmNasError, match=r"target\.json: damaged .* delete .*target\.json"):
         tuning.open_database(work_dir, spec)
+
+
+def test_time_budget_resumes_with_what_is_left(tuned, tmp_path):
+    """A --time-budget is the total for the kernels: a rerun after a kill tunes only for the time left."""
+    from tvm_nas.backend.tuner import tune_budgeted
+
+    work_dir, tasks, spec = _copy(tuned, tmp_path)
+    ledger = TimeLedger(work_dir, tasks)
+    ledger.base = 3600.0 - 0.5  # an earlier run spent all but half a second of an hour, then died
+    ledger.save()
+    said = []
+    out = tune_budgeted(tasks, spec, work_dir, time_budget_s=3600, say=said.append)
+    assert out.rounds <= 1 and any("already spent" in m and "left" in m for m in said), said
+    said.clear()
+    out = tune_budgeted(tasks, spec, work_dir, time_budget_s=3600, say=said.append)
+    assert out.rounds == 0 and out.why_ended == "time budget already spent"
+    assert json.loads((work_dir / TimeLedger.FILE).read_text())[ledger.key]["spent_s"] >= 3600 - 0.5
+
+
+def test_records_tuned_elsewhere_merge_into_the_targets_database(tuned, tmp_path):
+    """The many-build-hosts recipe: a share tuned in another folder is exported as JSON pairs and merged."""
+    work_dir, tasks, spec = _copy(tuned, tmp_path)
+    pairs = tuning.export_records(work_dir)
+    assert len(pairs) == 3 and all(isinstance(w, str) and isinstance(r, str) for w, r in pairs)
+    home = tmp_path / "home"
+    assert tuning.merge_records(home, spec, pairs, say=lambda m: None) == 3
+    db = tuning.open_database(home, spec)
+    assert all(tuning.records(db, t.mod) == 1 for t in tasks.values())
+    assert tuning.best_run_s(db, next(iter(tasks.values())).mod) > 0
+    with pytest.raises(TvmNasError, match="record 1 of 1: TVM cannot read it"):
+        tuning.merge_records(home, spec, [(pairs[0][0], '[["not a trace"]]')], say=lambda m: None)

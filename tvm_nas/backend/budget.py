@@ -201,3 +201,53 @@ def round_size_for(trials: int | None, n_tasks: int, default: int = 32, largest:
     if trials is None:
         return default
     return max(1, min(largest, trials // max(1, n_tasks)))
+
+
+class TimeLedger:
+    """Tuning time already spent on one set of kernels, kept beside the target's database (`time_budget.json`).
+
+    A `--time-budget` is the total for the space's kernels, as a trial budget is (records already in the database
+    count): a run stopped by a crash, a kill or Ctrl-C resumes with what is left, and a rerun of a finished command
+    tunes nothing more. A larger budget tunes for the difference. The file maps a hash of the sorted kernel keys to
+    the seconds spent; it is rewritten atomically after every round, so at most one round is counted twice lost.
+    """
+
+    FILE = "time_budget.json"
+
+    def __init__(self, work_dir, kernel_keys):
+        import hashlib
+        from pathlib import Path
+
+        self.path = Path(work_dir) / self.FILE
+        self.key = hashlib.sha256("\n".join(sorted(kernel_keys)).encode()).hexdigest()[:16]
+        self.base = self._read().get(self.key, {}).get("spent_s", 0.0)
+        self.start = time.monotonic()
+
+    def _read(self) -> dict:
+        import json
+
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {}  # damaged: the budget starts again rather than refusing to tune (the database is intact)
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("spent_s"), (int, float))
+                and math.isfinite(v["spent_s"]) and v["spent_s"] >= 0}
+
+    def spent(self) -> float:
+        """Seconds spent on these kernels, this run included."""
+        return self.base + (time.monotonic() - self.start)
+
+    def left(self, budget_s: float) -> float:
+        """Seconds of `budget_s` not yet spent by earlier runs (when this ledger was opened)."""
+        return max(0.0, budget_s - self.base)
+
+    def save(self) -> None:
+        from ..io import atomic_write_json
+
+        data = self._read()
+        data[self.key] = {"spent_s": round(self.spent(), 1)}
+        atomic_write_json(self.path, data)

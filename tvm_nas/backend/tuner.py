@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import database as dbfile
-from .budget import Allocator, round_size_for
+from .budget import Allocator, TimeLedger, fmt_duration, round_size_for
 from .tuning import Settings, Task, _builder, _quiet_logging, _runner, best_run_s, default_jobs, open_database, records
 
 
@@ -108,6 +108,15 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
         db = open_database(work_dir, spec, say=say, writer_held=True)
         have = {k: records(db, t.mod) for k, t in tasks.items()}
         fresh = sum(1 for v in have.values() if v == 0)
+        ledger = TimeLedger(work_dir, tasks) if time_budget_s is not None else None
+        if ledger is not None and ledger.base > 0:
+            left_s = ledger.left(time_budget_s)
+            say(f"time budget: {fmt_duration(ledger.base)} of {fmt_duration(time_budget_s)} already spent on these "
+                f"kernels by an earlier run; {fmt_duration(left_s)} left")
+            if left_s <= 0:
+                out.why_ended = "time budget already spent"
+                return out
+            time_budget_s = left_s
         r_size = settings.round_size or round_size_for(trials, fresh or len(tasks))
         alloc = Allocator({k: usage.get(k, 1.0) for k in tasks}, r_size, max_trials=trials,
                           time_budget_s=time_budget_s, patience=settings.patience, min_gain=settings.min_gain)
@@ -149,6 +158,8 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
                                measure_callbacks=callbacks, task_scheduler="round-robin")
             best = best_run_s(db, tasks[k].mod)
             alloc.record(k, counted["n"], best, time.monotonic() - t0)
+            if ledger is not None:
+                ledger.save()
             out.rounds += 1
             if on_round:
                 st = alloc.state[k]

@@ -231,3 +231,41 @@ def _quiet_logging() -> None:
             log.removeHandler(h)
     if log.level in (logging.NOTSET, logging.DEBUG, logging.INFO):
         log.setLevel(logging.WARNING)
+
+
+# -- moving records between databases (many build hosts: docs/build_hosts.md) -----------------------------------
+def export_records(work_dir: str | Path) -> list[tuple[str, str]]:
+    """Every record of a database as (workload JSON, record JSON) pairs: plain JSON, nothing pickled, so a share
+    tuned on another host can be shipped back over any channel."""
+    work_dir = Path(work_dir)
+    wl, rec, damage = dbfile.scan(work_dir)
+    if damage:
+        raise TvmNasError(f"{work_dir / dbfile.RECORDS}: damaged ({len(damage)} line(s)); open it once with "
+                          "tvm-nas (any profile or compile on its target) to repair it, then export")
+    out = []
+    for line in rec:
+        index, record = json.loads(line)
+        out.append((wl[index], json.dumps(record)))
+    return out
+
+
+def merge_records(work_dir: str | Path, spec, pairs: list[tuple[str, str]], say: Callable[[str], None] = _say,
+                  lock_wait_s: float = 600.0) -> int:
+    """Add exported (workload, record) pairs to the target's database with MetaSchedule's own API, which numbers
+    the workloads consistently (never concatenate the files: records point at workloads by line number). Holds the
+    writer lock. Returns how many records were added."""
+    from tvm.s_tir import meta_schedule as ms
+
+    with dbfile.writer(work_dir, wait_s=lock_wait_s, say=say):
+        db = open_database(work_dir, spec, say=say, writer_held=True)
+        n = 0
+        for w_json, r_json in pairs:
+            try:
+                mod = ms.database.Workload.from_json(json.loads(w_json)).mod
+                wl = db.commit_workload(mod)
+                db.commit_tuning_record(ms.database.TuningRecord.from_json(json.loads(r_json), wl))
+            except Exception as e:  # noqa: BLE001 - TVM raises several error types for a bad record
+                raise TvmNasError(f"record {n + 1} of {len(pairs)}: TVM cannot read it ({e.__class__.__name__}); "
+                                  f"{n} record(s) were added to {work_dir} before it") from None
+            n += 1
+    return n
