@@ -101,6 +101,8 @@ def test_budgeted_tuning_for_real(tuned):
     db = tuning.open_database(work_dir, spec)
     assert all(tuning.records(db, t.mod) == 1 for t in tasks.values())
     assert out.expected_us_after > 0
+    assert [c[1] for c in out.curve] == [1, 2, 3] and [c[3] for c in out.curve] == [1, 2, 3]  # the curve
+    assert out.curve[-1][2] == pytest.approx(out.expected_us_after, rel=1e-3)
 
 
 def _copy(tuned, tmp_path):

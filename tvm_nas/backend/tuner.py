@@ -49,6 +49,8 @@ class Outcome:
     per_task: dict[str, dict] = field(default_factory=dict)
     expected_us_before: float = 0.0
     expected_us_after: float = 0.0
+    # the budget -> latency curve: after every round, [seconds, trials, expected µs of a net, kernels measured]
+    curve: list[list[float]] = field(default_factory=list)
 
 
 def _say(msg: str) -> None:
@@ -161,6 +163,9 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
             if ledger is not None:
                 ledger.save()
             out.rounds += 1
+            out.curve.append([round(time.monotonic() - t_start, 1), alloc.spent_trials,
+                              round(alloc.expected_latency_s() * 1e6, 2),
+                              sum(1 for st in alloc.state.values() if st.best_s is not None)])
             if on_round:
                 st = alloc.state[k]
                 on_round(RoundEvent(k, tasks[k].name, keys.index(k) + 1, len(keys), st.rounds, st.trials,

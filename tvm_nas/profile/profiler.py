@@ -189,7 +189,8 @@ def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings,
                   f"({out.why_ended}); the tuned kernels add {out.expected_us_after:.0f} µs to an average net of "
                   f"the space{before}")
     timing.update(tune_s=round(timing.get("tune_s", 0) + time.perf_counter() - t0, 2),
-                  tune_trials=timing.get("tune_trials", 0) + out.trials)
+                  tune_trials=timing.get("tune_trials", 0) + out.trials, tune_curve=out.curve,
+                  tune_kernels=len(unique))
 
 
 def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess, advance, timing):
