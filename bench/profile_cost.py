@@ -127,6 +127,54 @@ def mode_curve(args) -> dict:
     return out
 
 
+# -- the curve of a profile run, from its log -----------------------------------------------------------------------
+_ROUND = (r"\[(\d+)/(\d+)\] (\S+): round (\d+), (\d+) trials, best ([\d.]+) µs.*?; (\d+)(?:/\d+)? trials, "
+          r"eta (\S+?)(?:;|\s|$)")
+
+
+def _seconds(eta: str) -> float:
+    import re
+
+    h = re.fullmatch(r"(\d+)h(\d+)m", eta)
+    if h:
+        return int(h[1]) * 3600 + int(h[2]) * 60
+    m = re.fullmatch(r"(?:(\d+)m)?(\d+)s", eta)
+    return int(m[1] or 0) * 60 + int(m[2])
+
+
+def mode_curve_log(args) -> dict:
+    """The budget -> latency curve of a `tvm-nas profile --time-budget` run, rebuilt from its progress lines
+    (tables written since the curve is recorded hold it in meta.timing.tune_curve; this reads older runs)."""
+    import re
+
+    text = " ".join(Path(args.log).read_text().split())  # the console wraps long lines
+    budget = parse_duration(args.time_budget)
+    target = load_target(args.target)
+    _, unique, usage, _, _ = kernels(args.space, target)
+    keys = list(unique)
+    best: dict[str, float] = {}
+    points = []
+    for m in re.finditer(_ROUND, text):
+        k = keys[int(m[1]) - 1]
+        best[k] = min(best.get(k, float("inf")), float(m[6]))
+        points.append([round(budget - _seconds(m[8]), 1), int(m[7]), sum(b * usage[q] for q, b in best.items()),
+                       len(best)])
+    full = next((i for i, p in enumerate(points) if p[3] == len(keys)), None)
+    t = Table(title=f"{args.space} on {target.name}: expected net latency while tuning ({load()})")
+    for c in ("minute", "trials", "kernels measured", "expected µs of a net"):
+        t.add_column(c, justify="right")
+    every5 = {min(range(len(points)), key=lambda i, s=s: abs(points[i][0] - s)) for s in range(0, int(budget) + 1, 300)}
+    marks = sorted(every5 | ({full} if full is not None else set()) | {len(points) - 1})
+    for i in marks:
+        p = points[i]
+        t.add_row(f"{p[0] / 60:.1f}", str(p[1]), f"{p[3]}/{len(keys)}", f"{p[2]:.0f}")
+    console.print(t)
+    if full is not None:
+        console.print(f"every kernel measured after {points[full][0] / 60:.1f} min at {points[full][2]:.0f} µs; "
+                      f"{points[-1][2]:.0f} µs at the end ({points[-1][2] / points[full][2]:.2f}x)")
+    return {"kernels": len(keys), "points": points, "all_measured_at": full}
+
+
 # -- farm ----------------------------------------------------------------------------------------------------------
 def _start_farm(n: int, logdir: Path):
     """A real tracker and `n` real servers under key `bench` on 127.0.0.1 (the tests' own helper)."""
@@ -298,6 +346,11 @@ def main() -> int:
     p.add_argument("--time-budget", default="10m")
     p.add_argument("--configs", nargs="+", default=["r16-p128-g2", "r32-p256-g2", "r32-p512-g4"])
     p.add_argument("--kernels", type=int, default=0, help="tune only the N most used kernels (0: all)")
+    p = sub.add_parser("curve-log")
+    p.add_argument("--log", required=True, help="the stderr of a tvm-nas profile --time-budget run")
+    p.add_argument("--space", default="proxyless-cifar")
+    p.add_argument("--target", default="host")
+    p.add_argument("--time-budget", required=True, help="the run's --time-budget")
     p = sub.add_parser("farm")
     p.add_argument("--boards", type=int, default=3)
     p.add_argument("--kernels", type=int, default=2)
@@ -319,11 +372,12 @@ def main() -> int:
     p.add_argument("--logs-dir", default="tuning_logs")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    result = {"dedup": mode_dedup, "curve": mode_curve, "farm": mode_farm, "table": mode_table}[args.mode](args)
+    result = {"dedup": mode_dedup, "curve": mode_curve, "farm": mode_farm, "table": mode_table,
+              "curve-log": mode_curve_log}[args.mode](args)
     result.update(schema=2, mode=args.mode, args=vars(args), wall_s=time.perf_counter() - t0,
                   loadavg_end=os.getloadavg(), cpus=os.cpu_count())
-    tag = {"curve": lambda: args.space, "table": lambda: args.space, "farm": lambda: f"b{args.boards}",
-           "dedup": lambda: args.target}[args.mode]()
+    tag = {"curve": lambda: args.space, "table": lambda: args.space, "curve-log": lambda: args.space,
+           "farm": lambda: f"b{args.boards}", "dedup": lambda: args.target}[args.mode]()
     out = RESULTS / f"profile_cost-{args.mode}-{tag}.json"
     atomic_write_json(out, result)
     console.print(f"written: {out} ({fmt_duration(result['wall_s'])})")
