@@ -266,9 +266,9 @@ def mode_table(args) -> dict:
             profile_s = time.perf_counter() - t0
             tail = [ln for ln in r.stderr.splitlines() if ln.startswith("tuning:")]
             console.print(f"  table in {fmt_duration(profile_s)}; {tail[-1] if tail else ''} ({load()})")
-        archs = list(args.arch or [])
-        if not archs:  # compare needs one architecture; --baselines adds the reference net
-            archs = [_fastest_arch(args.space, logs, spec.name, Path(tempfile.mkdtemp()))]
+        archs = list(args.arch or ["fastest"])  # compare needs one architecture; --baselines adds the reference
+        archs = [_fastest_arch(args.space, logs, spec.name, Path(tempfile.mkdtemp())) if a == "fastest" else a
+                 for a in archs]
         for n in args.compare_threads or [spec.threads]:
             run_spec, run_target = (spec, target) if n == spec.threads else _at_threads(spec, n, logs)
             js = Path(tempfile.mkdtemp()) / "compare.json"
@@ -364,8 +364,8 @@ def main() -> int:
                    help="instead of --targets: this machine's CPU at these thread counts (e.g. 1 2), each tuned "
                         "with its own --time-budget")
     p.add_argument("--time-budget", default="60m")
-    p.add_argument("--arch", action="append", help="searched architecture file(s) to compare (default: the "
-                   "table's fastest net, a latency-only pick)")
+    p.add_argument("--arch", action="append", help="searched architecture file(s) to compare, or 'fastest' "
+                   "(the default: the table's fastest net, a latency-only pick)")
     p.add_argument("--no-profile", action="store_true", help="use the table already in --logs-dir")
     p.add_argument("--compare-threads", type=int, nargs="+", default=None,
                    help="also run the tuned module at these thread counts (e.g. 1 2) against peers at the same")
