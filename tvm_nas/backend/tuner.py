@@ -172,6 +172,8 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
                                     None if best is None else best * 1e6, None if before is None else before * 1e6,
                                     alloc.spent_trials, trials, time.monotonic() - t_start, alloc.eta_s(),
                                     st.stopped))
+        if ledger is not None:
+            ledger.save()  # the set-up before the first round (cost model, pools) counts too
         out.why_ended = alloc.exhausted() or "every task stopped improving"
         out.trials, out.seconds = alloc.spent_trials, time.monotonic() - t_start
         out.expected_us_after = alloc.expected_latency_s() * 1e6
