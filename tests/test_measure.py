@@ -120,12 +120,62 @@ def _check_validate(out: Path, n_random: int):
 
 
 def test_validate_locally(micro_space, micro_logs, quick, tmp_path):
+    import shutil
+
+    logs = tmp_path / "logs"
+    shutil.copytree(micro_logs, logs)  # validate may write a calibration beside the table
     r = cli("validate", "--space", str(micro_space), "--target", quick, "--nets", "2", "--logs-dir",
-            str(micro_logs), "--out", str(tmp_path / "v"))
+            str(logs), "--out", str(tmp_path / "v"))
     assert r.returncode == 0, r.stderr[-2000:]
     doc = _check_validate(tmp_path / "v", 2)
     assert doc["where"].startswith("local")
     assert "Kendall τ" in r.stdout and "load average" in r.stdout
+    cal = doc["summary"]["calibration"]  # fitted on the nets, scored leave-one-out, used only when better
+    assert cal["nets"] == len(doc["nets"]) and "kendall_tau" in cal["leave_one_out"]
+    assert all("calibrated_us" in n for n in doc["nets"])
+    written = logs / "quick" / "micro.calibration.json"
+    assert written.is_file() == cal["better"]
+    assert ("calibration: measured ≈" in r.stdout) == cal["better"]
+
+
+# -- calibration -------------------------------------------------------------------------------------------------
+def test_calibration_is_fitted_and_scored_leave_one_out():
+    from tvm_nas.profile.table import fit_calibration
+
+    p = [100.0, 150.0, 200.0, 260.0, 300.0, 420.0]
+    fit = fit_calibration(p, [1.4 * v + 3 for v in p])  # the table misses 40% and 3 µs per net
+    assert fit["scale"] == pytest.approx(1.4) and fit["offset_us"] == pytest.approx(3)
+    assert fit["better"] and fit["loo_median_abs_error_pct"] < 1e-6 < fit["additive_median_abs_error_pct"]
+    assert fit_calibration(p, p)["better"] is False  # an exact table needs no calibration
+    assert fit_calibration(p[:4], p[:4]) is None  # too few nets to say
+
+
+def test_calibrated_table_predicts_the_affine_map(micro_space, micro_logs, tmp_path):
+    import shutil
+
+    from tvm_nas.arch import reference_arch
+    from tvm_nas.profile import LatencyTable
+    from tvm_nas.profile.table import calibration_path
+    from tvm_nas.space import load_space
+
+    space = load_space(str(micro_space))
+    path = tmp_path / "micro.latency.json"
+    shutil.copyfile(micro_logs / "quick" / "micro.latency.json", path)
+    plain = LatencyTable.load(path, space=space)
+    ops = reference_arch(space, "mbconv_k3_e3").ops
+    raw = plain.predict(space, ops)
+    calibration_path(path).write_text(json.dumps({"scale": 1.5, "offset_us": 2.0, "table_hash": plain.hash}))
+    table = LatencyTable.load(path, space=space)
+    assert table.predict(space, ops) == pytest.approx(1.5 * raw + 2.0)
+    assert table.predict(space, ops, calibrated=False) == pytest.approx(raw)
+    # the search's expected latency (fixed + Σ p·v) is the same affine map
+    vec = table.block_matrix(space)
+    onehot = sum(v[b.candidates.index(op)] for v, b, op in zip(vec, space.blocks(), ops, strict=True))
+    assert table.fixed_latency(space) + onehot == pytest.approx(1.5 * raw + 2.0)
+    calibration_path(path).write_text(json.dumps({"scale": 1.5, "offset_us": 2.0, "table_hash": "stale"}))
+    assert LatencyTable.load(path, space=space).predict(space, ops) == pytest.approx(raw)  # fitted to old entries
+    calibration_path(path).write_text(json.dumps({"scale": -1, "offset_us": 2.0, "table_hash": plain.hash}))
+    assert LatencyTable.load(path, space=space).calibration is None
 
 
 def test_validate_over_rpc(micro_space, rpc_target, tmp_path):

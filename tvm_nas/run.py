@@ -342,8 +342,10 @@ class Run:
         if not v:
             return {}
         doc = read_json(self.dir / v["result"], "validation result")
+        used = ((doc.get("summary") or {}).get("calibration") or {}).get("better")
         return {tuple(r["ops"]): {"measured_us": r["measured_us"], "measured_q1": r["measured_q1"],
-                                  "measured_q3": r["measured_q3"], "stable": r["stable"]} for r in doc["nets"]}
+                                  "measured_q3": r["measured_q3"], "stable": r["stable"],
+                                  "calibrated_us": r.get("calibrated_us") if used else None} for r in doc["nets"]}
 
     def _validation(self) -> dict | None:
         v = self.state["done"].get("validate")

@@ -141,7 +141,7 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
                 raise TvmNasError(f"target '{spec.name}': net '{a.label}' computes wrong outputs (max abs err "
                                   f"{err:.2e}); the latency of a wrong module means nothing")
             loaded[a.label] = m
-            rows.append({"net": a.label, "ops": a.ops, "predicted_us": table.predict(space, a.ops),
+            rows.append({"net": a.label, "ops": a.ops, "predicted_us": table.predict(space, a.ops, calibrated=False),
                          "untuned_kernels": untuned, "max_abs_err": err})
         compile_s = time.perf_counter() - t0
         console.print(f"compiled {len(nets)} nets in {compile_s:.0f} s; measuring them interleaved")
@@ -155,6 +155,7 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
     summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
     summary["load_avg"] = list(os.getloadavg())
+    summary["calibration"] = _calibrate(table, path, rows, summary, console)
     doc = {"schema": SCHEMA, "space": {"name": space.name, "hash": space.hash},
            "target": {"name": spec.name, "hash": spec.hash, "threads": spec.threads},
            "table": {"path": str(path), "hash": table.hash, "trials": table.meta.get("settings", {}).get("trials"),
@@ -169,6 +170,33 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     console.print(summary_line(doc))
     console.print(f"written: {out / RESULT}, {out / FIGURE}")
     return doc
+
+
+def _calibrate(table, path: Path, rows: list[dict], summary: dict, console) -> dict | None:
+    """Fit measured ≈ scale × table sum + offset on these nets; score it leave-one-out (each net predicted by a
+    fit on the others). When that beats the plain sum, write it beside the table: every later prediction of the
+    table (search, compile, compare) uses it. Each row gets its leave-one-out prediction."""
+    from ..profile.table import calibration_path, fit_calibration
+
+    fit = fit_calibration([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
+    if fit is None:
+        return None
+    for r, v in zip(rows, fit["loo_us"], strict=True):
+        r["calibrated_us"] = v
+    stats = statistics(fit.pop("loo_us"), [r["measured_us"] for r in rows])
+    fit.update(leave_one_out=stats, table_hash=table.hash, load_avg=summary["load_avg"],
+               fitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), unstable_nets=len(summary["unstable"]))
+    where = calibration_path(path)
+    if fit["better"]:
+        atomic_write_json(where, fit)
+        console.print(f"calibration: measured ≈ {fit['scale']:.3f} × table sum {fit['offset_us']:+.1f} µs; leave-one-"
+                      f"out median |error| {fit['loo_median_abs_error_pct']:.1f}% against "
+                      f"{fit['additive_median_abs_error_pct']:.1f}% for the plain sum: written to {where}, used by "
+                      "every later prediction of this table")
+    else:
+        console.print(f"calibration not used: leave-one-out median |error| {fit['loo_median_abs_error_pct']:.1f}% "
+                      f"does not beat the plain sum's {fit['additive_median_abs_error_pct']:.1f}%")
+    return fit
 
 
 def _compile(model, a, spec, db):
@@ -196,15 +224,26 @@ def summary_line(doc: dict) -> str:
     return (f"{doc['space']['name']} on {doc['target']['name']}, {s['nets']} nets: |error| median "
             f"{s['median_abs_error_pct']:.1f}%, worst {s['worst_abs_error_pct']:.1f}%; within ±5% "
             f"{100 * s['within_5pct']:.0f}%, ±10% {100 * s['within_10pct']:.0f}%; Kendall τ {s['kendall_tau']:.2f}, "
-            f"Spearman ρ {s['spearman_rho']:.2f} (load average {load:.2f}){flag}")
+            f"Spearman ρ {s['spearman_rho']:.2f} (load average {load:.2f}){flag}{_calibrated_line(s)}")
+
+
+def _calibrated_line(s: dict) -> str:
+    c = s.get("calibration")
+    if not c or not c.get("better"):
+        return ""
+    lo = c["leave_one_out"]
+    return (f"\ncalibrated (leave-one-out): |error| median {lo['median_abs_error_pct']:.1f}%, worst "
+            f"{lo['worst_abs_error_pct']:.1f}%; within ±5% {100 * lo['within_5pct']:.0f}%, ±10% "
+            f"{100 * lo['within_10pct']:.0f}%; Kendall τ {lo['kendall_tau']:.2f}")
 
 
 def result_table(doc: dict) -> Table:
     t = Table(title=f"predicted (table) against measured (compiled) on {doc['target']['name']}")
-    for c in ("net", "predicted µs", "measured µs (median, IQR)", "error %", "untuned kernels"):
+    for c in ("net", "table sum µs", "calibrated µs", "measured µs (median, IQR)", "error %", "untuned kernels"):
         t.add_column(c, justify="left" if c == "net" else "right")
     for r in doc["nets"]:
-        t.add_row(r["net"], f"{r['predicted_us']:,.1f}",
+        cal = r.get("calibrated_us")
+        t.add_row(r["net"], f"{r['predicted_us']:,.1f}", "—" if cal is None else f"{cal:,.1f}",
                   format_us(r["measured_us"], r["measured_q1"], r["measured_q3"], r["stable"]).replace(" µs", ""),
                   f"{r['error_pct']:+.1f}", str(r["untuned_kernels"]))
     return t
@@ -220,7 +259,9 @@ def plot(doc: dict, path: Path) -> str:
     from ..io import atomic_write_bytes
 
     rows = doc["nets"]
-    p = np.array([r["predicted_us"] for r in rows])
+    cal = (doc["summary"].get("calibration") or {}).get("better")
+    additive = np.array([r["predicted_us"] for r in rows])
+    p = np.array([r["calibrated_us"] for r in rows]) if cal else additive
     m = np.array([r["measured_us"] for r in rows])
     lo = np.array([r["measured_us"] - r["measured_q1"] for r in rows])
     hi = np.array([r["measured_q3"] - r["measured_us"] for r in rows])
@@ -231,16 +272,20 @@ def plot(doc: dict, path: Path) -> str:
     for i in np.flatnonzero(~random):
         ax.errorbar(p[i], m[i], yerr=[[lo[i]], [hi[i]]], fmt="s", ms=6, color="#d62728")
         ax.annotate(rows[i]["net"], (p[i], m[i]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    lim = [0.95 * min(p.min(), m.min()), 1.05 * max(p.max(), m.max())]
+    if cal:
+        ax.scatter(additive, m, s=14, facecolors="none", edgecolors="#999", label="table sum (not calibrated)")
+    lim = [0.95 * min(p.min(), m.min(), additive.min()), 1.05 * max(p.max(), m.max(), additive.max())]
     ax.plot(lim, lim, "--", color="#555", lw=1, label="measured = predicted")
     ax.fill_between(lim, [v * 0.95 for v in lim], [v * 1.05 for v in lim], color="#999", alpha=0.2, label="±5%")
     ax.set_xlim(lim)
     ax.set_ylim(lim)
-    ax.set_xlabel("predicted latency (µs, latency table)")
+    ax.set_xlabel("predicted latency (µs, " + ("calibrated table, leave-one-out)" if cal else "latency table)"))
     ax.set_ylabel("measured latency (µs, compiled module)")
     s = doc["summary"]
-    ax.set_title(f"{doc['space']['name']} on {doc['target']['name']}: median |err| {s['median_abs_error_pct']:.1f}%,"
-                 f" τ {s['kendall_tau']:.2f}", fontsize=9)
+    shown = s["calibration"]["leave_one_out"] if cal else s
+    ax.set_title(f"{doc['space']['name']} on {doc['target']['name']}: median |err| "
+                 f"{shown['median_abs_error_pct']:.1f}%, τ {shown['kendall_tau']:.2f}"
+                 + (f" (table sum: {s['median_abs_error_pct']:.1f}%)" if cal else ""), fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     import io as _io

@@ -5,6 +5,8 @@ Format: docs/formats.md.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,8 @@ class LatencyTable:
     meta: dict = field(default_factory=dict)
     entries: dict[str, dict] = field(default_factory=dict)
     path: Path | None = None
+    # measured ≈ scale × additive + offset, fitted by `tvm-nas validate` on compiled nets (None: additive)
+    calibration: dict | None = None
 
     # -- file format ---------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -110,6 +114,7 @@ class LatencyTable:
                 raise TvmNasError(f"{path}: field 'invocation.median': {v!r} is not a per-call cost below every "
                                   "entry; re-measure with tvm-nas profile")
         table = cls(d["space"], d["target"], meta, d["entries"], path)
+        table.calibration = load_calibration(calibration_path(path), table.hash)
         if space is not None:
             table.check_space(space)
         if target_name is not None:
@@ -142,12 +147,23 @@ class LatencyTable:
         """What one call of a compiled module costs besides its kernels (0 for a table measured without it)."""
         return float(self.meta.get("invocation", {}).get("median", 0.0))
 
-    def latency(self, key: OpKey | str) -> float:
+    def latency(self, key: OpKey | str, calibrated: bool = True) -> float:
         """Latency (µs) one op adds to a network: its median less the per-call cost; ``zero`` costs nothing.
 
         Each entry is the time of a whole module call; a network is one call, so the call's own cost
-        (:attr:`invocation_us`) is counted once, in :meth:`fixed_latency`.
+        (:attr:`invocation_us`) is counted once, in :meth:`fixed_latency`. With a calibration (see
+        :func:`fit_calibration`), every op's latency is multiplied by its scale and the offset is added once per
+        net, in :meth:`fixed_latency`: an affine map, so expected latency stays ``fixed + Σ p_b @ v_b``.
         """
+        return self._scale(calibrated) * self._additive(key)
+
+    def _scale(self, calibrated: bool) -> float:
+        return float(self.calibration["scale"]) if calibrated and self.calibration else 1.0
+
+    def _offset(self, calibrated: bool) -> float:
+        return float(self.calibration["offset_us"]) if calibrated and self.calibration else 0.0
+
+    def _additive(self, key: OpKey | str) -> float:
         k = key.key if isinstance(key, OpKey) else key
         if (key.op if isinstance(key, OpKey) else OpKey.from_key(k).op) == "zero":
             return 0.0
@@ -158,10 +174,11 @@ class LatencyTable:
                               f"run: tvm-nas profile --space {self.space.get('name')} "
                               f"--target {self.target.get('name')}") from None
 
-    def fixed_latency(self, space: SearchSpace) -> float:
+    def fixed_latency(self, space: SearchSpace, calibrated: bool = True) -> float:
         """Latency (µs) of what every net has: stem (with the input transpose), first block, head, classifier,
-        and the one module call."""
-        return self.invocation_us + sum(self.latency(k) for k in space.fixed_layers())
+        and the one module call (and the calibration's offset)."""
+        raw = self.invocation_us + sum(self._additive(k) for k in space.fixed_layers())
+        return self._scale(calibrated) * raw + self._offset(calibrated)
 
     def block_vector(self, block: Block) -> np.ndarray:
         """Latency (µs) of each candidate of a block, in the block's candidate order (zero -> 0)."""
@@ -171,12 +188,14 @@ class LatencyTable:
         """One latency vector per searchable block, so expected latency is ``fixed + Σ p_b @ v_b``."""
         return [self.block_vector(b) for b in space.blocks()]
 
-    def predict(self, space: SearchSpace, ops: list[str]) -> float:
-        """Predicted latency (µs) of a whole net: fixed layers plus the chosen op of every block."""
+    def predict(self, space: SearchSpace, ops: list[str], calibrated: bool = True) -> float:
+        """Predicted latency (µs) of a whole net: fixed layers plus the chosen op of every block (calibrated when
+        the table has a calibration, unless `calibrated` is False: the plain sum of the table)."""
         blocks = space.blocks()
         if len(ops) != len(blocks):
             raise TvmNasError(f"{len(ops)} ops given for the {len(blocks)} blocks of space '{space.name}'")
-        return self.fixed_latency(space) + sum(self.latency(b.key(op)) for b, op in zip(blocks, ops, strict=True))
+        return self.fixed_latency(space, calibrated) + sum(self.latency(b.key(op), calibrated)
+                                                           for b, op in zip(blocks, ops, strict=True))
 
     def extremes(self, space: SearchSpace) -> tuple[list[str], list[str]]:
         """The fastest and the slowest net of the space under this table (per-block argmin / argmax)."""
@@ -190,3 +209,51 @@ class LatencyTable:
 
 def table_path(logs_dir: str | os.PathLike, target_name: str, space_name: str) -> Path:
     return Path(logs_dir) / target_name / f"{space_name}.latency.json"
+
+
+# -- calibration: what additivity misses, learned from compiled nets ---------------------------------------------
+def calibration_path(table: str | os.PathLike) -> Path:
+    """`<space>.calibration.json` beside `<space>.latency.json`."""
+    table = Path(table)
+    return table.with_name(table.name.replace(".latency.json", "") + ".calibration.json")
+
+
+def load_calibration(path: Path, table_hash: str) -> dict | None:
+    """The calibration beside a table, or None when there is none, or when it was fitted to other entries (the
+    table was measured again since) or is damaged: the table then predicts its plain sum."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(d, dict) or d.get("table_hash") != table_hash:
+        return None
+    a, b = d.get("scale"), d.get("offset_us")
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
+    return d if ok and a > 0 else None
+
+
+def fit_calibration(predicted, measured) -> dict | None:
+    """Fit measured ≈ scale × predicted + offset, and score it leave-one-out against the plain sum.
+
+    Returns None with fewer than 5 nets. Otherwise the fit on all nets, each net's leave-one-out prediction
+    (`loo_us`: fitted on the other nets only) and `better`: whether the leave-one-out median |error| beats the plain
+    sum's (and the scale is positive). Only then is the calibration used.
+    """
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(p) < 5 or np.ptp(p) == 0:
+        return None
+    scale, offset = np.polyfit(p, m, 1)
+    loo = []
+    for i in range(len(p)):
+        keep = np.arange(len(p)) != i
+        a, b = np.polyfit(p[keep], m[keep], 1) if np.ptp(p[keep]) > 0 else (1.0, 0.0)
+        loo.append(float(a * p[i] + b))
+    loo = np.array(loo)
+    add_err, loo_err = 100 * np.abs(p / m - 1), 100 * np.abs(loo / m - 1)
+    return {"scale": float(scale), "offset_us": float(offset), "nets": int(len(p)), "loo_us": loo.tolist(),
+            "loo_median_abs_error_pct": float(np.median(loo_err)), "loo_worst_abs_error_pct": float(loo_err.max()),
+            "additive_median_abs_error_pct": float(np.median(add_err)),
+            "additive_worst_abs_error_pct": float(add_err.max()),
+            "better": bool(scale > 0 and np.median(loo_err) < np.median(add_err))}

@@ -239,19 +239,25 @@ def plot_predicted_measured(s: RunSummary, path: Path) -> str | None:
         return "no compiled net has both a predicted and a measured latency in summary.json"
     fig = Figure(figsize=(6.2, 5.2))
     ax = fig.add_subplot()
-    _scatter_nets(ax, nets, lambda n: (n.predicted_us, n.measured_us, True))
-    vals = [v for n in nets for v in (n.predicted_us, n.measured_us)]
+    cal = all(n.calibrated_us is not None for n in nets)
+    if cal:  # the calibrated prediction is the table's prediction from now on; the plain sum shown hollow
+        ax.scatter([n.predicted_us for n in nets], [n.measured_us for n in nets], s=22, facecolors="none",
+                   edgecolors="#999", label="table sum (before calibration)")
+    x = (lambda n: n.calibrated_us) if cal else (lambda n: n.predicted_us)
+    _scatter_nets(ax, nets, lambda n: (x(n), n.measured_us, True))
+    vals = [v for n in nets for v in (n.predicted_us, n.measured_us, x(n))]
     lo, hi = min(vals), max(vals)
     pad = 0.08 * (hi - lo) if hi > lo else 0.1 * hi + 1
     lim = (max(0.0, lo - pad), hi + pad)
     ax.plot(lim, lim, color="#555", ls="--", lw=1, label="measured = predicted")
     for n in nets:  # interquartile range of the interleaved measurement
         if n.measured_q1 is not None and n.measured_q3 is not None:
-            ax.plot([n.predicted_us] * 2, [n.measured_q1, n.measured_q3], color="#888", lw=1)
+            ax.plot([x(n)] * 2, [n.measured_q1, n.measured_q3], color="#888", lw=1)
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_aspect("equal")
-    ax.set_xlabel("predicted latency (µs, latency table)")
+    ax.set_xlabel("predicted latency (µs, " + ("calibrated table, each net fitted on the others)" if cal
+                                               else "latency table)"))
     ax.set_ylabel("measured latency (µs, compiled module)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

@@ -141,8 +141,19 @@ def _validation(s: RunSummary) -> str:
             ["load average while measured", NA if load is None else f"{load:.2f}"]]
     if m.get("unstable"):
         rows.append(["unstable (rounds disagreed)", _e(", ".join(m["unstable"]))])
+    cal = m.get("calibration") or {}
+    if cal.get("leave_one_out"):
+        lo = cal["leave_one_out"]
+        rows += [["calibration: measured ≈", f"{cal['scale']:.3f} × table sum {cal['offset_us']:+.1f} µs"
+                  + ("" if cal.get("better") else " (not used: no better than the plain sum)")],
+                 ["calibrated, leave-one-out: |error| median / worst",
+                  f"{lo['median_abs_error_pct']:.1f}% / {lo['worst_abs_error_pct']:.1f}%"],
+                 ["calibrated, leave-one-out: within ±5% / ±10%; τ",
+                  f"{100 * lo['within_5pct']:.0f}% / {100 * lo['within_10pct']:.0f}%; {lo['kendall_tau']:.2f}"]]
     return (_table(None, rows) + "<p class='small'>Every net compiled with the target's database and timed "
-            "interleaved (median and interquartile range); error = (predicted − measured) / measured.</p>")
+            "interleaved (median and interquartile range); error = (predicted − measured) / measured. The "
+            "calibration is fitted on the nets; each net's calibrated figure comes from a fit on the other nets "
+            "only.</p>")
 
 
 def _peers_table(s: RunSummary) -> str:

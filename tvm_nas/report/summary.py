@@ -94,6 +94,7 @@ class NetInfo(_Part):
     measured_q3: float | None = None
     stable: bool | None = None
     compile_measured_us: float | None = None
+    calibrated_us: float | None = None  # the validate stage's calibrated prediction (fitted on the other nets)
 
 
 class ValidationInfo(_Part):
