@@ -347,7 +347,10 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
         "compile_seconds": round(compile_s, 2),
         "verification": checked,
         "predicted_latency_us": predicted,
-        "latency_table": None if table is None else {"path": str(table.path), "hash": table.hash},
+        "latency_table": None if table is None else {
+            "path": str(table.path), "hash": table.hash,
+            "calibration": None if not table.calibration else {k: table.calibration[k] for k in (
+                "scale", "offset_us", "nets", "loo_median_abs_error_pct")}},
         "measured_latency_us": measured,
         "measured_iqr_us": [timing["q1"], timing["q3"]] if timing else None,
         "measurement": {"how": how, **(timing or {})},
@@ -364,5 +367,6 @@ def _summary(m: dict) -> str:
     ratio = f"{r:.2f}×" if r else "—"
     t = m["measurement"]
     spread = "" if ms is None else f" (IQR {t['q1']:,.1f}–{t['q3']:,.1f}{'' if t['stable'] else ', UNSTABLE'})"
-    return (f"{m['target']['name']}: predicted {_fmt(p)} (table) vs measured {_fmt(ms)}{spread} → ratio {ratio}; "
+    how = "calibrated table" if (m.get("latency_table") or {}).get("calibration") else "table"
+    return (f"{m['target']['name']}: predicted {_fmt(p)} ({how}) vs measured {_fmt(ms)}{spread} → ratio {ratio}; "
             f"verification {m['verification']['status']} ({m['verification']['how']})")
