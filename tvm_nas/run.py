@@ -134,6 +134,10 @@ class Run:
         dest = self.dir / "table" / table.path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(table.path, dest)
+        if table.calibration:  # fitted by an earlier validate: the run predicts what the rest of the product does
+            from .profile.table import calibration_path
+
+            shutil.copyfile(calibration_path(table.path), calibration_path(dest))
         fast, slow = table.extremes(self.space)
         lo, hi = table.predict(self.space, fast), table.predict(self.space, slow)
         budget = self.cfg.latency_ms * 1000 if self.cfg.latency_ms else (lo + hi) / 2
