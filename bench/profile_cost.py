@@ -256,7 +256,7 @@ def mode_table(args) -> dict:
         if args.no_profile:
             if not table.is_file():
                 raise SystemExit(f"--no-profile: {table} does not exist")
-            profile_s = json.loads(table.read_text()).get("meta", {}).get("timing", {})
+            profile_s = json.loads(table.read_text()).get("timing", {})
             console.print(f"using the table {table} ({profile_s})")
         else:
             t0 = time.perf_counter()
