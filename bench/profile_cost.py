@@ -302,7 +302,7 @@ def _at_threads(spec, n: int, logs: Path):
     path.write_text(json.dumps(d))
     dest = logs / d["name"]
     dest.mkdir(parents=True, exist_ok=True)
-    for f in (dbfile.WORKLOADS, dbfile.RECORDS):
+    for f in (dbfile.WORKLOADS, dbfile.RECORDS, "target.json"):
         shutil.copyfile(logs / spec.name / f, dest / f)
     return load_target(str(path)), str(path)
 

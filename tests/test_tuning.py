@@ -216,6 +216,17 @@ def test_damaged_target_stamp_is_named(tuned, tmp_path, content):
         tuning.open_database(work_dir, spec)
 
 
+def test_database_without_stamp_is_used_not_ignored(tuned, tmp_path):
+    """Records copied or merged by hand (no target.json) must not make compile fall back to default schedules."""
+    work_dir, tasks, spec = _copy(tuned, tmp_path)
+    (work_dir / "target.json").unlink()
+    said = []
+    db = tuning.open_database(work_dir, spec, create=False, say=said.append)
+    assert db is not None and all(tuning.records(db, t.mod) == 1 for t in tasks.values())
+    assert "without target.json" in said[0] and (work_dir / "target.json").is_file()
+    assert tuning.open_database(tmp_path / "empty", spec, create=False) is None  # no records: no database
+
+
 def test_time_budget_resumes_with_what_is_left(tuned, tmp_path):
     """A --time-budget is the total for the kernels: a rerun after a kill tunes only for the time left."""
     from tvm_nas.backend.tuner import tune_budgeted

@@ -90,8 +90,11 @@ def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable
                               f"{theirs.get('name')!r} ({theirs.get('tvm')}), not {spec.name!r} "
                               f"({mine['tvm']}); a database serves one target only: use another --logs-dir "
                               f"or delete {work_dir}")
-    elif not create:
+    elif not create and not (work_dir / dbfile.WORKLOADS).is_file():
         return None
+    elif (work_dir / dbfile.WORKLOADS).is_file():  # records without a stamp (copied or merged by hand): adopt
+        say(f"{work_dir}: a tuning database without target.json; it is taken to serve target {spec.name!r} and "
+            "stamped so")
     work_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
         atomic_write_json(stamp, mine)
