@@ -187,7 +187,14 @@ def _calibrate(table, path: Path, rows: list[dict], summary: dict, console) -> d
     fit.update(leave_one_out=stats, table_hash=table.hash, load_avg=summary["load_avg"],
                fitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), unstable_nets=len(summary["unstable"]))
     where = calibration_path(path)
-    if fit["better"]:
+    if fit["better"] and summary["unstable"]:  # a machine that changed speed mid-validation: it would learn that
+        fit["better"] = False
+        fit["not_used"] = f"{len(summary['unstable'])} net(s) unstable"
+        console.print(f"calibration not used: {len(summary['unstable'])} of {len(rows)} nets were unstable (the "
+                      "machine changed speed while they were timed), and a fit to them would learn the machine's "
+                      f"state, not the table's error; leave-one-out it gave {fit['loo_median_abs_error_pct']:.1f}% "
+                      f"against {fit['additive_median_abs_error_pct']:.1f}% for the plain sum")
+    elif fit["better"]:
         atomic_write_json(where, fit)
         console.print(f"calibration: measured ≈ {fit['scale']:.3f} × table sum {fit['offset_us']:+.1f} µs; leave-one-"
                       f"out median |error| {fit['loo_median_abs_error_pct']:.1f}% against "

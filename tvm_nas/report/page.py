@@ -145,7 +145,8 @@ def _validation(s: RunSummary) -> str:
     if cal.get("leave_one_out"):
         lo = cal["leave_one_out"]
         rows += [["calibration: measured ≈", f"{cal['scale']:.3f} × table sum {cal['offset_us']:+.1f} µs"
-                  + ("" if cal.get("better") else " (not used: no better than the plain sum)")],
+                  + ("" if cal.get("better") else
+                     f" (not used: {cal.get('not_used') or 'no better than the plain sum'})")],
                  ["calibrated, leave-one-out: |error| median / worst",
                   f"{lo['median_abs_error_pct']:.1f}% / {lo['worst_abs_error_pct']:.1f}%"],
                  ["calibrated, leave-one-out: within ±5% / ±10%; τ",
