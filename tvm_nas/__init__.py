@@ -9,15 +9,6 @@ import importlib
 
 __version__ = "0.1.0"
 
-# The CPUs this process may use, read before TVM's thread pool starts: the pool pins the main thread to one core
-# (deploy/peers.py gives the peers their cores back). None where the OS has no affinity call.
-try:
-    import os as _os
-
-    START_CPUS: frozenset[int] | None = frozenset(_os.sched_getaffinity(0))
-except (AttributeError, OSError):
-    START_CPUS = None
-
 _EXPORTS = {
     "load_space": ".space", "SearchSpace": ".space",
     "load_target": ".targets", "TargetSpec": ".targets",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
@@ -23,36 +22,6 @@ def untuned_module(model: torch.nn.Module, a: Arch, spec: TargetSpec):
     return build_module(fused, spec, None)
 
 
-@contextlib.contextmanager
-def all_cores():
-    """Run the calling thread on every CPU the process started with, then put its own mask back.
-
-    TVM's pool pins the main thread (its worker 0) to one core when it starts. Threads inherit the mask of the
-    thread that creates them, so ONNX Runtime's intra-op threads and PyTorch's OpenMP threads, created later from
-    the main thread, would all share that one core: measured here, ONNX Runtime at 2 threads ran 2.9× slower
-    than alone (docs/measurement.md). Peers are created and run inside this.
-    """
-    import tvm_nas
-
-    if tvm_nas.START_CPUS is None:
-        yield
-        return
-    mine = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, tvm_nas.START_CPUS)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, mine)
-
-
-def _on_all_cores(sampler):
-    def run():
-        with all_cores():
-            return sampler()
-
-    return run
-
-
 def time_with_peers(model: torch.nn.Module, a: Arch, spec: TargetSpec, library: str | os.PathLike,
                     onnx_path: str | os.PathLike, x: np.ndarray) -> dict[str, Timing]:
     """TVM's shipped module and its peers (TVM untuned, PyTorch eager, ONNX Runtime) timed interleaved, with the
@@ -69,21 +38,19 @@ def time_with_peers(model: torch.nn.Module, a: Arch, spec: TargetSpec, library: 
     loaded = {"tvm": measure.load(library, [x], spec),
               "tvm-untuned": measure.load(untuned_module(model, a, spec), [x], spec)}
     old = torch.get_num_threads()
-    with all_cores():  # the peers' threads are created here: they must not inherit TVM's one-core mask
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        xt = torch.from_numpy(x)
-        sess = ort_session(onnx_path, spec.threads)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    xt = torch.from_numpy(x)
+    sess = ort_session(onnx_path, spec.threads)
     name = sess.get_inputs()[0].name
     threads = f"{spec.threads or 'default'} threads"
     try:
         with torch.inference_mode():
-            with all_cores():
-                pt, n_pt = python_sampler(lambda: model(xt), protocol)
-                ort, n_ort = python_sampler(lambda: sess.run(None, {name: x}), protocol)
+            pt, n_pt = python_sampler(lambda: model(xt), protocol)
+            ort, n_ort = python_sampler(lambda: sess.run(None, {name: x}), protocol)
             return measure.time_loaded(loaded, spec, protocol=protocol, extra={
-                "pytorch": (_on_all_cores(pt), f"PyTorch eager, {threads}", n_pt),
-                "onnxruntime": (_on_all_cores(ort), f"ONNX Runtime (no spinning), {threads}", n_ort)})
+                "pytorch": (pt, f"PyTorch eager, {threads}", n_pt),
+                "onnxruntime": (ort, f"ONNX Runtime (no spinning), {threads}", n_ort)})
     finally:
         torch.set_num_threads(old)
 
