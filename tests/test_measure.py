@@ -130,12 +130,9 @@ def test_validate_locally(micro_space, micro_logs, quick, tmp_path):
     doc = _check_validate(tmp_path / "v", 2)
     assert doc["where"].startswith("local")
     assert "Kendall τ" in r.stdout and "load average" in r.stdout
-    cal = doc["summary"]["calibration"]  # fitted on the nets, scored leave-one-out, used only when better
-    assert cal["nets"] == len(doc["nets"]) and "kendall_tau" in cal["leave_one_out"]
-    assert all("calibrated_us" in n for n in doc["nets"])
-    written = logs / "quick" / "micro.calibration.json"
-    assert written.is_file() == cal["better"]
-    assert ("calibration: measured ≈" in r.stdout) == cal["better"]
+    # the micro space has two distinct nets: too few to fit a calibration (the fit is tested below), none written
+    assert len(doc["nets"]) < 5 and doc["summary"]["calibration"] is None
+    assert not (logs / "quick" / "micro.calibration.json").exists() and "calibration" not in r.stdout
 
 
 # -- calibration -------------------------------------------------------------------------------------------------
