@@ -62,8 +62,10 @@ def test_profile_through_rpc(micro_space, rpc_target, tmp_path):
 def test_interrupted_profile_resumes(tmp_path):
     """Ctrl-C in the middle of measuring, then the same command: measured ops are kept, the rest filled in."""
     path = tmp_path / "host" / "tiny.latency.json"
+    # a runner started in the background (`cmd &`) ignores SIGINT, and children inherit that: give Ctrl-C back
     proc = subprocess.Popen([str(TVM_NAS), "profile", "--space", "tiny", "--target", "host",
-                             "--logs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--logs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while time.time() < deadline:
         if path.exists() and len(json.loads(path.read_text())["entries"]) >= 2:
