@@ -53,6 +53,8 @@ def learned_correction(nets: list[dict]) -> dict:
     net's op counts plus the prediction. The additive table is the baseline. Reported: median |error| of each."""
     import xgboost as xgb
 
+    from tvm_nas.profile.table import fit_calibration
+
     rows = [r for r in nets if r.get("measured_us") and r.get("predicted_us")]
     if len(rows) < 6:
         return {}
@@ -60,13 +62,13 @@ def learned_correction(nets: list[dict]) -> dict:
     pred = np.array([r["predicted_us"] for r in rows])
     meas = np.array([r["measured_us"] for r in rows])
     feats = np.array([[r["predicted_us"]] + [r["ops"].count(o) for o in ops] for r in rows])
+    linear = fit_calibration(pred, meas)["loo_us"]  # the product's own calibration, leave-one-out
     err = {"additive": [], "linear": [], "xgboost": []}
     for i in range(len(rows)):
         m = np.arange(len(rows)) != i
-        a, b = np.polyfit(pred[m], meas[m], 1)
         model = xgb.XGBRegressor(n_estimators=50, max_depth=2, learning_rate=0.2, n_jobs=1)
         model.fit(feats[m], meas[m] / pred[m])  # learn the ratio: the table's scale stays the prior
-        guess = {"additive": pred[i], "linear": a * pred[i] + b,
+        guess = {"additive": pred[i], "linear": linear[i],
                  "xgboost": pred[i] * float(model.predict(feats[i:i + 1])[0])}
         for k, g in guess.items():
             err[k].append(100 * abs(g / meas[i] - 1))

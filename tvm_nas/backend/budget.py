@@ -228,10 +228,8 @@ class TimeLedger:
 
         try:
             data = json.loads(self.path.read_text())
-        except FileNotFoundError:
+        except (OSError, ValueError):  # missing, or damaged: the budget starts again (the database is intact)
             return {}
-        except (OSError, ValueError):
-            return {}  # damaged: the budget starts again rather than refusing to tune (the database is intact)
         if not isinstance(data, dict):
             return {}
         return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("spent_s"), (int, float))
