@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from tvm_nas.deploy.validate import statistics
 from tvm_nas.io import atomic_write_json
 from tvm_nas.profile import profile
 from tvm_nas.profile.table import table_path
@@ -97,23 +96,12 @@ def main() -> int:
         first = _validate(args, Path(tmp) / "1")
         second = _validate(args, Path(tmp) / "2") if args.twice else None
     s = dict(first["summary"])
-    if all(r.get("raw_us") for r in first["nets"]):  # the same nets as timed, before the canary's correction
-        s["as_timed"] = statistics([r["predicted_us"] for r in first["nets"]], [r["raw_us"] for r in first["nets"]])
-        sp = s.get("speed") or {}
-        console.print(f"as timed (no canary correction): |error| median {s['as_timed']['median_abs_error_pct']:.1f}%,"
-                      f" within ±5% {100 * s['as_timed']['within_5pct']:.0f}%, Kendall τ "
-                      f"{s['as_timed']['kendall_tau']:.2f}; machine speed {sp.get('median', 0):.2f}x the "
-                      f"{sp.get('reference')}'s (range {sp.get('min', 0):.2f}–{sp.get('max', 0):.2f})")
     if second:
-        for key, label in (("measured_us", ""), ("raw_us", "_as_timed")):
-            m1 = {r["net"]: r.get(key) for r in first["nets"]}
-            drift = [100 * abs(r[key] / m1[r["net"]] - 1) for r in second["nets"] if r.get(key) and m1[r["net"]]]
-            if drift:
-                s.update({f"stage_drift{label}_pct": float(np.median(drift)),
-                          f"stage_drift{label}_worst_pct": float(np.max(drift))})
-                console.print(f"same modules, two processes{label.replace('_', ' ')}: medians moved by "
-                              f"{np.median(drift):.1f}% (median), {np.max(drift):.1f}% (worst) (load average "
-                              f"{os.getloadavg()[0]:.2f})")
+        m1 = {r["net"]: r["measured_us"] for r in first["nets"]}
+        drift = [100 * abs(r["measured_us"] / m1[r["net"]] - 1) for r in second["nets"]]
+        s.update(stage_drift_pct=float(np.median(drift)), stage_drift_worst_pct=float(np.max(drift)))
+        console.print(f"same modules, two processes: medians moved by {s['stage_drift_pct']:.1f}% (median), "
+                      f"{s['stage_drift_worst_pct']:.1f}% (worst) (load average {os.getloadavg()[0]:.2f})")
     learned = learned_correction(first["nets"])
     for k, v in learned.items():
         console.print(f"leave-one-out, {k}: median |error| {v['median_abs_error_pct']:.1f}%, worst "

@@ -40,6 +40,14 @@ def micro_space(tmp_path_factory) -> Path:
     return write_yaml(tmp_path_factory.mktemp("spaces") / "micro.yaml", MICRO_SPACE)
 
 
+def quick_target(folder: Path, name: str = "quick") -> Path:
+    """This machine's CPU with short measurement windows, for tests of what is done with figures, not of the
+    figures (the full protocol on `host` runs in the profile, deploy and compare tests)."""
+    return write_yaml(Path(folder) / f"{name}.yaml", {
+        "name": name, "tvm": {"kind": "llvm", "mcpu": "auto"}, "threads": 2,
+        "evaluator": {"number": 5, "repeat": 5, "min_repeat_ms": 5}})
+
+
 @pytest.fixture(scope="session")
 def tiny_logs(tmp_path_factory) -> Path:
     """A logs dir holding the real latency table of the `tiny` space on `host` (TVM default schedules)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TVM_NAS
+from conftest import TVM_NAS, quick_target
 
 from tvm_nas.arch import load_architecture
 from tvm_nas.cli import main as cli_main
@@ -34,12 +34,19 @@ def write_arch(path: Path, ops=OPS) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_host_logs(tmp_path_factory) -> Path:
+def host(tmp_path_factory) -> str:
+    """This machine's CPU as `host` with short measurement windows (its own definition, so its own tables): these
+    tests check builds, databases and outputs, not figures."""
+    return str(quick_target(tmp_path_factory.mktemp("targets"), name="host"))
+
+
+@pytest.fixture(scope="session")
+def tiny_host_logs(host, tmp_path_factory) -> Path:
     """The tiny space profiled on the host with a tiny tuning budget (a real database with a few records)."""
     from tvm_nas.profile.profiler import profile
 
     logs = tmp_path_factory.mktemp("tuning_logs")
-    profile("tiny", "host", trials=PROFILE_TRIALS, logs_dir=logs)
+    profile("tiny", host, trials=PROFILE_TRIALS, logs_dir=logs)
     return logs
 
 
@@ -49,10 +56,10 @@ def arch_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def host_build(tiny_host_logs, arch_file, tmp_path_factory):
+def host_build(host, tiny_host_logs, arch_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "host"
     records = (tiny_host_logs / "host" / "database_tuning_record.json").read_text()
-    manifest = compile_arch(arch_file, "host", out=out, logs_dir=tiny_host_logs, trials=0)
+    manifest = compile_arch(arch_file, host, out=out, logs_dir=tiny_host_logs, trials=0)
     return out, manifest, records
 
 
@@ -108,6 +115,9 @@ def test_host_compile_load_and_numerics(host_build, arch_file):
     assert m["verification"]["status"] == "passed" and m["verification"]["max_abs_err"] <= 1e-4
     assert m["measured_latency_us"] > 0 and m["measurement"]["count"] >= 2
     assert m["predicted_latency_us"] > 0 and m["measured_over_predicted"] > 0
+    # put at the latency table's machine speed by the canary kernel; what was timed is kept beside it
+    table = json.loads(Path(m["latency_table"]["path"]).read_text())
+    assert m["measurement"]["canary_ref_us"] == table["canary"]["median"] and m["measurement"]["raw_median"] > 0
     assert m["tvm_version"] and json.loads((out / MANIFEST).read_text()) == m
     x = example_input((1, 3, 16, 16), seed=11)
     model = build_network_from_arch(arch_file)
@@ -124,14 +134,14 @@ def test_profiled_tasks_are_reused_not_retuned(host_build, tiny_host_logs):
 
 
 @pytest.mark.slow
-def test_only_missing_tasks_are_tuned(host_build, tiny_host_logs, arch_file, tmp_path):
+def test_only_missing_tasks_are_tuned(host, host_build, tiny_host_logs, arch_file, tmp_path):
     _, first, _ = host_build
     logs = tmp_path / "logs"
     shutil.copytree(tiny_host_logs, logs)
     before = _record_lines(logs)
     # a fresh process: MetaSchedule's logging setup fails on a second tuning run in one pytest process
     proc = subprocess.run([str(TVM_NAS), "compile", "--arch", str(arch_file),
-                           "--target", "host", "--out", str(tmp_path / "out"), "--logs-dir", str(logs),
+                           "--target", host, "--out", str(tmp_path / "out"), "--logs-dir", str(logs),
                            "--trials", "1", "--no-measure"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     t = json.loads((tmp_path / "out" / MANIFEST).read_text())["tuning"]
@@ -142,11 +152,11 @@ def test_only_missing_tasks_are_tuned(host_build, tiny_host_logs, arch_file, tmp
 
 
 @pytest.mark.slow
-def test_onnx_route_agrees_with_torch_export(host_build, arch_file, tiny_host_logs, tmp_path):
+def test_onnx_route_agrees_with_torch_export(host, host_build, arch_file, tiny_host_logs, tmp_path):
     from tvm_nas.backend.library import run_library
 
     out, _, _ = host_build
-    m = compile_arch(arch_file, "host", out=tmp_path, logs_dir=tiny_host_logs, frontend="onnx",
+    m = compile_arch(arch_file, host, out=tmp_path, logs_dir=tiny_host_logs, frontend="onnx",
                             measure=False)
     assert m["frontend"] == "onnx" and m["verification"]["status"] == "passed"
     x = example_input((1, 3, 16, 16), seed=5)
@@ -257,8 +267,8 @@ def test_bad_rpc_tracker_unreachable(tmp_path, arch_file, capsys):
 
 # -- compare ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_compare_with_baselines_writes_table(tiny_host_logs, arch_file, tmp_path, capsys):
-    rc = cli_main(["compare", "--arch", str(arch_file), "--target", "host", "--baselines", "--logs-dir",
+def test_compare_with_baselines_writes_table(host, tiny_host_logs, arch_file, tmp_path, capsys):
+    rc = cli_main(["compare", "--arch", str(arch_file), "--target", host, "--baselines", "--logs-dir",
                    str(tiny_host_logs), "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")])
     assert rc == 0
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]

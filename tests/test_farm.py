@@ -28,7 +28,7 @@ def _target(tmp_path, port, **evaluator):
     return write_yaml(tmp_path / "farm.yaml", {
         "name": "farm", "tvm": {"kind": "llvm", "mcpu": "auto"},
         "runner": {"kind": "rpc", "tracker_host": "127.0.0.1", "tracker_port": port, "key": "farm"},
-        "threads": 1, "evaluator": evaluator or {"number": 1, "repeat": 5, "min_repeat_ms": 300}})
+        "threads": 1, "evaluator": evaluator or {"number": 1, "repeat": 4, "min_repeat_ms": 150}})
 
 
 def test_tuning_runner_gets_one_worker_per_free_server(farm, tmp_path):

@@ -47,43 +47,6 @@ def test_rounds_interleave_and_an_unstable_module_is_remeasured_and_flagged():
     assert t["a"].q1 <= t["a"].median <= t["a"].q3
 
 
-def test_the_canary_puts_every_round_at_one_machine_speed():
-    # a machine that runs 1.5x slower for a while, then fast again: the module and the canary slow down together
-    calls = {"n": 0, "block": 5}
-    strict = Protocol(number=1, repeat=5, min_repeat_ms=0, rounds=3, max_rounds=6, tolerance=0.05)
-
-    def speed():
-        calls["n"] += 1
-        return 1.5 if (calls["n"] // calls["block"]) % 2 else 1.0
-
-    def module():
-        return [100.0 * speed()] * 5
-
-    def canary():
-        return [40.0 * speed()] * 3
-
-    calls["block"] = 2
-    plain = interleave({"m": module}, strict)["m"]
-    assert not plain.stable  # without the canary, the machine's phases read as an unstable module
-    calls.update(n=0, block=5)
-    t = interleave({"m": module}, strict, canary=canary, canary_ref=40.0)["m"]
-    assert t.canary_ref_us == 40.0 and t.raw_median is not None and t.speed is not None
-    assert t.stable and t.median == pytest.approx(100.0)  # at the reference speed, whichever phase a round hit
-    assert t.dropped_rounds >= 1  # a round during which the speed changed was measured again
-    assert t.to_json()["canary_ref_us"] == 40.0 and "speed" in t.to_json()
-
-
-def test_canary_kernel_computes_and_times_on_this_machine():
-    from tvm_nas.backend import canary
-    from tvm_nas.targets import load_target
-
-    spec = load_target("host")
-    assert canary.check(spec) < 1e-3
-    s = canary.sampler(spec, samples=3)
-    v = s()
-    assert len(v) == 3 and all(x > 0 for x in v)
-
-
 def test_python_sampler_fills_its_window():
     calls = []
     s, number = python_sampler(lambda: calls.append(1), Protocol(number=2, repeat=4, min_repeat_ms=5))
@@ -138,9 +101,6 @@ def test_compiled_net_has_no_kernel_outside_the_table(micro_space, micro_logs, q
     assert table.predict(space, a.ops) == pytest.approx(raw - (n_ops - 1) * inv)
     e = next(iter(table.entries.values()))
     assert e["q1"] <= e["median"] <= e["q3"] and "stable" in e
-    # every entry is put at the table's canary speed, measured once for the table
-    assert table.meta["canary"]["version"] >= 1 and table.meta["canary"]["median"] > 0
-    assert all(e["canary_us"] > 0 and e["raw_median"] > 0 for e in table.entries.values())
 
 
 # -- validate --------------------------------------------------------------------------------------------------
@@ -169,9 +129,6 @@ def test_validate_locally(micro_space, micro_logs, quick, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     doc = _check_validate(tmp_path / "v", 2)
     assert doc["where"].startswith("local")
-    assert doc["summary"]["speed"]["reference"] == "table"  # nets put at the table's canary speed
-    assert all(r["raw_us"] > 0 and r["measurement"]["canary_ref_us"] == doc["summary"]["speed"]["canary_ref_us"]
-               for r in doc["nets"])
     assert "Kendall τ" in r.stdout and "load average" in r.stdout
     # the micro space has two distinct nets: too few to fit a calibration (the fit is tested below), none written
     assert len(doc["nets"]) < 5 and doc["summary"]["calibration"] is None

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import MICRO_SPACE, TVM_NAS, cli, write_yaml
+from conftest import MICRO_SPACE, TVM_NAS, cli, quick_target, write_yaml
 
 from tvm_nas.profile.profiler import profile
 from tvm_nas.profile.table import LatencyTable
@@ -37,15 +37,15 @@ def test_untuned_tiny_table(tiny_table):
 
 
 def test_tuned_micro_table_and_resume(micro_space, tmp_path):
-    space = load_space(micro_space)
-    table = profile(space, "host", trials=8, logs_dir=tmp_path)
+    space, quick = load_space(micro_space), str(quick_target(tmp_path))
+    table = profile(space, quick, trials=8, logs_dir=tmp_path)
     _assert_complete(table, space)
     assert all(e["trials"] > 0 for e in table.entries.values())  # every task got trials
-    db = tmp_path / "host" / "database_tuning_record.json"
+    db = tmp_path / "quick" / "database_tuning_record.json"
     n_records = len(db.read_text().splitlines())
     assert n_records >= 8
     before = {k: e["median"] for k, e in table.entries.items()}
-    again = profile(space, "host", trials=8, logs_dir=tmp_path)
+    again = profile(space, quick, trials=8, logs_dir=tmp_path)
     assert {k: e["median"] for k, e in again.entries.items()} == before  # nothing re-measured
     assert len(db.read_text().splitlines()) == n_records  # nothing re-tuned
 

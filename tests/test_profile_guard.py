@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import cli, write_yaml
+from conftest import cli, quick_target, write_yaml
 
 
 def _one_line(r, match):
@@ -28,17 +28,21 @@ def test_runner_typo_lists_the_accepted_runners(tmp_path):
     _one_line(r, "field 'runner': unknown runner 'lcoal'; accepted runners: 'local'")
 
 
-def test_untuned_profile_does_not_replace_a_tuned_table(tiny_table, tmp_path):
+def test_untuned_profile_does_not_replace_a_tuned_table(micro_space, tmp_path):
     """The table of `profile --trials 8` is kept when `profile --trials 0` runs over it, unless --force."""
-    dest = tmp_path / "host" / "tiny.latency.json"
-    dest.parent.mkdir(parents=True)
-    d = json.loads(tiny_table.read_text())
+    from tvm_nas.profile.profiler import profile
+
+    quick = str(quick_target(tmp_path))
+    profile(str(micro_space), quick, trials=0, logs_dir=tmp_path)
+    dest = tmp_path / "quick" / "micro.latency.json"
+    d = json.loads(dest.read_text())
     d["settings"]["trials"] = 8  # what `--trials 8` writes; the entries stay real measurements
     dest.write_text(json.dumps(d))
     before = dest.read_bytes()
-    r = cli("profile", "--space", "tiny", "--target", "host", "--logs-dir", str(tmp_path))
+    args = ["profile", "--space", str(micro_space), "--target", quick, "--logs-dir", str(tmp_path)]
+    r = cli(*args)
     _one_line(r, "measured with --trials 8; untuned timings would replace it: keep it, or add --force")
     assert dest.read_bytes() == before
-    r = cli("profile", "--space", "tiny", "--target", "host", "--logs-dir", str(tmp_path), "--force")
+    r = cli(*args, "--force")
     assert r.returncode == 0, r.stderr
     assert json.loads(dest.read_text())["settings"]["trials"] == 0

@@ -58,12 +58,6 @@ class Timing:
     Attributes:
         stable: the round medians agreed within the protocol's tolerance; an unstable figure is shown flagged.
         round_medians: median of each round, in the order measured.
-        raw_median: with a canary, the median of the samples as timed, before they were put at the reference
-            speed (None without a canary: `median` is the raw figure).
-        canary_us: the canary's median around this module's rounds.
-        canary_ref_us: the canary speed the figures are expressed at (`median` = raw × ref / canary, per round).
-        dropped_rounds: rounds left out because the machine changed speed during them (the canary before and after
-            disagreed), and measured again.
     """
 
     median: float
@@ -79,20 +73,10 @@ class Timing:
     stable: bool = True
     round_medians: list[float] = field(default_factory=list)
     load: float | None = None
-    raw_median: float | None = None
-    canary_us: float | None = None
-    canary_ref_us: float | None = None
-    dropped_rounds: int = 0
 
     @property
     def iqr(self) -> float:
         return self.q3 - self.q1
-
-    @property
-    def speed(self) -> float | None:
-        """How fast the machine ran while this module was timed, relative to the reference (canary ref / canary):
-        0.7 means 30% slower than when the reference was measured."""
-        return self.canary_ref_us / self.canary_us if self.canary_us and self.canary_ref_us else None
 
     @property
     def spread(self) -> float:
@@ -101,10 +85,7 @@ class Timing:
         return (max(r) - min(r)) / self.median if len(r) > 1 and self.median > 0 else 0.0
 
     def to_json(self) -> dict:
-        d = {**asdict(self), "iqr": self.iqr, "round_spread": round(self.spread, 4)}
-        if self.speed is not None:
-            d["speed"] = round(self.speed, 4)
-        return d
+        return {**asdict(self), "iqr": self.iqr, "round_spread": round(self.spread, 4)}
 
     def label(self) -> str:
         """``123.4 µs (IQR 120.1–125.0)``, with ``UNSTABLE`` appended when the rounds disagreed."""
@@ -112,23 +93,12 @@ class Timing:
 
     @classmethod
     def from_samples(cls, rounds: list[np.ndarray], number: int, where: str, tolerance: float,
-                     load: float | None = None, canary: list[float] | None = None,
-                     canary_ref: float | None = None) -> Timing:
-        """The figure of a module's rounds; with `canary` (its speed around each round) and `canary_ref`, every
-        round's samples are first put at the reference speed (× ref / canary)."""
-        raw = [np.asarray(r, dtype=np.float64) for r in rounds]
-        if canary:
-            rounds = [r * (canary_ref / c) for r, c in zip(raw, canary, strict=True)]
-        else:
-            rounds = raw
-        a = np.concatenate(rounds)
+                     load: float | None = None) -> Timing:
+        a = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds])
         q1, med, q3 = np.percentile(a, [25, 50, 75])
         meds = [float(np.median(r)) for r in rounds]
         t = cls(float(med), float(q1), float(q3), float(a.mean()), float(a.std()), float(a.min()), len(a), number,
                 where, len(rounds), True, meds, load)
-        if canary:
-            t.raw_median = float(np.median(np.concatenate(raw)))
-            t.canary_us, t.canary_ref_us = float(np.median(canary)), float(canary_ref)
         t.stable = t.spread <= tolerance
         return t
 
@@ -144,8 +114,8 @@ def format_us(median: float | None, q1: float | None = None, q3: float | None = 
 
 
 def interleave(samplers: dict[str, Sampler], protocol: Protocol = Protocol(), where: dict[str, str] | None = None,
-               number: dict[str, int] | None = None, on_round: Callable[[int], None] | None = None,
-               canary: Sampler | None = None, canary_ref: float | None = None) -> dict[str, Timing]:
+               number: dict[str, int] | None = None, on_round: Callable[[int], None] | None = None
+               ) -> dict[str, Timing]:
     """Measure several modules in interleaved rounds, re-measuring the unstable ones; see the module docstring.
 
     Args:
@@ -154,59 +124,26 @@ def interleave(samplers: dict[str, Sampler], protocol: Protocol = Protocol(), wh
         where: name -> where it ran (stored in each :class:`Timing`).
         number: name -> runs per sample (stored in each :class:`Timing`).
         on_round: called after every round with the number of rounds done.
-        canary: a sampler of a fixed kernel (:mod:`tvm_nas.backend.canary`), timed before the first module of a
-            round and after every module. Each module round is divided by the mean canary speed on either side
-            of it, so a machine that slows down for a while slows the canary too and the figures do not move. A
-            round whose two canaries disagree by more than the tolerance straddled a change of speed: it is
-            dropped (counted in `dropped_rounds`) and the module is measured again.
-        canary_ref: the canary median to express the figures at (a latency table's, so nets and table entries
-            are put at the same speed); default: the median of the canary in this measurement.
 
     Returns:
         name -> :class:`Timing`, in the order of `samplers`.
     """
     for s in samplers.values():  # warm-up: caches, lazy initialisation, the thread pool
         s()
-    c_prev = _median(canary()) if canary else None  # the canary's warm-up is its first reading
-    # name -> [(samples, canary speed)]; with a canary, a round during which the machine changed speed (the canary
-    # before and after it disagree) cannot be put at any one speed: it is dropped and the module measured again
-    rounds: dict[str, list[tuple[np.ndarray, float | None]]] = {n: [] for n in samplers}
-    dropped: dict[str, list[tuple[np.ndarray, float | None]]] = {n: [] for n in samplers}
+    rounds: dict[str, list[np.ndarray]] = {n: [] for n in samplers}
     todo = list(samplers)
     done_rounds = 0
     while todo and done_rounds < protocol.max_rounds:
         for n in todo:
-            r = np.asarray(samplers[n](), dtype=np.float64)
-            if not canary:
-                rounds[n].append((r, None))
-                continue
-            c_next = _median(canary())
-            steady = abs(c_next - c_prev) <= protocol.tolerance * min(c_next, c_prev)
-            (rounds if steady else dropped)[n].append((r, (c_prev + c_next) / 2))
-            c_prev = c_next
+            rounds[n].append(np.asarray(samplers[n](), dtype=np.float64))
         done_rounds += 1
         if on_round:
             on_round(done_rounds)
         if done_rounds >= protocol.rounds:
-            todo = [n for n in todo if len(rounds[n]) < min(protocol.rounds, done_rounds)
-                    or not _stable([r / c if c else r for r, c in rounds[n]], protocol.tolerance)]
+            todo = [n for n in todo if not _stable(rounds[n], protocol.tolerance)]
     load = os.getloadavg()[0]
-    if canary and canary_ref is None:
-        canary_ref = float(np.median([c for v in (*rounds.values(), *dropped.values()) for _, c in v]))
-    out = {}
-    for n in samplers:
-        kept = rounds[n] or dropped[n]  # a machine that never held still: every round, flagged below
-        t = Timing.from_samples([r for r, _ in kept], (number or {}).get(n, protocol.number),
-                                (where or {}).get(n, ""), protocol.tolerance, load,
-                                [c for _, c in kept] if canary else None, canary_ref)
-        t.dropped_rounds = len(dropped[n]) if rounds[n] else 0
-        t.stable = t.stable and bool(rounds[n])
-        out[n] = t
-    return out
-
-
-def _median(samples) -> float:
-    return float(np.median(np.asarray(samples, dtype=np.float64)))
+    return {n: Timing.from_samples(rounds[n], (number or {}).get(n, protocol.number), (where or {}).get(n, ""),
+                                   protocol.tolerance, load) for n in samplers}
 
 
 def _stable(rounds: list[np.ndarray], tol: float) -> bool:
@@ -215,11 +152,10 @@ def _stable(rounds: list[np.ndarray], tol: float) -> bool:
     return mid > 0 and (max(meds) - min(meds)) / mid <= tol
 
 
-def measure_one(sampler: Sampler, protocol: Protocol = Protocol(), where: str = "", number: int | None = None,
-                canary: Sampler | None = None, canary_ref: float | None = None) -> Timing:
+def measure_one(sampler: Sampler, protocol: Protocol = Protocol(), where: str = "", number: int | None = None
+                ) -> Timing:
     """:func:`interleave` of a single module."""
-    return interleave({"m": sampler}, protocol, {"m": where}, {"m": number or protocol.number}, canary=canary,
-                      canary_ref=canary_ref)["m"]
+    return interleave({"m": sampler}, protocol, {"m": where}, {"m": number or protocol.number})["m"]
 
 
 def python_sampler(fn: Callable[[], object], protocol: Protocol = Protocol()) -> tuple[Sampler, int]:

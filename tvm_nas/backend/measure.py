@@ -82,7 +82,6 @@ class Loaded:
     args: list
     where: str
     keep: tuple = ()
-    sess: object = None
 
     def outputs(self) -> list[np.ndarray]:
         self.vm.set_input("main", *self.args)
@@ -113,7 +112,7 @@ def load(executable, inputs: list[np.ndarray], spec, sess=None) -> Loaded:
         dev = _device(spec, sess)
         where = f"rpc {spec.runner.tracker_host}:{spec.runner.tracker_port} key={spec.runner.key}"
         return Loaded(relax.VirtualMachine(rexec, dev), dev, [runtime.tensor(x, dev) for x in inputs], where,
-                      (rexec,), sess)
+                      (rexec,))
     set_runtime_threads(spec)
     if isinstance(executable, (str, os.PathLike)):
         executable = runtime.load_module(str(executable))
@@ -123,48 +122,19 @@ def load(executable, inputs: list[np.ndarray], spec, sess=None) -> Loaded:
 
 
 def time_loaded(loaded: dict[str, Loaded], spec, extra: dict[str, tuple[Sampler, str, int]] | None = None,
-                protocol: Protocol | None = None, on_round=None, canary_ref: float | None = None) -> dict[str, Timing]:
-    """Time loaded modules (and `extra` samplers: name -> (sampler, where, runs per sample)) interleaved.
-
-    On a CPU target the canary kernel is timed between them and every figure is put at the canary speed
-    `canary_ref` (a latency table's :func:`canary_reference`; default: this measurement's own median speed).
-    """
-    from . import canary
-
+                protocol: Protocol | None = None, on_round=None) -> dict[str, Timing]:
+    """Time loaded modules (and `extra` samplers: name -> (sampler, where, runs per sample)) interleaved."""
     protocol = protocol or Protocol.of(spec.evaluator)
     samplers = {n: m.sampler(spec) for n, m in loaded.items()}
     where = {n: m.where for n, m in loaded.items()}
     number = {n: spec.evaluator.number for n in loaded}
     for n, (s, w, k) in (extra or {}).items():
         samplers[n], where[n], number[n] = s, w, k
-    sess = next((m.sess for m in loaded.values() if m.sess is not None), None)
-    probe = canary.sampler(spec, sess) if canary.applies(spec) else None
-    return interleave(samplers, protocol, where, number, on_round, canary=probe, canary_ref=canary_ref)
-
-
-def canary_timing(spec, sess=None) -> Timing:
-    """The canary kernel alone on the target, under the protocol: a latency table keeps it (``meta.canary``) as
-    the speed its entries are expressed at."""
-    from . import canary
-
-    probe = canary.sampler(spec, sess, samples=spec.evaluator.repeat)
-    return interleave({"canary": probe}, Protocol.of(spec.evaluator),
-                      {"canary": f"{'rpc' if spec.is_rpc else 'local'} canary v{canary.VERSION}"})["canary"]
-
-
-def canary_reference(meta: dict | None) -> float | None:
-    """The canary speed a table's entries are at (its ``meta.canary``), if measured with this canary version."""
-    from . import canary
-
-    c = (meta or {}).get("canary")
-    if isinstance(c, dict) and c.get("version") == canary.VERSION and isinstance(c.get("median"), (int, float)) \
-            and c["median"] > 0:
-        return float(c["median"])
-    return None
+    return interleave(samplers, protocol, where, number, on_round)
 
 
 def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = True,
-                 sess=None, canary_ref: float | None = None) -> tuple[list[np.ndarray], Timing | None]:
+                 sess=None) -> tuple[list[np.ndarray], Timing | None]:
     """Run `main` once on the target (outputs returned) and time it under the measurement protocol.
 
     Args:
@@ -173,10 +143,10 @@ def run_and_time(executable, inputs: list[np.ndarray], spec, measure: bool = Tru
     """
     if spec.is_rpc and sess is None:
         with target_session(spec) as s:
-            return run_and_time(executable, inputs, spec, measure, s, canary_ref)
+            return run_and_time(executable, inputs, spec, measure, s)
     m = load(executable, inputs, spec, sess)
     outs = m.outputs()
-    timing = time_loaded({"m": m}, spec, canary_ref=canary_ref)["m"] if measure else None
+    timing = time_loaded({"m": m}, spec)["m"] if measure else None
     del m
     return outs, timing
 
@@ -199,7 +169,7 @@ class _Trivial:
         return AddOne()
 
 
-def invocation_cost(spec, sess=None, canary_ref: float | None = None) -> Timing:
+def invocation_cost(spec, sess=None) -> Timing:
     """What one call of a compiled module costs besides its kernels (VM dispatch, argument and output handling).
 
     Every table entry is a whole module call, so a sum of entries counts this once per op; a network pays it once.
@@ -212,5 +182,5 @@ def invocation_cost(spec, sess=None, canary_ref: float | None = None) -> Timing:
     gpu = is_gpu(spec)
     fused = pipeline.lower(pipeline.import_torch(_Trivial.module(), (1, 1)), tgt, prepack=not gpu)
     exe = pipeline.build(fused, tgt, None, gpu=gpu, prepack=not gpu)
-    _, t = run_and_time(exe, [np.zeros((1, 1), np.float32)], spec, sess=sess, canary_ref=canary_ref)
+    _, t = run_and_time(exe, [np.zeros((1, 1), np.float32)], spec, sess=sess)
     return t

@@ -197,8 +197,7 @@ def verify_library(library: str | os.PathLike, spec: TargetSpec, x: np.ndarray, 
     return {"status": "passed", "how": how, "max_abs_err": err}
 
 
-def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray,
-             table: LatencyTable | None = None) -> tuple[dict | None, str]:
+def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tuple[dict | None, str]:
     from ..backend import measure
     from ..backend.library import cuda_device_present
     from ..backend.target import is_gpu
@@ -207,7 +206,7 @@ def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray,
         return None, "not measured: no CUDA device on this machine"
     if spec.cross_compiler and not spec.is_rpc:
         return None, "not measured: a cross target needs its RPC runner"
-    outs, t = measure.run_and_time(exe, [x], spec, canary_ref=measure.canary_reference(table and table.meta))
+    outs, t = measure.run_and_time(exe, [x], spec)
     err = float(np.abs(outs[0].reshape(expected.shape) - expected).max())
     if not err <= ATOL:  # NaN fails too
         raise TvmNasError(f"target '{spec.name}': the module's outputs on the device differ from PyTorch's by "
@@ -215,16 +214,9 @@ def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray,
     ev = spec.evaluator
     how = (f"time_evaluator on {t.where}: median and quartiles of {t.count} samples over {t.rounds} rounds "
            f"(round medians {'agree' if t.stable else 'DISAGREE: UNSTABLE'} within the protocol's tolerance), each "
-           f"the mean of >= {t.number} runs filling {ev.min_repeat_ms} ms{_speed_note(t)}; outputs checked on the "
-           f"device (max abs err {err:.1e})")
+           f"the mean of >= {t.number} runs filling {ev.min_repeat_ms} ms; outputs checked on the device "
+           f"(max abs err {err:.1e})")
     return t.to_json(), how
-
-
-def _speed_note(t) -> str:
-    if t.speed is None:
-        return ""
-    return (f"; put at the {'latency table' if t.canary_ref_us else 'measurement'}'s machine speed by the canary "
-            f"kernel timed between rounds (machine at {t.speed:.2f}x; {t.raw_median:,.1f} µs as timed)")
 
 
 def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | TargetSpec,
@@ -282,8 +274,8 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
         compile_s = time.perf_counter() - t0
 
         checked = verify_library(lib, spec, x, expected) if verify else {"status": "skipped", "how": "--no-verify"}
+        timing, how = _measure(exe, spec, x, expected) if measure else (None, "not measured: --no-measure")
         table = _table(logs_dir, spec, a.space)
-        timing, how = _measure(exe, spec, x, expected, table) if measure else (None, "not measured: --no-measure")
         predicted = _predict(table, a)
         manifest = _manifest(a, spec, tvm_target, weights, seed, frontend, x, expected, lib, onnx_info, tasks,
                              table, predicted, timing, how, checked, compile_s, tvm_version(), trials, untuned,

@@ -146,17 +146,15 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
         compile_s = time.perf_counter() - t0
         console.print(f"compiled {len(nets)} nets in {compile_s:.0f} s; measuring them interleaved")
         protocol = Protocol.of(spec.evaluator)
-        ref = measure.canary_reference(table.meta)
-        timings = measure.time_loaded(loaded, spec, protocol=protocol, canary_ref=ref)
+        timings = measure.time_loaded(loaded, spec, protocol=protocol)
         loaded.clear()
     for r in rows:
         t = timings[r["net"]]
-        r.update(measured_us=t.median, measured_q1=t.q1, measured_q3=t.q3, stable=t.stable, raw_us=t.raw_median,
+        r.update(measured_us=t.median, measured_q1=t.q1, measured_q3=t.q3, stable=t.stable,
                  error_pct=100 * (r["predicted_us"] - t.median) / t.median, measurement=t.to_json())
     summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
     summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
     summary["load_avg"] = list(os.getloadavg())
-    summary["speed"] = _speed(timings, ref)
     summary["calibration"] = _calibrate(table, path, rows, summary, console)
     doc = {"schema": SCHEMA, "space": {"name": space.name, "hash": space.hash},
            "target": {"name": spec.name, "hash": spec.hash, "threads": spec.threads},
@@ -172,18 +170,6 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     console.print(summary_line(doc))
     console.print(f"written: {out / RESULT}, {out / FIGURE}")
     return doc
-
-
-def _speed(timings: dict, ref: float | None) -> dict | None:
-    """How fast the machine ran during the validation, from the canary timed between the nets: the median, and
-    the slowest and fastest it ran for any net, relative to the table's canary (or to this validation's median
-    when the table has none). The figures compared with the table are put at that speed."""
-    s = [t.speed for t in timings.values() if t.speed is not None]
-    if not s:
-        return None
-    return {"reference": "table" if ref else "this validation", "canary_ref_us": ref or next(
-        iter(timings.values())).canary_ref_us, "median": float(np.median(s)), "min": float(min(s)),
-        "max": float(max(s))}
 
 
 def _calibrate(table, path: Path, rows: list[dict], summary: dict, console) -> dict | None:
@@ -248,17 +234,7 @@ def summary_line(doc: dict) -> str:
     return (f"{doc['space']['name']} on {doc['target']['name']}, {s['nets']} nets: |error| median "
             f"{s['median_abs_error_pct']:.1f}%, worst {s['worst_abs_error_pct']:.1f}%; within ±5% "
             f"{100 * s['within_5pct']:.0f}%, ±10% {100 * s['within_10pct']:.0f}%; Kendall τ {s['kendall_tau']:.2f}, "
-            f"Spearman ρ {s['spearman_rho']:.2f} (load average {load:.2f}){flag}{_speed_line(s)}"
-            f"{_calibrated_line(s)}")
-
-
-def _speed_line(s: dict) -> str:
-    v = s.get("speed")
-    if not v:
-        return ""
-    return (f"\nmachine speed (canary kernel between the nets) {v['median']:.2f}x that of the "
-            f"{'latency table' if v['reference'] == 'table' else 'validation median'} (range {v['min']:.2f}–"
-            f"{v['max']:.2f}x); measured figures are put at the {v['reference']}'s speed")
+            f"Spearman ρ {s['spearman_rho']:.2f} (load average {load:.2f}){flag}{_calibrated_line(s)}")
 
 
 def _calibrated_line(s: dict) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 
 from ..errors import TvmNasError
@@ -17,10 +16,9 @@ def measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu
     """
     import numpy as np
 
-    from ..backend import measure
+    from ..backend import measure, tuning
     from ..backend.farm import Farm
     from ..backend.pipeline import build
-    from .profiler import entry
 
     bars: dict[int, int] = {}
 
@@ -35,14 +33,19 @@ def measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu
     t0 = time.perf_counter()
 
     def on_result(key, t):
-        table.entries[key] = entry(by_key[key], t, batch, task_of[key], db)
+        k, tasks = by_key[key], task_of[key]
+        table.entries[key] = {
+            "op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels,
+            "stride": k.stride, "median": t.median, "q1": t.q1, "q3": t.q3, "mean": t.mean, "std": t.std,
+            "min": t.min, "count": t.count, "rounds": t.rounds, "stable": t.stable, "load": t.load,
+            "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
+            "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured", "measured_at": t.where,
+        }
         timing.update(measure_s=round(time.perf_counter() - t0, 2), measured_ops=len(table.entries))
         table.save(path)
         prog.advance(mbar)
 
-    ref = measure.canary_reference(table.meta)  # every board's figures put at the table's canary speed
-    farm = Farm(spec, functools.partial(measure.run_and_time, canary_ref=ref), on_board=on_board,
-                say=lambda m: prog.console.print(f"[yellow]{m}"))
+    farm = Farm(spec, measure.run_and_time, on_board=on_board, say=lambda m: prog.console.print(f"[yellow]{m}"))
     prog.console.print(f"measuring on {farm.n} board(s) under key '{spec.runner.key}'")
     on_board(farm.boards)
     pending = 0

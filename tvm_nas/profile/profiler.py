@@ -129,7 +129,6 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                     db = tuning.open_database(work_dir, spec)  # re-read what the tuner wrote
                     t0 = time.perf_counter()
                 task_of = {u: [t for t in unique.values() if u in t.users] for u in by_op}
-                _measure_canary(table, spec)
                 mbar = prog.add_task("measuring", total=len(todo))
                 rng = np.random.default_rng(seed)
                 if spec.is_rpc:
@@ -143,8 +142,7 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                                      sess, lambda: prog.advance(mbar), timing)
         if "invocation" not in table.meta:  # the module call's own cost, once per target (after the farm let go)
             with measure.target_session(spec) as sess:
-                table.meta["invocation"] = measure.invocation_cost(spec, sess,
-                                                                   measure.canary_reference(table.meta)).to_json()
+                table.meta["invocation"] = measure.invocation_cost(spec, sess).to_json()
         table.meta["updated"] = _now()
         table.save(path)
     console.print(summary_table(table, space))
@@ -195,33 +193,9 @@ def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings,
                   tune_kernels=len(unique))
 
 
-def entry(k: OpKey, t, batch: int, tasks, db) -> dict:
-    """A table entry: one op's :class:`~tvm_nas.timing.Timing` and what it was built from."""
-    from ..backend import tuning
-
-    e = {"op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels, "stride": k.stride,
-         "median": t.median, "q1": t.q1, "q3": t.q3, "mean": t.mean, "std": t.std, "min": t.min, "count": t.count,
-         "rounds": t.rounds, "stable": t.stable, "load": t.load,
-         "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
-         "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured", "measured_at": t.where}
-    if t.raw_median is not None:  # put at the table's canary speed: the raw figure and the machine's speed beside
-        e.update(raw_median=t.raw_median, canary_us=t.canary_us)
-    return e
-
-
-def _measure_canary(table: LatencyTable, spec: TargetSpec) -> None:
-    """Time the canary once for a table (``meta.canary``): its entries are expressed at that machine speed."""
-    from ..backend import canary, measure
-
-    if not canary.applies(spec) or measure.canary_reference(table.meta) is not None:
-        return
-    with measure.target_session(spec) as sess:
-        table.meta["canary"] = {**measure.canary_timing(spec, sess).to_json(), "version": canary.VERSION}
-
-
 def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, sess, advance, timing):
     """Compile each op with the database and time it on the target; the table is saved after every op."""
-    from ..backend import measure
+    from ..backend import measure, tuning
     from ..backend.pipeline import build
 
     t0 = time.perf_counter()
@@ -230,8 +204,16 @@ def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, b
         c, h, w = k.in_shape
         shape = (batch, c, h, w) if k.op == "stem_conv_k3" else (batch, h, w, c)
         x = rng.standard_normal(shape, dtype=np.float32)
-        _, t = measure.run_and_time(exe, [x], spec, sess=sess, canary_ref=measure.canary_reference(table.meta))
-        table.entries[k.key] = entry(k, t, batch, task_of[k.key], db)
+        _, t = measure.run_and_time(exe, [x], spec, sess=sess)
+        tasks = task_of[k.key]
+        table.entries[k.key] = {
+            "op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels,
+            "stride": k.stride, "median": t.median, "q1": t.q1, "q3": t.q3, "mean": t.mean, "std": t.std,
+            "min": t.min, "count": t.count, "rounds": t.rounds, "stable": t.stable, "load": t.load,
+            "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
+            "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured",
+            "measured_at": t.where,
+        }
         timing.update(measure_s=round(time.perf_counter() - t0, 2), measured_ops=i + 1)
         table.save(path)
         advance()

@@ -141,11 +141,6 @@ def _validation(s: RunSummary) -> str:
             ["load average while measured", NA if load is None else f"{load:.2f}"]]
     if m.get("unstable"):
         rows.append(["unstable (rounds disagreed)", _e(", ".join(m["unstable"]))])
-    sp = m.get("speed") or {}
-    if sp.get("median"):
-        rows.append([f"machine speed against the {'latency table' if sp.get('reference') == 'table' else 'median'}"
-                     " (canary kernel)", f"{sp['median']:.2f}x (range {sp['min']:.2f}–{sp['max']:.2f}x); figures "
-                     "put at the table's speed"])
     cal = m.get("calibration") or {}
     if cal.get("leave_one_out"):
         lo = cal["leave_one_out"]
