@@ -115,9 +115,6 @@ def test_host_compile_load_and_numerics(host_build, arch_file):
     assert m["verification"]["status"] == "passed" and m["verification"]["max_abs_err"] <= 1e-4
     assert m["measured_latency_us"] > 0 and m["measurement"]["count"] >= 2
     assert m["predicted_latency_us"] > 0 and m["measured_over_predicted"] > 0
-    # put at the latency table's machine speed by the canary kernel; what was timed is kept beside it
-    table = json.loads(Path(m["latency_table"]["path"]).read_text())
-    assert m["measurement"]["canary_ref_us"] == table["canary"]["median"] and m["measurement"]["raw_median"] > 0
     assert m["tvm_version"] and json.loads((out / MANIFEST).read_text()) == m
     x = example_input((1, 3, 16, 16), seed=11)
     model = build_network_from_arch(arch_file)
