@@ -50,6 +50,27 @@ def test_tuned_micro_table_and_resume(micro_space, tmp_path):
     assert len(db.read_text().splitlines()) == n_records  # nothing re-tuned
 
 
+def test_time_budget_profile_resumed_keeps_its_curve(micro_space, tmp_path):
+    """A table whose time budget is spent, resumed with an op to measure (fewer kernels than the first run): the
+    budget is the space's, so nothing is tuned again and the budget curve is kept."""
+    space, quick = load_space(micro_space), str(quick_target(tmp_path))
+    table = profile(space, quick, time_budget="15s", logs_dir=tmp_path)
+    _assert_complete(table, space)
+    curve = table.meta["timing"]["tune_curve"]
+    assert curve and all(len(p) == 4 for p in curve)  # [seconds, trials, expected µs, kernels measured]
+    path = tmp_path / "quick" / "micro.latency.json"
+    d = json.loads(path.read_text())
+    d["entries"].pop(next(iter(d["entries"])))
+    path.write_text(json.dumps(d))
+    ledger = tmp_path / "quick" / "time_budget.json"  # the whole budget spent (a run may stop a little short)
+    assert len(json.loads(ledger.read_text())) == 1
+    ledger.write_text(json.dumps({k: {"spent_s": 15.0} for k in json.loads(ledger.read_text())}))
+    again = profile(space, quick, time_budget="15s", logs_dir=tmp_path)
+    _assert_complete(again, space)
+    assert again.meta["timing"]["tune_curve"] == curve
+    assert again.meta["timing"]["tune_trials"] == table.meta["timing"]["tune_trials"]  # nothing tuned
+
+
 def test_profile_through_rpc(micro_space, rpc_target, tmp_path):
     space = load_space(micro_space)
     table = profile(space, rpc_target, trials=2, logs_dir=tmp_path)

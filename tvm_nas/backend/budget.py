@@ -208,8 +208,9 @@ class TimeLedger:
 
     A `--time-budget` is the total for the space's kernels, as a trial budget is (records already in the database
     count): a run stopped by a crash, a kill or Ctrl-C resumes with what is left, and a rerun of a finished command
-    tunes nothing more. A larger budget tunes for the difference. The file maps a hash of the sorted kernel keys to
-    the seconds spent; it is rewritten atomically after every round, so at most one round is counted twice lost.
+    tunes nothing more. A larger budget tunes for the difference. The file maps a hash of the sorted keys it is
+    given (the kernels', or a profile's space's ops) to the seconds spent; it is rewritten atomically after every
+    round, so at most one round is lost.
     """
 
     FILE = "time_budget.json"

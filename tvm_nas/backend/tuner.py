@@ -79,7 +79,7 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
                   time_budget_s: float | None = None, usage: dict[str, float] | None = None, seed: int = 0,
                   settings: Settings | None = None, on_round: Callable[[RoundEvent], None] | None = None,
                   on_trials: Callable[[int], None] | None = None, say: Callable[[str], None] = _say,
-                  lock_wait_s: float = 600.0) -> Outcome:
+                  lock_wait_s: float = 600.0, budget_keys: list[str] | None = None) -> Outcome:
     """Tune `tasks` into the target's database within a trial and/or time budget.
 
     Args:
@@ -91,6 +91,9 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
         on_round: called after every round (per-task progress, ETA).
         on_trials: called with the number of candidates measured, as they are measured.
         lock_wait_s: how long to wait (saying so) while another process writes the target's database.
+        budget_keys: what the time budget is kept under (`time_budget.json`); default: the kernels' keys. A profile
+            passes its space's ops, so a run resumed with some ops already measured (fewer kernels left) still
+            draws on the same budget.
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -110,7 +113,7 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
         db = open_database(work_dir, spec, say=say, writer_held=True)
         have = {k: records(db, t.mod) for k, t in tasks.items()}
         fresh = sum(1 for v in have.values() if v == 0)
-        ledger = TimeLedger(work_dir, tasks) if time_budget_s is not None else None
+        ledger = TimeLedger(work_dir, budget_keys or tasks) if time_budget_s is not None else None
         if ledger is not None and ledger.base > 0:
             left_s = ledger.left(time_budget_s)
             say(f"time budget: {fmt_duration(ledger.base)} of {fmt_duration(time_budget_s)} already spent on these "

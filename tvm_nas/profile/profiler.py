@@ -180,16 +180,19 @@ def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings,
             prog.update(tbar, completed=min(total, time.monotonic() - t_start))
 
     usage = kernel_usage(unique, op_frequency(space))
+    # the budget is the space's: a run resumed with ops already measured has fewer kernels, and the same budget
+    keys = [f"space:{space.hash}:{k.key}" for k in space.unique_op_keys()]
     out = tune_budgeted(unique, spec, work_dir, trials=left, time_budget_s=budget_s, usage=usage, seed=seed,
                         settings=settings, on_round=on_round, say=lambda m: prog.console.print(m),
-                        on_trials=(lambda n: prog.advance(tbar, n)) if left is not None else None)
+                        on_trials=(lambda n: prog.advance(tbar, n)) if left is not None else None, budget_keys=keys)
     prog.update(tbar, completed=total)
     before = f" (before: {out.expected_us_before:.0f} µs)" if out.expected_us_before else ""
     console.print(f"tuning: {out.trials} trials in {out.rounds} rounds, {fmt_duration(out.seconds)} "
                   f"({out.why_ended}); the tuned kernels add {out.expected_us_after:.0f} µs to an average net of "
                   f"the space{before}")
     timing.update(tune_s=round(timing.get("tune_s", 0) + time.perf_counter() - t0, 2),
-                  tune_trials=timing.get("tune_trials", 0) + out.trials, tune_curve=out.curve,
+                  tune_trials=timing.get("tune_trials", 0) + out.trials,
+                  tune_curve=out.curve or timing.get("tune_curve", []),  # a resumed run that tuned nothing keeps it
                   tune_kernels=len(unique))
 
 
