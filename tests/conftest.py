@@ -42,7 +42,8 @@ def micro_space(tmp_path_factory) -> Path:
 
 def quick_target(folder: Path, name: str = "quick") -> Path:
     """This machine's CPU with short measurement windows, for tests of what is done with figures, not of the
-    figures (the full protocol on `host` runs in the profile, deploy and compare tests)."""
+    figures (the full protocol on `host` runs in the profile tests, the shared tiny table and CI's plain-install
+    profile)."""
     return write_yaml(Path(folder) / f"{name}.yaml", {
         "name": name, "tvm": {"kind": "llvm", "mcpu": "auto"}, "threads": 2,
         "evaluator": {"number": 5, "repeat": 5, "min_repeat_ms": 5}})

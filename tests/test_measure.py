@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli, write_yaml
+from conftest import cli, quick_target
 
 from tvm_nas.errors import TvmNasError
 from tvm_nas.timing import Protocol, interleave, python_sampler
@@ -59,9 +59,7 @@ def test_python_sampler_fills_its_window():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> str:
     """This machine's CPU with short measurement windows (a test needs the protocol, not precise figures)."""
-    return str(write_yaml(tmp_path_factory.mktemp("targets") / "quick.yaml", {
-        "name": "quick", "tvm": {"kind": "llvm", "mcpu": "auto"}, "threads": 2,
-        "evaluator": {"number": 5, "repeat": 5, "min_repeat_ms": 5}}))
+    return str(quick_target(tmp_path_factory.mktemp("targets")))
 
 
 @pytest.fixture(scope="module")

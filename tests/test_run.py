@@ -9,14 +9,13 @@ from conftest import cli, quick_target
 
 from tvm_nas.config import STAGES
 from tvm_nas.io import sha256_file
+from tvm_nas.profile.profiler import profile
 
 
 def test_whole_chain_resumes_at_every_boundary(tmp_path):
     # the chain and its bookkeeping are under test, not its figures: short measurement windows
     quick = quick_target(tmp_path)
     logs = tmp_path / "logs"
-    from tvm_nas.profile.profiler import profile
-
     profile("tiny", str(quick), trials=0, logs_dir=logs)  # the profile stage reuses this table: same settings
     run = tmp_path / "run"
     common = ["--epochs", "2", "--warmup-epochs", "1", "--train-epochs", "1", "--max-samples", "240"]
