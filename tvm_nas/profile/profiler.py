@@ -18,7 +18,7 @@ from ..io import DEFAULT_LOGS_DIR, exclusive
 from ..ops import build_op, prepare_for_deploy
 from ..space import OpKey, SearchSpace, load_space
 from ..targets import TargetSpec, load_target
-from .table import LatencyTable, table_path
+from .table import LatencyTable, check_invocation, table_path
 
 
 def op_module(key: OpKey):
@@ -142,7 +142,9 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
                                      sess, lambda: prog.advance(mbar), timing)
         if "invocation" not in table.meta:  # the module call's own cost, once per target (after the farm let go)
             with measure.target_session(spec) as sess:
-                table.meta["invocation"] = measure.invocation_cost(spec, sess).to_json()
+                inv = measure.invocation_cost(spec, sess).to_json()
+            check_invocation(path, inv, table.entries)  # never write a table its own loader refuses
+            table.meta["invocation"] = inv
         table.meta["updated"] = _now()
         table.save(path)
     console.print(summary_table(table, space))

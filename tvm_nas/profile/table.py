@@ -47,6 +47,27 @@ def _check_entry(path: Path, key: str, e: object) -> None:
         raise TvmNasError(f"{path}: entry '{key}': field 'std': {e['std']!r} is negative")
 
 
+# A module call cannot cost much more than the cheapest whole call that includes it. It can cost a little more:
+# an op whose kernel does next to nothing (the classifier of a small net) is a module call plus noise, and its
+# median lands on either side of the empty call's. Beyond this factor the figure is not a call's cost.
+INVOCATION_SLACK = 2.0
+
+
+def check_invocation(path, inv, entries: dict) -> None:
+    """Refuse an ``invocation`` record that is not a per-call cost of this table (see :data:`INVOCATION_SLACK`).
+
+    Entries below it cost 0 over the call (:meth:`LatencyTable.latency` clamps), so near-equality is fine."""
+    if inv is None:
+        return
+    v = inv.get("median") if isinstance(inv, dict) else None
+    low = min((float(e["median"]) for e in entries.values()), default=float("inf"))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or not 0 <= v <= INVOCATION_SLACK * low:
+        raise TvmNasError(f"{path}: field 'invocation.median': {v!r} is not a per-call cost of this table (it must "
+                          f"be at most {INVOCATION_SLACK:g}x the cheapest entry, {low:.3g} µs); "
+                          "re-measure with tvm-nas profile")
+
+
 @dataclass
 class LatencyTable:
     """Per-op latencies (µs) of one search space on one target.
@@ -106,13 +127,7 @@ class LatencyTable:
         except (ValueError, AttributeError) as e:
             raise TvmNasError(f"{path}: corrupted latency table ({e})") from e
         meta = {k: v for k, v in d.items() if k not in ("schema", "space", "target", "entries", "units")}
-        inv = meta.get("invocation")
-        if inv is not None:
-            v = inv.get("median") if isinstance(inv, dict) else None
-            low = min((e["median"] for e in d["entries"].values()), default=float("inf"))
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < low:
-                raise TvmNasError(f"{path}: field 'invocation.median': {v!r} is not a per-call cost below every "
-                                  "entry; re-measure with tvm-nas profile")
+        check_invocation(path, meta.get("invocation"), d["entries"])
         table = cls(d["space"], d["target"], meta, d["entries"], path)
         table.calibration = load_calibration(calibration_path(path), table.hash)
         if space is not None:
