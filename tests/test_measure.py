@@ -47,6 +47,17 @@ def test_rounds_interleave_and_an_unstable_module_is_remeasured_and_flagged():
     assert t["a"].q1 <= t["a"].median <= t["a"].q3
 
 
+def test_a_settling_module_is_remeasured_and_its_early_rounds_discarded():
+    # slow while the machine settles (a compile just ended), then steady: the agreeing rounds make the figure
+    log: list[str] = []
+    settling = [0.03, 0.15, 0.12, 0.03, 0.03, 0.03, 0.03]  # warm-up, two slow rounds, then steady
+    t = interleave({"s": _sleeper(log, "s", settling)}, FAST)["s"]
+    assert t.stable and t.rounds == 5 and t.discarded == 2
+    assert t.median < 0.06e6 and t.count == 3 * 3  # the last three rounds' samples only
+    assert len(t.round_medians) == 5 and min(t.round_medians[:2]) > 0.1e6  # the discarded rounds stay on record
+    assert t.to_json()["discarded"] == 2
+
+
 def test_python_sampler_fills_its_window():
     calls = []
     s, number = python_sampler(lambda: calls.append(1), Protocol(number=2, repeat=4, min_repeat_ms=5))

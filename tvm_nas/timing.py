@@ -2,9 +2,12 @@
 
 A *sampler* runs one round of one module and returns that round's samples (µs per run, each sample the mean of
 several runs filling a minimum time window). :func:`interleave` warms every sampler up, runs the rounds of all
-modules interleaved (A B C A B C ...), checks between rounds that each module's round medians agree, re-measures
-the modules that disagree, and flags the ones still unstable after the last round. The figure kept is the median
-of every sample with its interquartile range, never the lowest round. No TVM here: the TVM samplers live in
+modules interleaved (A B C A B C ...), checks between rounds that each module's last `rounds` round medians agree,
+re-measures the modules that disagree, and flags the ones still unstable after the last round. A module is stable
+once `rounds` consecutive rounds agree; its figure is the median (with its interquartile range) of every sample of
+those rounds, and the rounds before them, measured while the machine was settling (a compile or a tuning run just
+ended, another job left), are kept in the record as discarded. An unstable module's figure pools every round.
+Never the lowest round. No TVM here: the TVM samplers live in
 :mod:`tvm_nas.backend.measure`; ONNX Runtime and PyTorch use :func:`python_sampler`.
 """
 
@@ -57,7 +60,8 @@ class Timing:
 
     Attributes:
         stable: the round medians agreed within the protocol's tolerance; an unstable figure is shown flagged.
-        round_medians: median of each round, in the order measured.
+        round_medians: median of each round, in the order measured (the discarded ones first).
+        discarded: rounds measured before the agreeing window; not in the figure.
     """
 
     median: float
@@ -73,6 +77,7 @@ class Timing:
     stable: bool = True
     round_medians: list[float] = field(default_factory=list)
     load: float | None = None
+    discarded: int = 0
 
     @property
     def iqr(self) -> float:
@@ -80,8 +85,8 @@ class Timing:
 
     @property
     def spread(self) -> float:
-        """Relative spread of the round medians ((max - min) / median)."""
-        r = self.round_medians
+        """Relative spread of the round medians in the figure ((max - min) / median)."""
+        r = self.round_medians[self.discarded:]
         return (max(r) - min(r)) / self.median if len(r) > 1 and self.median > 0 else 0.0
 
     def to_json(self) -> dict:
@@ -93,12 +98,14 @@ class Timing:
 
     @classmethod
     def from_samples(cls, rounds: list[np.ndarray], number: int, where: str, tolerance: float,
-                     load: float | None = None) -> Timing:
-        a = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds])
-        q1, med, q3 = np.percentile(a, [25, 50, 75])
+                     load: float | None = None, window: int | None = None) -> Timing:
+        """The figure of these rounds; with `window`, of the last `window` rounds when they agree (else all)."""
         meds = [float(np.median(r)) for r in rounds]
+        skip = len(rounds) - window if window and len(rounds) > window and _stable(rounds[-window:], tolerance) else 0
+        a = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds[skip:]])
+        q1, med, q3 = np.percentile(a, [25, 50, 75])
         t = cls(float(med), float(q1), float(q3), float(a.mean()), float(a.std()), float(a.min()), len(a), number,
-                where, len(rounds), True, meds, load)
+                where, len(rounds), True, meds, load, skip)
         t.stable = t.spread <= tolerance
         return t
 
@@ -140,10 +147,10 @@ def interleave(samplers: dict[str, Sampler], protocol: Protocol = Protocol(), wh
         if on_round:
             on_round(done_rounds)
         if done_rounds >= protocol.rounds:
-            todo = [n for n in todo if not _stable(rounds[n], protocol.tolerance)]
+            todo = [n for n in todo if not _stable(rounds[n][-protocol.rounds:], protocol.tolerance)]
     load = os.getloadavg()[0]
     return {n: Timing.from_samples(rounds[n], (number or {}).get(n, protocol.number), (where or {}).get(n, ""),
-                                   protocol.tolerance, load) for n in samplers}
+                                   protocol.tolerance, load, window=protocol.rounds) for n in samplers}
 
 
 def _stable(rounds: list[np.ndarray], tol: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from ..errors import TvmNasError
+from .table import measured_entry
 
 
 def measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, batch, rng, prog, mbar, timing,
@@ -34,13 +35,8 @@ def measure_on_farm(todo, fused, task_of, table, path, db, spec, tvm_target, gpu
 
     def on_result(key, t):
         k, tasks = by_key[key], task_of[key]
-        table.entries[key] = {
-            "op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels,
-            "stride": k.stride, "median": t.median, "q1": t.q1, "q3": t.q3, "mean": t.mean, "std": t.std,
-            "min": t.min, "count": t.count, "rounds": t.rounds, "stable": t.stable, "load": t.load,
-            "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
-            "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured", "measured_at": t.where,
-        }
+        table.entries[key] = measured_entry(k, t, batch, sum(tuning.records(db, tk.mod) for tk in tasks),
+                                            [f"{tk.name}#{tk.key}" for tk in tasks])
         timing.update(measure_s=round(time.perf_counter() - t0, 2), measured_ops=len(table.entries))
         table.save(path)
         prog.advance(mbar)

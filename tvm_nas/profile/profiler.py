@@ -18,7 +18,7 @@ from ..io import DEFAULT_LOGS_DIR, exclusive
 from ..ops import build_op, prepare_for_deploy
 from ..space import OpKey, SearchSpace, load_space
 from ..targets import TargetSpec, load_target
-from .table import LatencyTable, check_invocation, table_path
+from .table import LatencyTable, check_invocation, measured_entry, table_path
 
 
 def op_module(key: OpKey):
@@ -211,14 +211,8 @@ def _measure_ops(todo, fused, task_of, table, path, db, spec, tvm_target, gpu, b
         x = rng.standard_normal(shape, dtype=np.float32)
         _, t = measure.run_and_time(exe, [x], spec, sess=sess)
         tasks = task_of[k.key]
-        table.entries[k.key] = {
-            "op": k.op, "in_shape": [batch, *k.in_shape], "out_channels": k.out_channels,
-            "stride": k.stride, "median": t.median, "q1": t.q1, "q3": t.q3, "mean": t.mean, "std": t.std,
-            "min": t.min, "count": t.count, "rounds": t.rounds, "stable": t.stable, "load": t.load,
-            "trials": sum(tuning.records(db, tk.mod) for tk in tasks),
-            "tasks": [f"{tk.name}#{tk.key}" for tk in tasks], "source": "measured",
-            "measured_at": t.where,
-        }
+        table.entries[k.key] = measured_entry(k, t, batch, sum(tuning.records(db, tk.mod) for tk in tasks),
+                                              [f"{tk.name}#{tk.key}" for tk in tasks])
         timing.update(measure_s=round(time.perf_counter() - t0, 2), measured_ops=i + 1)
         table.save(path)
         advance()

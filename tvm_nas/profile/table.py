@@ -47,6 +47,15 @@ def _check_entry(path: Path, key: str, e: object) -> None:
         raise TvmNasError(f"{path}: entry '{key}': field 'std': {e['std']!r} is negative")
 
 
+def measured_entry(key: OpKey, t, batch: int, trials: int, tasks: list[str]) -> dict:
+    """A table entry from an op's :class:`~tvm_nas.timing.Timing` (the same fields wherever it was measured)."""
+    return {"op": key.op, "in_shape": [batch, *key.in_shape], "out_channels": key.out_channels,
+            "stride": key.stride, "median": t.median, "q1": t.q1, "q3": t.q3, "mean": t.mean, "std": t.std,
+            "min": t.min, "count": t.count, "rounds": t.rounds, "discarded_rounds": t.discarded,
+            "round_medians": [round(m, 4) for m in t.round_medians], "stable": t.stable, "load": t.load,
+            "trials": trials, "tasks": tasks, "source": "measured", "measured_at": t.where}
+
+
 # A module call cannot cost much more than the cheapest whole call that includes it. It can cost a little more:
 # an op whose kernel does next to nothing (the classifier of a small net) is a module call plus noise, and its
 # median lands on either side of the empty call's. Beyond this factor the figure is not a call's cost.
