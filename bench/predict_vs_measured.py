@@ -48,9 +48,10 @@ def _validate(args, out: Path) -> dict:
 def learned_correction(nets: list[dict]) -> dict:
     """Does a learned correction beat the additive table on nets it was not trained on? Leave-one-out.
 
-    Two models are fitted on all nets but one and scored on that one: a linear calibration of the table's
-    prediction (measured ≈ a × predicted + b: a per-net cost the table misses, or a scale), and XGBoost on the
-    net's op counts plus the prediction. The additive table is the baseline. Reported: median |error| of each."""
+    Two models are fitted on all nets but one and scored on that one: the product's calibration of the table's
+    prediction (measured ≈ a × predicted, or a × predicted + b: whichever form qualifies, see
+    ``fit_calibration``), and XGBoost on the net's op counts plus the prediction. The additive table is the
+    baseline. Reported: median |error| of each."""
     import xgboost as xgb
 
     from tvm_nas.profile.table import fit_calibration
