@@ -256,3 +256,35 @@ def test_nan_outputs_fail_verification(micro_space, tmp_path):
         model.classifier.linear.weight.fill_(float("nan"))
     with pytest.raises(TvmNasError, match="differ"):
         export_onnx(model, x, tmp_path / "nan.onnx")
+
+
+def test_validation_writes_keeps_or_removes_the_calibration(micro_space, micro_logs, tmp_path):
+    import shutil
+
+    from rich.console import Console
+
+    from tvm_nas.deploy.validate import _calibrate
+    from tvm_nas.profile import LatencyTable
+    from tvm_nas.profile.table import calibration_path
+    from tvm_nas.space import load_space
+
+    space = load_space(str(micro_space))
+    path = tmp_path / "micro.latency.json"
+    shutil.copyfile(micro_logs / "quick" / "micro.latency.json", path)
+    table = LatencyTable.load(path, space=space)
+    where = calibration_path(path)
+    pred = [20.0, 30.0, 45.0, 60.0, 80.0, 100.0]
+
+    def validate(meas, unstable=()):
+        rows = [{"predicted_us": p, "measured_us": m} for p, m in zip(pred, meas, strict=True)]
+        return _calibrate(table, path, rows, {"unstable": list(unstable), "load_avg": [1.0]}, Console(quiet=True))
+
+    assert validate([1.3 * p for p in pred])["better"] and where.is_file()  # the table misses 30%: written
+    assert LatencyTable.load(path, space=space).predict(space, ["mbconv_k3_e3"] * len(space.blocks())) > 0
+    # a machine that changed speed mid-validation (most nets unstable) says nothing about the table: kept
+    fit = validate([2.0 * p for p in pred], unstable=["a", "b", "c"])
+    assert not fit["better"] and where.is_file() and json.loads(where.read_text())["scale"] == pytest.approx(1.3)
+    # stable nets that the plain sum already predicts: the earlier calibration is removed
+    fit = validate([p * (1 + 0.01 * (-1) ** i) for i, p in enumerate(pred)])
+    assert not fit["better"] and not where.exists() and fit["removed"] == str(where)
+    assert LatencyTable.load(path, space=space).calibration is None

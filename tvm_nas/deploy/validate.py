@@ -209,6 +209,12 @@ def _calibrate(table, path: Path, rows: list[dict], summary: dict, console) -> d
                       f"{fit['loo_worst_abs_error_pct']:.1f}% worst does not beat the plain sum's "
                       f"{fit['additive_median_abs_error_pct']:.1f}% median without exceeding its "
                       f"{fit['additive_worst_abs_error_pct']:.1f}% worst")
+        # stable nets that the plain sum predicts best overrule an earlier calibration of this table (a refusal
+        # for unstable nets above says nothing about the table, and keeps it)
+        if where.is_file():
+            where.unlink()
+            fit["removed"] = str(where)
+            console.print(f"removed the earlier calibration {where}: these nets are predicted better without it")
     return fit
 
 
