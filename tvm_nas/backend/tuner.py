@@ -167,7 +167,7 @@ def tune_budgeted(tasks: dict[str, Task], spec, work_dir: str | Path, trials: in
                 ledger.save()
             out.rounds += 1
             out.curve.append([round(time.monotonic() - t_start, 1), alloc.spent_trials,
-                              round(alloc.expected_latency_s() * 1e6, 2),
+                              float(f"{alloc.expected_latency_s() * 1e6:.5g}"),  # relative: nets of 1 µs too
                               sum(1 for st in alloc.state.values() if st.best_s is not None)])
             if on_round:
                 st = alloc.state[k]
