@@ -247,3 +247,26 @@ def test_over_budget_is_marked(tmp_path):
     run = write_run(tmp_path / "ok", summary)
     render_report(run)
     assert "over budget" not in text(run / "report" / "index.html")
+
+
+def test_validation_with_a_learned_correction_renders(tmp_path):
+    summary = make_summary()
+    measured = [n for n in summary["nets"] if n["measured_us"] is not None]
+    for i, n in enumerate(measured):
+        n.update(calibrated_us=round(1.05 * n["predicted_us"], 1), corrected_us=round(n["measured_us"] + i, 1))
+    loo = {"median_abs_error_pct": 1.9, "worst_abs_error_pct": 4.8, "within_5pct": 1.0, "within_10pct": 1.0,
+           "kendall_tau": 0.93}
+    summary["validation"] = {"summary": {
+        "nets": len(measured), "median_abs_error_pct": 4.2, "worst_abs_error_pct": 10.8, "within_5pct": 0.57,
+        "within_10pct": 0.91, "kendall_tau": 0.93, "spearman_rho": 0.99, "load_avg": [1.0], "unstable": [],
+        "calibration": {"scale": 1.064, "offset_us": 0.0, "better": True,
+                        "leave_one_out": {**loo, "median_abs_error_pct": 2.1, "worst_abs_error_pct": 5.4}},
+        "correction": {"better": True, "baseline": {"name": "calibration"}, "leave_one_out": loo}},
+        "result": "validate/validate.json", "figure": "validate/validate.png"}
+    page = render_report(write_run(tmp_path, summary))
+    body = text(page)
+    assert "learned correction: measured ≈" in body and "1.9% / 4.8%" in body and "2.1% / 5.4%" in body
+    assert (page.parent / "predicted_measured.png").is_file()
+    summary["validation"]["summary"]["correction"].update(better=False, not_used="3 net(s) unstable")
+    body = text(render_report(write_run(tmp_path, summary)))
+    assert "not used: 3 net(s) unstable" in body

@@ -134,10 +134,13 @@ class Run:
         dest = self.dir / "table" / table.path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(table.path, dest)
-        if table.calibration:  # fitted by an earlier validate: the run predicts what the rest of the product does
-            from .profile.table import calibration_path
+        from .profile.correction import correction_path
+        from .profile.table import calibration_path
 
-            shutil.copyfile(calibration_path(table.path), calibration_path(dest))
+        # fitted by an earlier validate: the run predicts what the rest of the product does
+        for fitted, where in ((table.calibration, calibration_path), (table.correction, correction_path)):
+            if fitted is not None:
+                shutil.copyfile(where(table.path), where(dest))
         fast, slow = table.extremes(self.space)
         lo, hi = table.predict(self.space, fast), table.predict(self.space, slow)
         budget = self.cfg.latency_ms * 1000 if self.cfg.latency_ms else (lo + hi) / 2
@@ -346,10 +349,12 @@ class Run:
         if not v:
             return {}
         doc = read_json(self.dir / v["result"], "validation result")
-        used = ((doc.get("summary") or {}).get("calibration") or {}).get("better")
+        used = (doc.get("summary") or {}).get
         return {tuple(r["ops"]): {"measured_us": r["measured_us"], "measured_q1": r["measured_q1"],
                                   "measured_q3": r["measured_q3"], "stable": r["stable"],
-                                  "calibrated_us": r.get("calibrated_us") if used else None} for r in doc["nets"]}
+                                  **{f: r.get(f) if (used(what) or {}).get("better") else None
+                                     for f, what in (("calibrated_us", "calibration"), ("corrected_us", "correction"))}}
+                for r in doc["nets"]}
 
     def _validation(self) -> dict | None:
         v = self.state["done"].get("validate")

@@ -350,7 +350,9 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
         "latency_table": None if table is None else {
             "path": str(table.path), "hash": table.hash,
             "calibration": None if not table.calibration else {k: table.calibration[k] for k in (
-                "scale", "offset_us", "nets", "loo_median_abs_error_pct")}},
+                "scale", "offset_us", "nets", "loo_median_abs_error_pct")},
+            "correction": None if table.correction is None else {k: table.correction[k] for k in (
+                "model", "nets", "loo_median_abs_error_pct", "loo_worst_abs_error_pct")}},
         "measured_latency_us": measured,
         "measured_iqr_us": [timing["q1"], timing["q3"]] if timing else None,
         "measurement": {"how": how, **(timing or {})},
@@ -367,6 +369,7 @@ def _summary(m: dict) -> str:
     ratio = f"{r:.2f}×" if r else "—"
     t = m["measurement"]
     spread = "" if ms is None else f" (IQR {t['q1']:,.1f}–{t['q3']:,.1f}{'' if t['stable'] else ', UNSTABLE'})"
-    how = "calibrated table" if (m.get("latency_table") or {}).get("calibration") else "table"
+    lt = m.get("latency_table") or {}
+    how = "learned correction" if lt.get("correction") else "calibrated table" if lt.get("calibration") else "table"
     return (f"{m['target']['name']}: predicted {_fmt(p)} ({how}) vs measured {_fmt(ms)}{spread} → ratio {ratio}; "
             f"verification {m['verification']['status']} ({m['verification']['how']})")

@@ -155,7 +155,9 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
     summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
     summary["load_avg"] = list(os.getloadavg())
+    summary["in_use"] = _in_use(table, space, rows, console)
     summary["calibration"] = _calibrate(table, path, rows, summary, console)
+    summary["correction"] = _correct(table, path, rows, summary, console)
     doc = {"schema": SCHEMA, "space": {"name": space.name, "hash": space.hash},
            "target": {"name": spec.name, "hash": spec.hash, "threads": spec.threads},
            "table": {"path": str(path), "hash": table.hash, "trials": table.meta.get("settings", {}).get("trials"),
@@ -172,6 +174,29 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     return doc
 
 
+def _in_use(table, space, rows: list[dict], console) -> dict | None:
+    """How the model already fitted to this table (the learned correction, else the calibration) predicts the nets
+    of this validation that it was not fitted on: the out-of-sample check a leave-one-out score stands for. None
+    without such a model, or with fewer than 2 new nets (the same seed validates the same nets). Each new net's
+    row gets that prediction (``in_use_us``)."""
+    model = table.correction if table.correction is not None else table.calibration
+    if model is None or not isinstance(model.get("trained_on"), list):
+        return None  # none, or fitted before its nets were recorded: which nets are new is unknown
+    seen = {tuple(o) for o in model["trained_on"]}
+    fresh = [r for r in rows if tuple(r["ops"]) not in seen]
+    if len(fresh) < 2:
+        return None
+    name = "learned correction" if table.correction is not None else "calibrated table"
+    for r in fresh:
+        r["in_use_us"] = table.predict(space, r["ops"])
+    st = statistics([r["in_use_us"] for r in fresh], [r["measured_us"] for r in fresh])
+    st.update(model=name, fitted_on=model.get("nets"), fitted=model.get("fitted"))
+    console.print(f"the {name} in use (fitted on {model.get('nets')} nets) on {len(fresh)} nets it was not fitted "
+                  f"on: |error| median {st['median_abs_error_pct']:.1f}%, worst {st['worst_abs_error_pct']:.1f}%; "
+                  f"within ±5% {100 * st['within_5pct']:.0f}%; Kendall τ {st['kendall_tau']:.2f}")
+    return st
+
+
 def _calibrate(table, path: Path, rows: list[dict], summary: dict, console) -> dict | None:
     """Fit measured ≈ scale × table sum (+ offset) on these nets; score it leave-one-out (each net predicted by a
     fit on the others). When that beats the plain sum's median without worsening its worst net, write it beside the
@@ -184,37 +209,74 @@ def _calibrate(table, path: Path, rows: list[dict], summary: dict, console) -> d
         return None
     for r, v in zip(rows, fit["loo_us"], strict=True):
         r["calibrated_us"] = v
-    stats = statistics(fit.pop("loo_us"), [r["measured_us"] for r in rows])
+    return _keep(fit, "calibration", calibration_path(path), table, rows, summary, console,
+                 f"measured ≈ {fit['scale']:.3f} × table sum {fit['offset_us']:+.1f} µs",
+                 f"the plain sum's {fit['additive_median_abs_error_pct']:.1f}% median without exceeding its "
+                 f"{fit['additive_worst_abs_error_pct']:.1f}% worst")
+
+
+def _correct(table, path: Path, rows: list[dict], summary: dict, console) -> dict | None:
+    """Fit the learned correction (XGBoost on each net's op counts and table sum, see
+    :mod:`~tvm_nas.profile.correction`) on these nets; score it leave-one-out against the best linear model (the
+    calibration when it qualified here, else the plain sum). When it beats that model's median without exceeding
+    its worst, write it beside the table: every later whole-net prediction uses it. Each row gets its leave-one-out
+    prediction (``corrected_us``)."""
+    from ..profile.correction import correction_path, fit_correction
+
+    cal = summary.get("calibration") or {}
+    if cal.get("better"):
+        base = {"name": "calibration", "median_abs_error_pct": cal["loo_median_abs_error_pct"],
+                "worst_abs_error_pct": cal["loo_worst_abs_error_pct"]}
+    else:
+        base = {"name": "table sum", "median_abs_error_pct": summary["median_abs_error_pct"],
+                "worst_abs_error_pct": summary["worst_abs_error_pct"]}
+    fit = fit_correction([r["ops"] for r in rows], [r["predicted_us"] for r in rows],
+                         [r["measured_us"] for r in rows], base)
+    if fit is None:
+        return None
+    for r, v in zip(rows, fit["loo_us"], strict=True):
+        r["corrected_us"] = v
+    return _keep(fit, "correction", correction_path(path), table, rows, summary, console,
+                 f"measured ≈ table sum × XGBoost ratio of the net's ops ({len(fit['features']) - 1} op features)",
+                 f"the {base['name']}'s {base['median_abs_error_pct']:.1f}% median without exceeding its "
+                 f"{base['worst_abs_error_pct']:.1f}% worst")
+
+
+def _keep(fit: dict, what: str, where: Path, table, rows: list[dict], summary: dict, console, form: str,
+          beat: str) -> dict:
+    """Write a fitted model beside the table when it qualified on stable nets; remove an earlier one when stable
+    nets are predicted better without it. Returns the fit as recorded in the summary (no per-net lists, no
+    model)."""
+    loo = fit.pop("loo_us")
+    stats = statistics(loo, [r["measured_us"] for r in rows])
     fit.update(leave_one_out=stats, table_hash=table.hash, load_avg=summary["load_avg"],
-               fitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), unstable_nets=len(summary["unstable"]))
-    where = calibration_path(path)
+               fitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), unstable_nets=len(summary["unstable"]),
+               trained_on=[list(r["ops"]) for r in rows])
     # A machine that changes speed mid-validation slows every net in the same rounds, so many nets turn unstable
     # (10 of 23 in the case in docs/measurement.md); a fit to that would learn the machine's state. One unstable
     # net among several is that net's own noise.
     if fit["better"] and len(summary["unstable"]) > len(rows) // 4:
         fit["better"] = False
         fit["not_used"] = f"{len(summary['unstable'])} net(s) unstable"
-        console.print(f"calibration not used: {len(summary['unstable'])} of {len(rows)} nets were unstable (the "
-                      "machine changed speed while they were timed), and a fit to them would learn the machine's "
-                      f"state, not the table's error; leave-one-out it gave {fit['loo_median_abs_error_pct']:.1f}% "
-                      f"against {fit['additive_median_abs_error_pct']:.1f}% for the plain sum")
+        console.print(f"{what} not used: {len(summary['unstable'])} of {len(rows)} nets were unstable (the machine "
+                      "changed speed while they were timed), and a fit to them would learn the machine's state, not "
+                      f"the table's error; leave-one-out it gave {fit['loo_median_abs_error_pct']:.1f}% median")
     elif fit["better"]:
         atomic_write_json(where, fit)
-        console.print(f"calibration: measured ≈ {fit['scale']:.3f} × table sum {fit['offset_us']:+.1f} µs; leave-one-"
-                      f"out median |error| {fit['loo_median_abs_error_pct']:.1f}% against "
-                      f"{fit['additive_median_abs_error_pct']:.1f}% for the plain sum: written to {where}, used by "
+        console.print(f"{what}: {form}; leave-one-out |error| {fit['loo_median_abs_error_pct']:.1f}% median, "
+                      f"{fit['loo_worst_abs_error_pct']:.1f}% worst, beating {beat}: written to {where}, used by "
                       "every later prediction of this table")
     else:
-        console.print(f"calibration not used: leave-one-out |error| {fit['loo_median_abs_error_pct']:.1f}% median, "
-                      f"{fit['loo_worst_abs_error_pct']:.1f}% worst does not beat the plain sum's "
-                      f"{fit['additive_median_abs_error_pct']:.1f}% median without exceeding its "
-                      f"{fit['additive_worst_abs_error_pct']:.1f}% worst")
-        # stable nets that the plain sum predicts best overrule an earlier calibration of this table (a refusal
-        # for unstable nets above says nothing about the table, and keeps it)
+        console.print(f"{what} not used: leave-one-out |error| {fit['loo_median_abs_error_pct']:.1f}% median, "
+                      f"{fit['loo_worst_abs_error_pct']:.1f}% worst does not beat {beat}")
+        # stable nets that are predicted better without it overrule an earlier fit of this table (a refusal for
+        # unstable nets above says nothing about the table, and keeps it)
         if where.is_file():
             where.unlink()
             fit["removed"] = str(where)
-            console.print(f"removed the earlier calibration {where}: these nets are predicted better without it")
+            console.print(f"removed the earlier {what} {where}: these nets are predicted better without it")
+    fit.pop("booster", None)
+    fit.pop("trained_on")
     return fit
 
 
@@ -247,22 +309,45 @@ def summary_line(doc: dict) -> str:
 
 
 def _calibrated_line(s: dict) -> str:
-    c = s.get("calibration")
-    if not c or not c.get("better"):
-        return ""
-    lo = c["leave_one_out"]
-    return (f"\ncalibrated (leave-one-out): |error| median {lo['median_abs_error_pct']:.1f}%, worst "
-            f"{lo['worst_abs_error_pct']:.1f}%; within ±5% {100 * lo['within_5pct']:.0f}%, ±10% "
-            f"{100 * lo['within_10pct']:.0f}%; Kendall τ {lo['kendall_tau']:.2f}")
+    out = ""
+    for what in ("calibration", "correction"):
+        c = s.get(what)
+        if not c or not c.get("better"):
+            continue
+        lo = c["leave_one_out"]
+        out += (f"\n{'calibrated' if what == 'calibration' else 'learned correction'} (leave-one-out): |error| "
+                f"median {lo['median_abs_error_pct']:.1f}%, worst {lo['worst_abs_error_pct']:.1f}%; within ±5% "
+                f"{100 * lo['within_5pct']:.0f}%, ±10% {100 * lo['within_10pct']:.0f}%; Kendall τ "
+                f"{lo['kendall_tau']:.2f}")
+    u = s.get("in_use")
+    if u:
+        out += (f"\n{u['model']} in use, on {u['nets']} nets it was not fitted on: |error| median "
+                f"{u['median_abs_error_pct']:.1f}%, worst {u['worst_abs_error_pct']:.1f}%; within ±5% "
+                f"{100 * u['within_5pct']:.0f}%; Kendall τ {u['kendall_tau']:.2f}")
+    return out
+
+
+def learned(doc: dict) -> tuple[str, str] | None:
+    """The row field and name of the model validate would predict these nets with from now on (the correction
+    before the calibration), or None when the plain sum is kept."""
+    s = doc["summary"]
+    if (s.get("correction") or {}).get("better"):
+        return "corrected_us", "learned correction"
+    if (s.get("calibration") or {}).get("better"):
+        return "calibrated_us", "calibrated table"
+    return None
 
 
 def result_table(doc: dict) -> Table:
     t = Table(title=f"predicted (table) against measured (compiled) on {doc['target']['name']}")
-    for c in ("net", "table sum µs", "calibrated µs", "measured µs (median, IQR)", "error %", "untuned kernels"):
+    cols = ["net", "table sum µs", "calibrated µs"]
+    corrected = any(r.get("corrected_us") is not None for r in doc["nets"])
+    cols += ["corrected µs"] if corrected else []
+    for c in (*cols, "measured µs (median, IQR)", "error %", "untuned kernels"):
         t.add_column(c, justify="left" if c == "net" else "right")
     for r in doc["nets"]:
-        cal = r.get("calibrated_us")
-        t.add_row(r["net"], f"{r['predicted_us']:,.1f}", "—" if cal is None else f"{cal:,.1f}",
+        fits = [r.get("calibrated_us")] + ([r.get("corrected_us")] if corrected else [])
+        t.add_row(r["net"], f"{r['predicted_us']:,.1f}", *("—" if v is None else f"{v:,.1f}" for v in fits),
                   format_us(r["measured_us"], r["measured_q1"], r["measured_q3"], r["stable"]).replace(" µs", ""),
                   f"{r['error_pct']:+.1f}", str(r["untuned_kernels"]))
     return t
@@ -278,9 +363,9 @@ def plot(doc: dict, path: Path) -> str:
     from ..io import atomic_write_bytes
 
     rows = doc["nets"]
-    cal = (doc["summary"].get("calibration") or {}).get("better")
+    cal = learned(doc)
     additive = np.array([r["predicted_us"] for r in rows])
-    p = np.array([r["calibrated_us"] for r in rows]) if cal else additive
+    p = np.array([r[cal[0]] for r in rows]) if cal else additive
     m = np.array([r["measured_us"] for r in rows])
     lo = np.array([r["measured_us"] - r["measured_q1"] for r in rows])
     hi = np.array([r["measured_q3"] - r["measured_us"] for r in rows])
@@ -292,16 +377,16 @@ def plot(doc: dict, path: Path) -> str:
         ax.errorbar(p[i], m[i], yerr=[[lo[i]], [hi[i]]], fmt="s", ms=6, color="#d62728")
         ax.annotate(rows[i]["net"], (p[i], m[i]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if cal:
-        ax.scatter(additive, m, s=14, facecolors="none", edgecolors="#999", label="table sum (not calibrated)")
+        ax.scatter(additive, m, s=14, facecolors="none", edgecolors="#999", label=f"table sum (no {cal[1]})")
     lim = [0.95 * min(p.min(), m.min(), additive.min()), 1.05 * max(p.max(), m.max(), additive.max())]
     ax.plot(lim, lim, "--", color="#555", lw=1, label="measured = predicted")
     ax.fill_between(lim, [v * 0.95 for v in lim], [v * 1.05 for v in lim], color="#999", alpha=0.2, label="±5%")
     ax.set_xlim(lim)
     ax.set_ylim(lim)
-    ax.set_xlabel("predicted latency (µs, " + ("calibrated table, leave-one-out)" if cal else "latency table)"))
+    ax.set_xlabel("predicted latency (µs, " + (f"{cal[1]}, leave-one-out)" if cal else "latency table)"))
     ax.set_ylabel("measured latency (µs, compiled module)")
     s = doc["summary"]
-    shown = s["calibration"]["leave_one_out"] if cal else s
+    shown = s[{"corrected_us": "correction", "calibrated_us": "calibration"}[cal[0]]]["leave_one_out"] if cal else s
     ax.set_title(f"{doc['space']['name']} on {doc['target']['name']}: median |err| "
                  f"{shown['median_abs_error_pct']:.1f}%, τ {shown['kendall_tau']:.2f}"
                  + (f" (table sum: {s['median_abs_error_pct']:.1f}%)" if cal else ""), fontsize=9)

@@ -95,6 +95,9 @@ class LatencyTable:
     path: Path | None = None
     # measured ≈ scale × additive + offset, fitted by `tvm-nas validate` on compiled nets (None: additive)
     calibration: dict | None = None
+    # measured ≈ table sum × a ratio learned from the net's ops (see .correction), fitted by `tvm-nas validate` when
+    # it beats the calibration on nets it was not trained on; it predicts whole nets only (None: not used)
+    correction: object | None = None
 
     # -- file format ---------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -139,6 +142,9 @@ class LatencyTable:
         check_invocation(path, meta.get("invocation"), d["entries"])
         table = cls(d["space"], d["target"], meta, d["entries"], path)
         table.calibration = load_calibration(calibration_path(path), table.hash)
+        from .correction import correction_path, load_correction
+
+        table.correction = load_correction(correction_path(path), table.hash)
         if space is not None:
             table.check_space(space)
         if target_name is not None:
@@ -213,11 +219,18 @@ class LatencyTable:
         return [self.block_vector(b) for b in space.blocks()]
 
     def predict(self, space: SearchSpace, ops: list[str], calibrated: bool = True) -> float:
-        """Predicted latency (µs) of a whole net: fixed layers plus the chosen op of every block (calibrated when
-        the table has a calibration, unless `calibrated` is False: the plain sum of the table)."""
+        """Predicted latency (µs) of a whole net.
+
+        The plain sum of the table (fixed layers plus the chosen op of every block) when `calibrated` is False.
+        Otherwise the best model `tvm-nas validate` has fitted to this table: the learned correction when there is
+        one (the plain sum × the ratio it learned from the net's ops), else the calibration (an affine map of the
+        sum), else the plain sum.
+        """
         blocks = space.blocks()
         if len(ops) != len(blocks):
             raise TvmNasError(f"{len(ops)} ops given for the {len(blocks)} blocks of space '{space.name}'")
+        if calibrated and self.correction is not None:
+            return self.correction.predict(ops, self.predict(space, ops, calibrated=False))
         return self.fixed_latency(space, calibrated) + sum(self.latency(b.key(op), calibrated)
                                                            for b, op in zip(blocks, ops, strict=True))
 

@@ -239,11 +239,14 @@ def plot_predicted_measured(s: RunSummary, path: Path) -> str | None:
         return "no compiled net has both a predicted and a measured latency in summary.json"
     fig = Figure(figsize=(6.2, 5.2))
     ax = fig.add_subplot()
-    cal = all(n.calibrated_us is not None for n in nets)
-    if cal:  # the calibrated prediction is the table's prediction from now on; the plain sum shown hollow
+    # the validate stage's learned model (each net fitted on the others) is the table's prediction from now on;
+    # the plain sum is shown hollow
+    models = (("corrected_us", "learned correction"), ("calibrated_us", "calibrated table"))
+    fitted = next(((f, name) for f, name in models if all(getattr(n, f) is not None for n in nets)), None)
+    if fitted:
         ax.scatter([n.predicted_us for n in nets], [n.measured_us for n in nets], s=22, facecolors="none",
-                   edgecolors="#999", label="table sum (before calibration)")
-    x = (lambda n: n.calibrated_us) if cal else (lambda n: n.predicted_us)
+                   edgecolors="#999", label=f"table sum (before the {fitted[1]})")
+    x = (lambda n: getattr(n, fitted[0])) if fitted else (lambda n: n.predicted_us)
     _scatter_nets(ax, nets, lambda n: (x(n), n.measured_us, True))
     vals = [v for n in nets for v in (n.predicted_us, n.measured_us, x(n))]
     lo, hi = min(vals), max(vals)
@@ -256,7 +259,7 @@ def plot_predicted_measured(s: RunSummary, path: Path) -> str | None:
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_aspect("equal")
-    ax.set_xlabel("predicted latency (µs, " + ("calibrated table, each net fitted on the others)" if cal
+    ax.set_xlabel("predicted latency (µs, " + (f"{fitted[1]}, each net fitted on the others)" if fitted
                                                else "latency table)"))
     ax.set_ylabel("measured latency (µs, compiled module)")
     ax.grid(alpha=0.3)

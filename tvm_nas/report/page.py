@@ -151,10 +151,20 @@ def _validation(s: RunSummary) -> str:
                   f"{lo['median_abs_error_pct']:.1f}% / {lo['worst_abs_error_pct']:.1f}%"],
                  ["calibrated, leave-one-out: within ±5% / ±10%; τ",
                   f"{100 * lo['within_5pct']:.0f}% / {100 * lo['within_10pct']:.0f}%; {lo['kendall_tau']:.2f}"]]
+    cor = m.get("correction") or {}
+    if cor.get("leave_one_out"):
+        lo = cor["leave_one_out"]
+        rows += [["learned correction: measured ≈", "table sum × XGBoost ratio of the net's op counts"
+                  + ("" if cor.get("better") else
+                     f" (not used: {cor.get('not_used') or 'no better than the ' + cor['baseline']['name']})")],
+                 ["learned correction, leave-one-out: |error| median / worst",
+                  f"{lo['median_abs_error_pct']:.1f}% / {lo['worst_abs_error_pct']:.1f}%"],
+                 ["learned correction, leave-one-out: within ±5% / ±10%; τ",
+                  f"{100 * lo['within_5pct']:.0f}% / {100 * lo['within_10pct']:.0f}%; {lo['kendall_tau']:.2f}"]]
     return (_table(None, rows) + "<p class='small'>Every net compiled with the target's database and timed "
             "interleaved (median and interquartile range); error = (predicted − measured) / measured. The "
-            "calibration is fitted on the nets; each net's calibrated figure comes from a fit on the other nets "
-            "only.</p>")
+            "calibration and the learned correction are fitted on the nets; each net's fitted figure comes from a "
+            "fit on the other nets only.</p>")
 
 
 def _peers_table(s: RunSummary) -> str:

@@ -95,6 +95,7 @@ class NetInfo(_Part):
     stable: bool | None = None
     compile_measured_us: float | None = None
     calibrated_us: float | None = None  # the validate stage's calibrated prediction (fitted on the other nets)
+    corrected_us: float | None = None  # the validate stage's learned correction (fitted on the other nets)
 
 
 class ValidationInfo(_Part):
