@@ -48,7 +48,7 @@ def _validate(args, out: Path, seed: int | None = None) -> dict:
     return json.loads((out / "validate.json").read_text())
 
 
-def learned_correction(nets: list[dict]) -> dict:
+def learned_correction(nets: list[dict], summary: dict | None = None) -> dict:
     """Does a learned correction beat the additive table on nets it was not trained on? Leave-one-out.
 
     The product's two fits, each scored with every net predicted by a fit on the others: the calibration of the
@@ -74,9 +74,11 @@ def learned_correction(nets: list[dict]) -> dict:
     if cor:
         guesses["xgboost"] = np.array(cor["loo_us"])
     out = {k: statistics(g, meas) for k, g in guesses.items()}
-    out["linear"]["used"] = bool(cal["better"])
+    # used: what validate kept (it also refuses a fit to a validation with many unstable nets)
+    kept = summary or {}
+    out["linear"]["used"] = bool((kept.get("calibration") or {}).get("better")) if summary else bool(cal["better"])
     if cor:
-        out["xgboost"]["used"] = bool(cor["better"])
+        out["xgboost"]["used"] = bool((kept.get("correction") or {}).get("better")) if summary else bool(cor["better"])
     return out
 
 
@@ -110,7 +112,7 @@ def main() -> int:
         s.update(stage_drift_pct=float(np.median(drift)), stage_drift_worst_pct=float(np.max(drift)))
         console.print(f"same modules, two processes: medians moved by {s['stage_drift_pct']:.1f}% (median), "
                       f"{s['stage_drift_worst_pct']:.1f}% (worst) (load average {os.getloadavg()[0]:.2f})")
-    learned = learned_correction(first["nets"])
+    learned = learned_correction(first["nets"], first["summary"])
     for k, v in learned.items():
         console.print(f"leave-one-out, {k}{' (used)' if v.get('used') else ''}: |error| median "
                       f"{v['median_abs_error_pct']:.1f}%, worst {v['worst_abs_error_pct']:.1f}%; within ±5% "

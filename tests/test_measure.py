@@ -291,6 +291,30 @@ def test_calibrated_table_predicts_the_affine_map(micro_space, micro_logs, tmp_p
     assert LatencyTable.load(path, space=space).calibration is None
 
 
+def test_builds_are_timed_interleaved_and_their_outputs_checked(micro_space, tmp_path):
+    from tvm_nas.arch import arch_document, write_arch
+    from tvm_nas.deploy import compile_arch
+    from tvm_nas.deploy.compile import time_builds
+    from tvm_nas.space import load_space
+
+    quick = str(quick_target(tmp_path))
+    space = load_space(str(micro_space))
+    builds = {}
+    for name, ops in (("a", ["mbconv_k3_e3"]), ("b", ["zero"])):
+        arch = write_arch(tmp_path / f"{name}.arch.json", arch_document(space, ops, None, None))
+        m = compile_arch(arch, quick, out=tmp_path / name, untuned=True, measure=False, verify=False)
+        assert m["measured_latency_us"] is None
+        builds[name] = (tmp_path / name, arch, None)
+    got = time_builds(builds, quick)
+    for name in builds:
+        m = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert m["measured_latency_us"] == got[name] > 0 and m["measured_iqr_us"][0] <= got[name]
+        assert "interleaved with 1 other module(s)" in m["measurement"]["how"] and "round_medians" in m["measurement"]
+    # other weights and input than the modules were built with: their outputs differ, and nothing is timed
+    with pytest.raises(TvmNasError, match="differ"):
+        time_builds(builds, quick, seed=1)
+
+
 def test_validate_over_rpc(micro_space, rpc_target, tmp_path):
     from tvm_nas.profile import profile
 

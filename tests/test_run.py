@@ -52,6 +52,9 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path):
     assert arch["ops"] == summary["arch"]["ops"] == searched["ops"]
     manifest = json.loads((run / summary["artifacts"]["manifest"]).read_text())
     assert manifest["measured_latency_us"] == searched["compile_measured_us"]
+    # the compile stage timed the run's modules together, interleaved, as validate does after it
+    assert f"interleaved with {len(summary['nets']) - 1} other module(s)" in manifest["measurement"]["how"]
+    assert all(n["compile_measured_us"] > 0 for n in summary["nets"])
     # the validate stage timed every net of the run interleaved; the summary and the page show its figures
     for n in summary["nets"]:
         assert n["measured_q1"] <= n["measured_us"] <= n["measured_q3"], n

@@ -225,31 +225,35 @@ class Run:
         return out
 
     def _compile(self) -> dict:
+        """The searched net and the baselines, built with the target's database, then timed interleaved."""
         from .deploy import compile_arch
-        from .deploy.compile import LIBRARY, ONNX_FILE
+        from .deploy.compile import LIBRARY, ONNX_FILE, time_builds
 
         d = self.state["done"]
         untuned = self.cfg.trials == 0  # a --trials 0 profile has no database: default schedules
-        searched = compile_arch(self.dir / d["search"]["arch"], self.target, weights=self.dir / d["train"]["weights"],
-                                out=self.dir / "build" / self.target.name, trials=0, logs_dir=self.cfg.logs_dir,
-                                untuned=untuned, console=self.console)
-        measured = {"searched": _measured(searched)}
+        out = self.dir / "build" / self.target.name
+        searched = (out, self.dir / d["search"]["arch"], self.dir / d["train"]["weights"])
+        compile_arch(searched[1], self.target, weights=searched[2], out=out, trials=0, logs_dir=self.cfg.logs_dir,
+                     measure=False, untuned=untuned, console=self.console)
+        builds = {"searched": searched}
         partial = self.state.setdefault("compile_partial", {})
         nets = d["baselines"]["nets"]
         with progress(self.console) as prog:
             bar = prog.add_task("compiling baselines", total=len(nets), completed=len(partial))
             for name, net in nets.items():
+                builds[name] = (self._baseline_build(net), self.dir / net["arch"], self.dir / net["weights"])
                 if name in partial:
                     continue
-                m = compile_arch(self.dir / net["arch"], self.target, weights=self.dir / net["weights"],
-                                 out=self._baseline_build(net), trials=0,
-                                 logs_dir=self.cfg.logs_dir, verify=False, untuned=untuned, console=self.console)
-                partial[name] = _measured(m)
+                compile_arch(builds[name][1], self.target, weights=builds[name][2], out=builds[name][0], trials=0,
+                             logs_dir=self.cfg.logs_dir, verify=False, measure=False, untuned=untuned,
+                             console=self.console)
+                partial[name] = "built"
                 _save(self.dir, self.state)
                 prog.advance(bar)
-        measured.update(partial)
+        # timed together, as validate and compare time them: one module alone in its own minute of the machine's
+        # life is not comparable with the next one alone in another
+        measured = time_builds(builds, self.target, console=self.console)
         self.state.pop("compile_partial", None)
-        out = self.dir / "build" / self.target.name
         return {"measured_us": measured, "manifest": self.rel(out / "manifest.json"),
                 "module": self.rel(out / LIBRARY), "onnx": self.rel(out / ONNX_FILE)}
 
@@ -372,10 +376,6 @@ def _artifacts(stage: str, result: dict) -> list[str]:
     if stage == "compare" and result.get("rows"):
         files.append("compare/compare.json")
     return files
-
-
-def _measured(manifest: dict) -> float | None:
-    return manifest.get("measured_latency_us")
 
 
 def _peers(rows: list[dict]) -> list[dict]:

@@ -197,26 +197,96 @@ def verify_library(library: str | os.PathLike, spec: TargetSpec, x: np.ndarray, 
     return {"status": "passed", "how": how, "max_abs_err": err}
 
 
-def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tuple[dict | None, str]:
-    from ..backend import measure
+def _unmeasurable(spec: TargetSpec) -> str | None:
+    """Why a module of this target cannot be timed from here, or None."""
     from ..backend.library import cuda_device_present
     from ..backend.target import is_gpu
 
     if is_gpu(spec) and not spec.is_rpc and not cuda_device_present():
-        return None, "not measured: no CUDA device on this machine"
+        return "not measured: no CUDA device on this machine"
     if spec.cross_compiler and not spec.is_rpc:
-        return None, "not measured: a cross target needs its RPC runner"
-    outs, t = measure.run_and_time(exe, [x], spec)
+        return "not measured: a cross target needs its RPC runner"
+    return None
+
+
+def _check_device_outputs(spec: TargetSpec, outs, expected: np.ndarray, label: str = "the module") -> float:
     err = float(np.abs(outs[0].reshape(expected.shape) - expected).max())
     if not err <= ATOL:  # NaN fails too
-        raise TvmNasError(f"target '{spec.name}': the module's outputs on the device differ from PyTorch's by "
+        raise TvmNasError(f"target '{spec.name}': {label}'s outputs on the device differ from PyTorch's by "
                           f"{err:.2e} (> {ATOL})")
-    ev = spec.evaluator
-    how = (f"time_evaluator on {t.where}: median and quartiles of {t.count} samples over {t.rounds} rounds "
-           f"(round medians {'agree' if t.stable else 'DISAGREE: UNSTABLE'} within the protocol's tolerance), each "
-           f"the mean of >= {t.number} runs filling {ev.min_repeat_ms} ms; outputs checked on the device "
-           f"(max abs err {err:.1e})")
-    return t.to_json(), how
+    return err
+
+
+def _how(spec: TargetSpec, t, err: float, others: int = 0) -> str:
+    return (f"time_evaluator on {t.where}: median and quartiles of {t.count} samples over {t.rounds} rounds "
+            f"(round medians {'agree' if t.stable else 'DISAGREE: UNSTABLE'} within the protocol's tolerance), each "
+            f"the mean of >= {t.number} runs filling {spec.evaluator.min_repeat_ms} ms"
+            + (f", rounds interleaved with {others} other module(s)" if others else "")
+            + f"; outputs checked on the device (max abs err {err:.1e})")
+
+
+def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tuple[dict | None, str]:
+    from ..backend import measure
+
+    why = _unmeasurable(spec)
+    if why:
+        return None, why
+    outs, t = measure.run_and_time(exe, [x], spec)
+    err = _check_device_outputs(spec, outs, expected)
+    return t.to_json(), _how(spec, t, err)
+
+
+def time_builds(builds: dict[str, tuple], target: str | os.PathLike | TargetSpec, seed: int = 0,
+                console: Console | None = None) -> dict[str, float | None]:
+    """Time the modules of several finished builds interleaved and record each figure in its manifest.
+
+    Modules that will be compared are timed in interleaved rounds (A B C A B C ...), never one after the other:
+    a machine that changes speed between two builds would otherwise show up as a difference between the nets.
+
+    Args:
+        builds: name -> (build folder of :func:`compile_arch`, its architecture, its weights or None).
+        target: the target they were built for (local or RPC runner).
+        seed: the seed they were built with (random weights and the test input).
+
+    Returns:
+        name -> measured median (µs), None for each when the target cannot be timed from here.
+    """
+    from ..backend import measure
+    from ..io import read_json
+
+    console = console or Console(stderr=True)
+    spec = load_target(target)
+    why = _unmeasurable(spec)
+    loaded, errs, manifests = {}, {}, {}
+    with measure.target_session(spec) as sess:
+        for name, (out, arch, weights) in builds.items():
+            out = Path(out)
+            manifests[name] = read_json(out / MANIFEST, "build manifest")
+            if why:
+                continue
+            a = load_architecture(arch)
+            x = example_input(a.input_shape, seed)
+            m = measure.load(out / LIBRARY, [x], spec, sess)
+            errs[name] = _check_device_outputs(spec, m.outputs(), torch_forward(
+                build_network_from_arch(a, weights, seed), x), f"net '{name}'")
+            loaded[name] = m
+        if loaded:
+            console.print(f"timing {len(loaded)} modules interleaved on {spec.name}")
+        timings = measure.time_loaded(loaded, spec) if loaded else {}
+        loaded.clear()
+    result = {}
+    for name, (out, _, _) in builds.items():
+        t, m = timings.get(name), manifests[name]
+        timing = t.to_json() if t else None
+        predicted = m.get("predicted_latency_us")
+        m.update(measured_latency_us=t.median if t else None,
+                 measured_iqr_us=[t.q1, t.q3] if t else None,
+                 measurement={"how": _how(spec, t, errs[name], len(builds) - 1) if t else why, **(timing or {})},
+                 measured_over_predicted=t.median / predicted if t and predicted else None)
+        atomic_write_json(Path(out) / MANIFEST, m)
+        result[name] = m["measured_latency_us"]
+        console.print(f"{name}: {_summary(m)}")
+    return result
 
 
 def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | TargetSpec,
