@@ -175,7 +175,10 @@ def test_calibration_never_trades_the_fast_nets_for_the_median():
 
 
 def test_learned_correction_beats_the_calibration_on_nets_it_was_not_trained_on():
-    from tvm_nas.profile.correction import MIN_NETS, fit_correction
+    import xgboost as xgb
+
+    from tvm_nas.deploy.validate import statistics
+    from tvm_nas.profile.correction import MIN_NETS, Correction, fit_correction
     from tvm_nas.profile.table import fit_calibration
 
     # the 23 nets of the tuned cifar table (docs/measurement.md): the plain sum misses more the bigger the net
@@ -190,7 +193,14 @@ def test_learned_correction_beats_the_calibration_on_nets_it_was_not_trained_on(
     loo = 100 * np.abs(np.array(fit["loo_us"]) / np.array(meas) - 1)
     assert fit["better"] and fit["loo_median_abs_error_pct"] < base["median_abs_error_pct"]
     assert loo.max() <= 5 and fit["loo_worst_abs_error_pct"] == pytest.approx(loo.max())  # every net within ±5%
-    assert fit["features"] == ["table_sum_us", *sorted({o for n in ops for o in n})]
+    # the table sum alone does it, so the correction keeps the table's order: the search ranks nets by the table
+    assert fit["form"] == "sum" and fit["features"] == ["table_sum_us"] and fit["forms"]["ops"]["qualifies"]
+    assert statistics(fit["loo_us"], meas)["kendall_tau"] >= 0.9
+    booster = xgb.Booster()
+    booster.load_model(bytearray(fit["booster"].encode()))
+    c = Correction(fit, booster)
+    sums = np.linspace(100, 4000, 400)
+    assert np.all(np.diff([c.predict(ops[0], v) for v in sums]) > 0)
     # a table that misses a fixed share of every net: the calibration already says it all, the trees cannot beat it
     exact = fit_calibration(pred, [1.07 * p for p in pred])
     fit = fit_correction(ops, pred, [1.07 * p for p in pred],

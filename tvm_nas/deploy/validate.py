@@ -236,8 +236,9 @@ def _correct(table, path: Path, rows: list[dict], summary: dict, console) -> dic
         return None
     for r, v in zip(rows, fit["loo_us"], strict=True):
         r["corrected_us"] = v
+    of = "sum" if fit["form"] == "sum" else "sum and op counts"
     return _keep(fit, "correction", correction_path(path), table, rows, summary, console,
-                 f"measured ≈ table sum × XGBoost ratio of the net's ops ({len(fit['features']) - 1} op features)",
+                 f"measured ≈ table sum × an XGBoost ratio of the {of}",
                  f"the {base['name']}'s {base['median_abs_error_pct']:.1f}% median without exceeding its "
                  f"{base['worst_abs_error_pct']:.1f}% worst")
 

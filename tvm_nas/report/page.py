@@ -154,7 +154,8 @@ def _validation(s: RunSummary) -> str:
     cor = m.get("correction") or {}
     if cor.get("leave_one_out"):
         lo = cor["leave_one_out"]
-        rows += [["learned correction: measured ≈", "table sum × XGBoost ratio of the net's op counts"
+        rows += [["learned correction: measured ≈", "table sum × XGBoost ratio of the "
+                  + ("sum and the net's op counts" if cor.get("form") == "ops" else "table sum")
                   + ("" if cor.get("better") else
                      f" (not used: {cor.get('not_used') or 'no better than the ' + cor['baseline']['name']})")],
                  ["learned correction, leave-one-out: |error| median / worst",
