@@ -1,7 +1,7 @@
 """Does the latency table predict the compiled nets? `tvm-nas validate` on ≥ 20 random nets, against the goals.
 
     PYTHONPATH=. .venv/bin/python bench/predict_vs_measured.py [--space tiny] [--target host] [--n 20]
-        [--logs-dir tuning_logs] [--profile-trials 0] [--twice] [--fresh-seed S]
+        [--logs-dir tuning_logs] [--profile-trials 0] [--twice] [--fresh-seed S] [--rescore RESULT.json]
 
 Profiles the table first if it is missing (``--profile-trials``), then runs validate: N random nets plus the
 fastest, slowest and reference nets, compiled with the target's database, timed interleaved under the measurement
@@ -10,7 +10,8 @@ average, and the issue's goals (tuned proxyless-cifar: median ≤ 3%, ≥ 95% wi
 τ ≥ 0.8). ``--twice`` runs validate again in a fresh process (a second "stage") and reports how far the same
 modules' medians moved between the two (goal ≤ 3%). ``--fresh-seed S`` then validates other random nets: how the
 model the first validation fitted (calibration or learned correction) predicts nets it was not fitted on. Goals are
-checked for the plain table sum, for the product's prediction (leave-one-out), and on the fresh nets. Writes
+checked for the plain table sum, for the product's prediction (leave-one-out), and on the fresh nets.
+``--rescore RESULT.json`` measures nothing and scores today's models on an earlier result's validation. Writes
 ``bench/results/predict_vs_measured-<space>-<target>-n<N>.json``. Run time: tiny, 20 nets, about 3 minutes
 (6 with --twice) on an idle 2-core machine; proxyless-cifar about 15 minutes.
 """
@@ -94,17 +95,27 @@ def main() -> int:
     p.add_argument("--fresh-seed", type=int, default=None,
                    help="then validate other random nets (this seed): how the model the first validation fitted "
                         "predicts nets it was not fitted on")
+    p.add_argument("--rescore", default=None, metavar="RESULT.json",
+                   help="measure nothing: score the models on the validation of an earlier result of this bench "
+                        "(its 'validate' field)")
     p.add_argument("--results", default="bench/results")
     args = p.parse_args()
     console = Console()
     space, spec = load_space(args.space), load_target(args.target)
-    if not table_path(args.logs_dir, spec.name, space.name).is_file():
-        profile(space, spec, trials=args.profile_trials, logs_dir=args.logs_dir, console=console)
     load0 = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        first = _validate(args, Path(tmp) / "1")
-        second = _validate(args, Path(tmp) / "2") if args.twice else None
-        fresh = _validate(args, Path(tmp) / "3", args.fresh_seed) if args.fresh_seed is not None else None
+    if args.rescore:
+        earlier = json.loads(Path(args.rescore).read_text())
+        first, second, fresh = earlier["validate"], earlier.get("second_stage"), earlier.get("fresh_nets")
+        load0 = tuple(earlier["load_before"])
+        console.print(f"rescoring {args.rescore}: measured with load average {load0[0]:.2f} before, "
+                      f"{earlier['load_after'][0]:.2f} after")
+    else:
+        if not table_path(args.logs_dir, spec.name, space.name).is_file():
+            profile(space, spec, trials=args.profile_trials, logs_dir=args.logs_dir, console=console)
+        with tempfile.TemporaryDirectory() as tmp:
+            first = _validate(args, Path(tmp) / "1")
+            second = _validate(args, Path(tmp) / "2") if args.twice else None
+            fresh = _validate(args, Path(tmp) / "3", args.fresh_seed) if args.fresh_seed is not None else None
     s = dict(first["summary"])
     if second:
         m1 = {r["net"]: r["measured_us"] for r in first["nets"]}
@@ -112,7 +123,8 @@ def main() -> int:
         s.update(stage_drift_pct=float(np.median(drift)), stage_drift_worst_pct=float(np.max(drift)))
         console.print(f"same modules, two processes: medians moved by {s['stage_drift_pct']:.1f}% (median), "
                       f"{s['stage_drift_worst_pct']:.1f}% (worst) (load average {os.getloadavg()[0]:.2f})")
-    learned = learned_correction(first["nets"], first["summary"])
+    # a rescore asks what the product would do with those measurements now: its own fits decide what is used
+    learned = learned_correction(first["nets"], None if args.rescore else first["summary"])
     for k, v in learned.items():
         console.print(f"leave-one-out, {k}{' (used)' if v.get('used') else ''}: |error| median "
                       f"{v['median_abs_error_pct']:.1f}%, worst {v['worst_abs_error_pct']:.1f}%; within ±5% "
@@ -137,11 +149,15 @@ def main() -> int:
                 console.print(f"{name}: goal {k} {op} {v}: {src[k]:.3f} -> {'met' if ok else 'NOT met'}")
     trials = first["table"]["trials"]
     console.print(f"table trials {trials}, invocation cost {first['table']['invocation_us']} µs; load average "
-                  f"before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f}")
-    name = f"predict_vs_measured-{space.name}-{spec.name}-n{args.n}.json"
+                  f"before {load0[0]:.2f}, after "
+                  f"{(earlier['load_after'] if args.rescore else os.getloadavg())[0]:.2f}"
+                  + (" (when it was measured)" if args.rescore else ""))
+    name = f"predict_vs_measured-{space.name}-{spec.name}-n{args.n}{'-rescored' if args.rescore else ''}.json"
     atomic_write_json(Path(args.results) / name, {"space": space.name, "target": spec.name, "threads": spec.threads,
                                                  "table_trials": trials, "load_before": list(load0),
-                                                 "load_after": list(os.getloadavg()), "summary": s,
+                                                 "load_after": list(earlier["load_after"] if args.rescore
+                                                                    else os.getloadavg()),
+                                                 "rescored_from": args.rescore, "summary": s,
                                                  "goals": verdict, "learned_correction": learned, "validate": first,
                                                  "second_stage": second, "fresh_nets": fresh})
     return 0
