@@ -18,7 +18,6 @@ File: ``<space>.correction.json`` beside ``<space>.latency.json`` (docs/formats.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -145,14 +144,11 @@ class Correction:
 def load_correction(path: Path, table_hash: str) -> Correction | None:
     """The correction beside a table, or None when there is none, when it was fitted to other entries (the table
     was measured again since), or when it is damaged: the table then predicts without it."""
-    if not path.is_file():
-        return None
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(d, dict) or d.get("table_hash") != table_hash or d.get("model") != MODEL \
-            or not isinstance(d.get("booster"), str) or not isinstance(d.get("features"), list):
+    from .table import read_fitted
+
+    d = read_fitted(path, table_hash)
+    if d is None or d.get("model") != MODEL or not isinstance(d.get("booster"), str) \
+            or not isinstance(d.get("features"), list):
         return None
     import xgboost as xgb
 

@@ -255,16 +255,23 @@ def calibration_path(table: str | os.PathLike) -> Path:
     return table.with_name(table.name.replace(".latency.json", "") + ".calibration.json")
 
 
-def load_calibration(path: Path, table_hash: str) -> dict | None:
-    """The calibration beside a table, or None when there is none, or when it was fitted to other entries (the
-    table was measured again since) or is damaged: the table then predicts its plain sum."""
+def read_fitted(path: Path, table_hash: str) -> dict | None:
+    """A model `validate` fitted to a table (calibration, correction): the file's object, or None when there is
+    none, when it is damaged, or when it was fitted to other entries (the table was measured again since)."""
     if not path.is_file():
         return None
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(d, dict) or d.get("table_hash") != table_hash:
+    return d if isinstance(d, dict) and d.get("table_hash") == table_hash else None
+
+
+def load_calibration(path: Path, table_hash: str) -> dict | None:
+    """The calibration beside a table, or None when there is none, or when it was fitted to other entries (the
+    table was measured again since) or is damaged: the table then predicts its plain sum."""
+    d = read_fitted(path, table_hash)
+    if d is None:
         return None
     a, b = d.get("scale"), d.get("offset_us")
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
