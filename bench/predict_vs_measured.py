@@ -57,7 +57,7 @@ def learned_correction(nets: list[dict], summary: dict | None = None) -> dict:
     ``fit_calibration``) and the learned correction (XGBoost on the net's op counts and table sum, see
     ``fit_correction``). The additive table is the baseline. Reported: median and worst |error|, share within ±5%."""
     from tvm_nas.deploy.validate import statistics
-    from tvm_nas.profile.correction import fit_correction
+    from tvm_nas.profile.correction import baseline_of, fit_correction
     from tvm_nas.profile.table import fit_calibration
 
     rows = [r for r in nets if r.get("measured_us") and r.get("predicted_us")]
@@ -66,11 +66,8 @@ def learned_correction(nets: list[dict], summary: dict | None = None) -> dict:
     pred = np.array([r["predicted_us"] for r in rows])
     meas = np.array([r["measured_us"] for r in rows])
     cal = fit_calibration(pred, meas)
-    base = ({"name": "calibration", "median_abs_error_pct": cal["loo_median_abs_error_pct"],
-             "worst_abs_error_pct": cal["loo_worst_abs_error_pct"]} if cal["better"] else
-            {"name": "table sum", "median_abs_error_pct": float(np.median(100 * abs(pred / meas - 1))),
-             "worst_abs_error_pct": float(np.max(100 * abs(pred / meas - 1)))})
-    cor = fit_correction([r["ops"] for r in rows], pred, meas, base)
+    plain = 100 * abs(pred / meas - 1)
+    cor = fit_correction([r["ops"] for r in rows], pred, meas, baseline_of(cal, np.median(plain), plain.max()))
     guesses = {"additive": pred, "linear": np.array(cal["loo_us"])}
     if cor:
         guesses["xgboost"] = np.array(cor["loo_us"])

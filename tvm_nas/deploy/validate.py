@@ -221,15 +221,9 @@ def _correct(table, path: Path, rows: list[dict], summary: dict, console) -> dic
     calibration when it qualified here, else the plain sum). When it beats that model's median without exceeding
     its worst, write it beside the table: every later whole-net prediction uses it. Each row gets its leave-one-out
     prediction (``corrected_us``)."""
-    from ..profile.correction import correction_path, fit_correction
+    from ..profile.correction import baseline_of, correction_path, fit_correction
 
-    cal = summary.get("calibration") or {}
-    if cal.get("better"):
-        base = {"name": "calibration", "median_abs_error_pct": cal["loo_median_abs_error_pct"],
-                "worst_abs_error_pct": cal["loo_worst_abs_error_pct"]}
-    else:
-        base = {"name": "table sum", "median_abs_error_pct": summary["median_abs_error_pct"],
-                "worst_abs_error_pct": summary["worst_abs_error_pct"]}
+    base = baseline_of(summary.get("calibration"), summary["median_abs_error_pct"], summary["worst_abs_error_pct"])
     fit = fit_correction([r["ops"] for r in rows], [r["predicted_us"] for r in rows],
                          [r["measured_us"] for r in rows], base)
     if fit is None:

@@ -74,6 +74,15 @@ def _fit_form(form: str, ops, p: np.ndarray, m: np.ndarray, baseline: dict) -> d
             "x": x, "y": y}
 
 
+def baseline_of(calibration: dict | None, plain_median: float, plain_worst: float) -> dict:
+    """The linear model a correction must beat: the calibration's leave-one-out scores when it is used (``better``),
+    else the plain sum's |error| median and worst."""
+    if calibration and calibration.get("better"):
+        return {"name": "calibration", "median_abs_error_pct": calibration["loo_median_abs_error_pct"],
+                "worst_abs_error_pct": calibration["loo_worst_abs_error_pct"]}
+    return {"name": "table sum", "median_abs_error_pct": float(plain_median), "worst_abs_error_pct": float(plain_worst)}
+
+
 def fit_correction(ops: Sequence[Sequence[str]], predicted, measured, baseline: dict) -> dict | None:
     """Fit measured / table sum on the nets' features and score it leave-one-out against `baseline`.
 
