@@ -18,7 +18,7 @@ from tvm_nas.deploy.compile import LIBRARY, MANIFEST, compile_arch, lower_networ
 from tvm_nas.deploy.model import build_network_from_arch, example_input, torch_forward
 from tvm_nas.deploy.onnx import export_onnx, onnxruntime_forward
 from tvm_nas.io import sha256_file
-from tvm_nas.ops import prepare_for_deploy
+from tvm_nas.ops import ReLU6, prepare_for_deploy
 from tvm_nas.space import load_space
 from tvm_nas.specfile import data_dir
 
@@ -100,6 +100,46 @@ def test_onnx_export_checks_and_matches_torch(arch_file, tmp_path):
     assert info["max_abs_err"] <= 1e-4
     np.testing.assert_allclose(onnxruntime_forward(tmp_path / "m.onnx", x), torch_forward(model, x),
                                atol=1e-4)
+    # the standard graph other runtimes fuse best: every ReLU6 one Clip, no Relu + Min pair
+    from collections import Counter
+
+    nodes = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    relu6 = sum(isinstance(m, ReLU6) for m in model.modules())
+    assert nodes["Clip"] == relu6 > 0
+    assert nodes["Min"] == nodes["Relu"] == nodes["Max"] == 0
+
+
+def test_tvm_rewrites_clip_to_the_kernels_it_tunes(arch_file, tmp_path):
+    """ReLU6 reaches TVM as clip (torch and ONNX alike); the import rewrites it to minimum(relu(x), 6), so the
+    fused kernels, and with them the table's tuning records, are those of the element-wise form."""
+    import tvm_ffi
+    from tvm_nas.backend import pipeline
+    from tvm_nas.backend.target import to_tvm_target
+    from tvm_nas.targets import load_target
+
+    model = build_network_from_arch(arch_file)
+    x = example_input((1, 3, 16, 16))
+    export_onnx(model, x, tmp_path / "m.onnx")
+    target = to_tvm_target(load_target("host"))
+
+    def kernels(mod):
+        assert "relax.clip" not in mod.script()
+        fused = pipeline.lower(mod, target, True)
+        return sorted(tvm_ffi.structural_hash(f) for f in fused.functions.values() if "PrimFunc" in type(f).__name__)
+
+    from_torch = kernels(pipeline.import_torch(model, (1, 3, 16, 16)))
+    from_onnx = kernels(pipeline.import_onnx(tmp_path / "m.onnx"))
+
+    class ElementwiseReLU6(torch.nn.Module):  # what the network wrote before ReLU6 was one Clip
+        def forward(self, v):
+            return torch.minimum(torch.relu(v), torch.tensor(6.0))
+
+    for m in model.modules():
+        for name, child in m.named_children():
+            if isinstance(child, ReLU6):
+                setattr(m, name, ElementwiseReLU6())
+    assert from_torch == kernels(pipeline.import_torch(model, (1, 3, 16, 16)))
+    assert from_onnx  # the ONNX route lowers with no clip left (its numerics: test_onnx_route_agrees_...)
 
 
 # -- host: compile, load, numerics, database reuse -----------------------------------------------------------

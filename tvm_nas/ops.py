@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import TvmNasError
@@ -70,13 +71,16 @@ def parse_op(sig: str, where: str = "operator") -> OpSig:
 
 
 class ReLU6(nn.Module):
-    """ReLU6 written as maximum/minimum so that TVM's layout conversion sees no `clip` (it has no layout rule)."""
+    """min(max(x, 0), 6), the standard ReLU6 in every mode: it exports as one ONNX ``Clip`` (which ONNX Runtime,
+    OpenVINO and TensorRT fuse into the convolution before it) and trains with torch's fused hardtanh backward.
+
+    TVM's layout conversion has no rule for ``clip``; the lowering pipeline rewrites it on TVM's side of the
+    import (:func:`tvm_nas.backend.pipeline.clip_to_minimum`), so the network class is the same for training,
+    export and every runtime.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x, 0.0, 6.0) if self.training else torch.minimum(torch.relu(x), _SIX.to(x))
-
-
-_SIX = torch.tensor(6.0)
+        return F.hardtanh(x, 0.0, 6.0)
 
 
 class ConvBN(nn.Module):

@@ -7,11 +7,14 @@ pipeline measured; batch norm is folded in torch by :func:`tvm_nas.ops.prepare_f
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 PIPELINE_VERSION = "nhwc-fold-prepack-2"  # 2: stem and classifier profiled with their network edges
+# (ReLU6 moved from torch's minimum(relu(x), 6) to a Clip rewritten by clip_to_minimum: the same Relax, so the
+# same kernels and tuning records; the version stays)
 
 
 class _NHWCEdges(torch.nn.Module):
@@ -54,7 +57,38 @@ def import_torch(model: torch.nn.Module, input_shape: tuple[int, ...], nhwc_io: 
             x = x.permute(0, 2, 3, 1).contiguous()
     with torch.no_grad():
         ep = torch.export.export(model, (x,))
-    return from_exported_program(ep, keep_params_as_input=False)
+    return clip_to_minimum(from_exported_program(ep, keep_params_as_input=False))
+
+
+def clip_to_minimum(mod):
+    """Rewrite every ``clip(x, lo, hi)`` as ``minimum(relu(x), hi)`` (lo = 0) or ``minimum(maximum(x, lo), hi)``.
+
+    ReLU6 reaches TVM as ``clip`` from both routes (torch's hardtanh, ONNX's ``Clip``), and ``ConvertLayout`` has
+    no rule for ``clip``: it would put a transpose on each side of every activation. The element-wise form
+    follows its input's layout, and fuses into the convolution before it like the clip would. Shipping the
+    rewrite here, not in the network, keeps the exported ONNX the standard graph other runtimes fuse best.
+    """
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x = wildcard()
+    pattern = is_op("relax.clip")(x, wildcard(), wildcard())
+
+    def rewrite(expr, m):
+        call = m[pattern]
+        dtype = m[x].ty.dtype
+        lo, hi = (float(a.value) for a in call.args[1:])
+        if not (math.isfinite(lo) or math.isfinite(hi)):
+            return m[x]
+        y = m[x]
+        if math.isfinite(lo):
+            y = relax.op.nn.relu(y) if lo == 0.0 else relax.op.maximum(y, relax.const(lo, dtype))
+        return relax.op.minimum(y, relax.const(hi, dtype)) if math.isfinite(hi) else y
+
+    for gv, fn in list(mod.functions.items()):
+        if isinstance(fn, relax.Function):
+            mod[gv] = rewrite_call(pattern, rewrite, fn)
+    return mod
 
 
 def _elementwise_reductions(mod):
@@ -89,7 +123,7 @@ def import_onnx(path: str | os.PathLike):
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
-    return _elementwise_reductions(from_onnx(onnx.load(str(path)), keep_params_in_input=False))
+    return clip_to_minimum(_elementwise_reductions(from_onnx(onnx.load(str(path)), keep_params_in_input=False)))
 
 
 def _cancel_transposes(mod):
