@@ -113,6 +113,7 @@ def test_tvm_rewrites_clip_to_the_kernels_it_tunes(arch_file, tmp_path):
     """ReLU6 reaches TVM as clip (torch and ONNX alike); the import rewrites it to minimum(relu(x), 6), so the
     fused kernels, and with them the table's tuning records, are those of the element-wise form."""
     import tvm_ffi
+
     from tvm_nas.backend import pipeline
     from tvm_nas.backend.target import to_tvm_target
     from tvm_nas.targets import load_target
