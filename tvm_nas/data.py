@@ -4,9 +4,12 @@ A data spec is one string:
 
 * ``builtin`` — scikit-learn's handwritten digits (1797 gray 8x8 images, 10 classes), shipped inside the
   installed scikit-learn, resized to the space's input resolution and channel count, held in memory;
-* ``imagefolder:PATH`` — one sub-folder per class, images readable by PIL, streamed from disk by a
-  ``DataLoader`` with workers (random-resized crop + flip for training, resize + centre crop for validation);
-  only the file list is held in memory, and unreadable images are skipped and counted;
+* ``imagefolder:PATH`` — one sub-folder per class, images readable by PIL. Photographs larger than the space's
+  input are streamed from disk by a ``DataLoader`` with workers (random-resized crop + flip for training, resize +
+  centre crop for validation; only the file list is held in memory). Thumbnails no larger than the input (CIFAR-10
+  at 32x32, say) are decoded once and held in memory when they fit in :data:`MEMORY_LIMIT` bytes, and train with
+  the small-image recipe (4-pixel padded random crop + flip, scaled to the resolution): a random-resized crop of a
+  32x32 photograph throws most of it away. Unreadable images are skipped and counted either way;
 * ``cifar10:PATH`` — the CIFAR-10 "python version" folder (``data_batch_1`` … ``data_batch_5``), in memory.
 
 Every problem with the data (missing, empty, one class, corrupt, wrongly shaped, more classes than the space has
@@ -29,8 +32,10 @@ from .errors import TvmNasError
 from .imagefolder import IMAGE_SUFFIXES, ImageFolder, collate, train_transforms, val_transforms
 from .space import SearchSpace
 
-__all__ = ["IMAGE_SUFFIXES", "FolderData", "ImageData", "batches", "endless_batches", "load_data", "normalize",
-           "train_val_split"]
+__all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderData", "ImageData", "batches", "crop_flip", "endless_batches",
+           "load_data", "normalize", "train_val_split"]
+
+MEMORY_LIMIT = 2 << 30  # bytes of decoded images up to which a folder of thumbnails is held in memory
 
 
 @dataclass
@@ -42,6 +47,9 @@ class ImageData:
         labels: int64 tensor ``(N,)`` with values in ``[0, len(classes))``.
         classes: class names, index = label.
         spec: the data spec string it was loaded from.
+        augment: training augmentation of :func:`batches` (``"crop+flip"``: :func:`crop_flip`; None: none, as
+            for the digits, which a mirror would turn into other digits).
+        skipped: images that could not be read while loading (left out).
     """
 
     images: torch.Tensor
@@ -49,13 +57,15 @@ class ImageData:
     classes: list[str]
     spec: str
     skipped: int = 0
+    augment: str | None = None
+    bad_examples: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "samples": len(self), "classes": len(self.classes),
-                "shape": list(self.images.shape[1:])}
+                "shape": list(self.images.shape[1:]), "augment": self.augment}
 
 
 @dataclass
@@ -122,8 +132,11 @@ def load_data(spec: str, space: SearchSpace, max_samples: int | None = None, see
         if max_samples is not None and max_samples < len(folder):
             keep = np.sort(np.random.default_rng(seed).permutation(len(folder))[:max_samples])
             folder.files, folder.targets = folder.files[keep], folder.targets[keep]
-        return FolderData(folder, space.input.resolution, spec,
-                          default_workers() if workers is None else workers)
+        workers = default_workers() if workers is None else workers
+        res = space.input.resolution
+        if thumbnails(folder, res) and len(folder) * folder.channels * res * res <= MEMORY_LIMIT:
+            return _decode(folder, res, spec, workers)
+        return FolderData(folder, res, spec, workers)
     if kind == "builtin" and not arg:
         images, labels, classes = _load_builtin()
     elif kind == "cifar10" and arg:
@@ -137,7 +150,54 @@ def load_data(spec: str, space: SearchSpace, max_samples: int | None = None, see
         images, labels = images[keep], labels[keep]
     tensor = fit_images(torch.from_numpy(np.ascontiguousarray(images)), space.input.resolution,
                         space.input.channels)
-    return ImageData(tensor, torch.from_numpy(labels.astype(np.int64)), classes, spec)
+    return ImageData(tensor, torch.from_numpy(labels.astype(np.int64)), classes, spec,
+                     augment="crop+flip" if kind == "cifar10" else None)
+
+
+def thumbnails(folder: ImageFolder, resolution: int, probes: int = 32) -> bool:
+    """Whether the folder holds images no larger than ``resolution`` on either side (judged on ``probes`` files
+    spread over the folder; their headers only are read)."""
+    from PIL import Image
+
+    picks = np.unique(np.linspace(0, len(folder) - 1, min(probes, len(folder))).astype(int))
+    seen = 0
+    for i in picks:
+        try:
+            with Image.open(folder.path(int(i))) as im:
+                if max(im.size) > resolution:
+                    return False
+                seen += 1
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue  # unreadable: counted when the folder is decoded
+    return seen > 0
+
+
+class _FitTo:
+    """Resize to exactly ``size`` x ``size`` (a thumbnail smaller than the input, or not square)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img, rng=None):
+        from PIL import Image
+
+        return img if img.size == (self.size, self.size) else img.resize((self.size, self.size), Image.BILINEAR)
+
+
+def _decode(folder: ImageFolder, resolution: int, spec: str, workers: int) -> ImageData:
+    """Every image of a folder of thumbnails, decoded once into memory (unreadable ones left out and counted)."""
+    dataset = folder.with_transforms([_FitTo(resolution)])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=512, num_workers=workers, collate_fn=collate)
+    images, labels, bad = [], [], []
+    for x, y, b in loader:
+        if len(y):
+            images.append(x)
+            labels.append(y)
+        bad.extend(b)
+    if not labels:
+        raise TvmNasError(f"{spec}: none of the {len(folder)} images could be read (e.g. {bad[0]})")
+    return ImageData(torch.cat(images), torch.cat(labels), folder.classes, spec, skipped=len(bad),
+                     augment="crop+flip", bad_examples=bad[:5])
 
 
 def _check_classes(spec: str, classes: list[str], space: SearchSpace) -> None:
@@ -268,12 +328,47 @@ def batches(data: ImageData | FolderData, indices: np.ndarray, batch_size: int, 
     stop = len(idx) - (len(idx) % batch_size if drop_last and len(idx) >= batch_size else 0)
     shares = (np.array_split(idx[i:i + batch_size], world)[rank] for i in range(0, stop, batch_size))
     if isinstance(data, ImageData):
+        augment = train and data.augment == "crop+flip"
         for share in shares:
             b = torch.from_numpy(share)
             x = data.images[b]
+            if augment:
+                x = crop_flip(x, sample_seed(0 if seed is None else seed, epoch, share))
             yield (x if raw else normalize(x)), data.labels[b]
         return
     yield from _stream(data, shares, 0 if seed is None else seed, epoch, train, raw)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64 of each value: well-spread random bits from a sample's seed, vectorised."""
+    z = z.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def crop_flip(x: torch.Tensor, seeds: np.ndarray) -> torch.Tensor:
+    """The small-image training augmentation: pad by 1/8 of the side (4 pixels at 32x32) with zeros, crop back to
+    the side at a random offset, and mirror half of the images; each sample's draw is a function of its seed.
+
+    Args:
+        x: uint8 ``(N, C, H, W)`` images.
+        seeds: one integer per image (:func:`sample_seed`).
+    """
+    n, c, h, w = x.shape
+    if n == 0:
+        return x
+    pad = max(1, min(h, w) // 8)
+    with np.errstate(over="ignore"):
+        bits = _mix(np.asarray(seeds))
+    dy = torch.from_numpy((bits % np.uint64(2 * pad + 1)).astype(np.int64))
+    dx = torch.from_numpy(((bits >> np.uint64(8)) % np.uint64(2 * pad + 1)).astype(np.int64))
+    flip = torch.from_numpy(((bits >> np.uint64(16)) & np.uint64(1)).astype(bool))
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = dy[:, None] + torch.arange(h)[None]
+    cols = dx[:, None] + torch.where(flip[:, None], torch.arange(w - 1, -1, -1)[None], torch.arange(w)[None])
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows[:, None, :, None],
+                  cols[:, None, None, :]]
 
 
 def _stream(data: FolderData, shares, seed: int, epoch: int, train: bool, raw: bool):
