@@ -57,15 +57,64 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+# Every file tvm-nas reads is a few levels deep (an arch file's `space.definition.stages[0].out` is the deepest) and
+# far below this size; beyond either the file was not written by a person or by tvm-nas, and deeper data would only
+# reach Python's recursion limit somewhere else.
+MAX_DEPTH = 32
+MAX_JSON_BYTES = 64 << 20
+
+
+def nesting_depth(obj, limit: int = MAX_DEPTH) -> int:
+    """How deeply lists and mappings nest in `obj` (a scalar is 0), counted without recursion; stops past `limit`."""
+    depth, level = 0, [obj]
+    while level and depth <= limit:
+        nxt = []
+        for v in level:
+            if isinstance(v, dict):
+                nxt.extend(v.values())
+            elif isinstance(v, list):
+                nxt.extend(v)
+        if not nxt:
+            break
+        depth += 1
+        level = nxt
+    return depth
+
+
+def parse_json(text: str | bytes, path: str | os.PathLike, what: str = "JSON file"):
+    """Parse JSON text read from `path`; any problem (syntax, encoding, nesting beyond :data:`MAX_DEPTH`, a number
+    Python refuses) is one line naming the file."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        obj = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise TvmNasError(f"{path}: corrupted {what}: not UTF-8 text (byte {e.start}: {e.reason}); delete it to "
+                          "start over") from None
+    except RecursionError:
+        raise TvmNasError(f"{path}: corrupted {what}: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise TvmNasError(f"{path}: corrupted {what} ({e.__class__.__name__}: {msg}); delete it to start "
+                          "over") from None
+    if nesting_depth(obj) > MAX_DEPTH:
+        raise TvmNasError(f"{path}: corrupted {what}: nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
-    """Read a JSON object, turning a missing or corrupted file into a one-line error."""
+    """Read a JSON object, turning a missing, unreadable or corrupted file into a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise TvmNasError(f"{path}: {what} not found")
     try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TvmNasError(f"{path}: corrupted {what} ({e.__class__.__name__}: {e}); delete it to start over") from e
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise TvmNasError(f"{path}: corrupted {what}: {path.stat().st_size} bytes, more than any {what} "
+                              f"({MAX_JSON_BYTES >> 20} MiB)")
+        data = path.read_bytes()
+    except OSError as e:
+        raise TvmNasError(f"{path}: cannot read {what} ({e.strerror})") from None
+    obj = parse_json(data, path, what)
     if not isinstance(obj, dict):
         raise TvmNasError(f"{path}: corrupted {what}: expected a JSON object")
     return obj
