@@ -16,11 +16,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import TvmNasError
+from .io import MAX_DEPTH
 
 KINDS = ("search_space", "targets")
 _PACKAGE = Path(__file__).resolve().parent
 PROJECT_ROOT = _PACKAGE.parent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_NAME = 100
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,20 +59,78 @@ def resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
     return cand
 
 
+# A space or target file is a page of text: anything bigger, or nested deeper, was not written as one.
+MAX_YAML_BYTES = 1 << 20
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, minus what a hand-written space or target never needs and an attacker would use.
+
+    - Aliases (``*name``, and the merge key ``<<``) are refused: one alias can stand for a tree that another alias
+      repeats, so nine lines expand to 10⁹ values (the "billion laughs"). Each is refused where it appears, before
+      anything is expanded.
+    - A key given twice in one mapping is refused (YAML would silently keep the last one).
+    - Nesting deeper than :data:`~tvm_nas.io.MAX_DEPTH` levels is refused before Python's recursion limit is reached.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} is not accepted in tvm-nas files (write the value out)",
+                event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        if isinstance(node, yaml.MappingNode):
+            for key_node, _ in node.value:
+                if key_node.tag == MERGE_TAG:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "merge key '<<' is not accepted in tvm-nas files (write the fields out)",
+                        key_node.start_mark)
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice (first at line {seen[key] + 1})",
+                            key_node.start_mark)
+                    seen[key] = key_node.start_mark.line
+                except TypeError:
+                    continue  # an unhashable key: the base constructor says so
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: Path) -> dict:
-    """A YAML mapping read with the safe loader; any problem is one line naming the file."""
+    """A YAML mapping read with :class:`StrictLoader`; any problem is one line naming the file."""
     try:
+        if Path(path).stat().st_size > MAX_YAML_BYTES:
+            raise TvmNasError(f"{path}: {Path(path).stat().st_size} bytes is not a space or target file (at most "
+                              f"{MAX_YAML_BYTES >> 10} KiB)")
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise TvmNasError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
     except OSError as e:
         raise TvmNasError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise TvmNasError(f"{path}: malformed YAML{at}: {getattr(e, 'problem', e)}") from None
+        problem = getattr(e, "problem", None) or (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise TvmNasError(f"{path}: malformed YAML{at}: {problem}") from None
+    except RecursionError:
+        raise TvmNasError(f"{path}: malformed YAML: nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(data, dict):
         raise TvmNasError(f"{path}: expected a mapping of fields at the top level")
     return data
@@ -97,6 +157,8 @@ def validation_error(where: str | os.PathLike, e: ValidationError, rename: dict[
 
 def check_name(name: object) -> str:
     """A space or target name: it names files under ``--logs-dir``, so only letters, digits and ``._-``."""
+    if isinstance(name, str) and len(name) > MAX_NAME:
+        raise ValueError(f"a name of {len(name)} characters is too long for a file name (at most {MAX_NAME})")
     if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
         raise ValueError(f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-', starting with a "
                          "letter or digit (it becomes a file name under --logs-dir)")
