@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .errors import TvmNasError
 from .io import sha256_json
@@ -14,11 +14,19 @@ from .specfile import check_name, list_names, load_spec
 
 # bounds that keep a typo from asking TVM for a terabyte tensor; far above any real CNN search space
 MAX_RESOLUTION = 4096
-MAX_CHANNELS = 8192
+MAX_CHANNELS = 8192  # of every layer as built, after width_mult
+MAX_WIDTH_MULT = 16.0
+MAX_STAGES = 64
+MAX_BLOCKS = 256  # searchable blocks of the whole space (proxyless-imagenet has 21)
+MAX_CANDIDATES = 64
+MAX_KERNEL = 31  # MBConv kernels of real spaces are 3-7
+MAX_EXPAND = 32  # and expansions 1-6
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML and JSON give every field its own type, and a string where a number belongs is a mistake;
+    # no NaN or infinity anywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class InputSpec(_Strict):
@@ -40,6 +48,7 @@ class FirstBlockSpec(_Strict):
     def _op(cls, v: str) -> str:
         if parse_op(v, "first_block.op").kind != "mbconv":
             raise ValueError(f"must be an mbconv op, got {v!r}")
+        _check_mbconv(v)
         return v
 
 
@@ -57,14 +66,14 @@ class SearchSpace(_Strict):
     """A validated search space (format: docs/formats.md). Build one with :func:`load_space`."""
 
     name: str
-    description: str = ""
+    description: str = Field(default="", max_length=10_000)
     input: InputSpec
     num_classes: int = Field(gt=0, le=100_000)
-    width_mult: float = Field(default=1.0, gt=0)
+    width_mult: float = Field(default=1.0, gt=0, le=MAX_WIDTH_MULT)
     stem: StemSpec
     first_block: FirstBlockSpec
-    stages: list[StageSpec] = Field(min_length=1)
-    candidates: list[str] = Field(min_length=1)
+    stages: list[StageSpec] = Field(min_length=1, max_length=MAX_STAGES)
+    candidates: list[str] = Field(min_length=1, max_length=MAX_CANDIDATES)
     allow_zero: bool = True
     head: HeadSpec
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -74,12 +83,29 @@ class SearchSpace(_Strict):
     def _name(cls, v: str) -> str:
         return check_name(v)
 
+    @field_validator("stem", "first_block", "head")
+    @classmethod
+    def _built_channels(cls, v, info: ValidationInfo):
+        _check_built(v.out, info, "out")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[StageSpec], info: ValidationInfo) -> list[StageSpec]:
+        for i, stage in enumerate(v):
+            _check_built(stage.out, info, f"stages[{i}].out")
+        if sum(st.blocks for st in v) > MAX_BLOCKS:
+            raise ValueError(f"{sum(st.blocks for st in v)} searchable blocks in all; a space has at most "
+                             f"{MAX_BLOCKS}")
+        return v
+
     @field_validator("candidates")
     @classmethod
     def _candidates(cls, v: list[str]) -> list[str]:
         for i, sig in enumerate(v):
             if parse_op(sig, f"candidates[{i}]").kind != "mbconv":
                 raise ValueError(f"candidates[{i}] {sig!r}: only mbconv ops are candidates (zero: use allow_zero)")
+            _check_mbconv(sig, f"candidates[{i}] ")
         if len(set(v)) != len(v):
             raise ValueError("candidates are repeated")
         return v
@@ -87,10 +113,7 @@ class SearchSpace(_Strict):
     # -- derived structure -------------------------------------------------------------------------------
     def channels(self, c: int) -> int:
         """Apply the width multiplier, rounded to a multiple of 8 (never below 8 unless c itself is)."""
-        if self.width_mult == 1.0:
-            return c
-        v = max(8, int(c * self.width_mult + 4) // 8 * 8)
-        return v if v >= 0.9 * c * self.width_mult else v + 8
+        return scaled_channels(c, self.width_mult)
 
     @property
     def hash(self) -> str:
@@ -145,6 +168,30 @@ class SearchSpace(_Strict):
     def describe(self) -> dict:
         """The space as plain data, for writing next to results."""
         return {"name": self.name, "hash": self.hash, "definition": self.model_dump(mode="json")}
+
+
+def scaled_channels(c: int, width_mult: float) -> int:
+    """`c` channels times the width multiplier, rounded to a multiple of 8 (never below 8 unless c itself is)."""
+    if width_mult == 1.0:
+        return c
+    v = max(8, int(c * width_mult + 4) // 8 * 8)
+    return v if v >= 0.9 * c * width_mult else v + 8
+
+
+def _check_mbconv(sig: str, where: str = "") -> None:
+    op = parse_op(sig)
+    if op.kernel > MAX_KERNEL or op.expand > MAX_EXPAND:
+        raise ValueError(f"{where}{sig!r}: kernel at most {MAX_KERNEL} and expansion at most {MAX_EXPAND}")
+
+
+def _check_built(c: int, info: ValidationInfo, field: str) -> None:
+    """The channel limit holds for the layer as built: after the width multiplier, not before it."""
+    w = info.data.get("width_mult")
+    if w is None:  # width_mult itself was refused: that is the error to report
+        return
+    built = scaled_channels(c, w)
+    if built > MAX_CHANNELS:
+        raise ValueError(f"{field} {c} × width_mult {w:g} builds {built} channels, more than {MAX_CHANNELS}")
 
 
 def _down(hw: int, stride: int) -> int:

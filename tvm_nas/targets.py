@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,35 +20,37 @@ CROSS_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "aarch64-lin
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # as the space's: each field its own YAML type, no NaN or infinity, and bounds far beyond any real target
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class RPCRunnerSpec(_Strict):
     """Measure on a device registered with TVM's RPC tracker under `key`."""
 
     kind: Literal["rpc"] = "rpc"
-    tracker_host: str = "127.0.0.1"
+    tracker_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     tracker_port: int = Field(default=9190, gt=0, lt=65536)
-    key: str
-    session_timeout_s: int = Field(default=60, gt=0)
+    key: str = Field(min_length=1, max_length=256)
+    session_timeout_s: int = Field(default=60, gt=0, le=86_400)
 
 
 class EvaluatorSpec(_Strict):
-    number: int = Field(default=10, gt=0)
-    repeat: int = Field(default=20, gt=1)
-    min_repeat_ms: int = Field(default=50, ge=0)
+    number: int = Field(default=10, gt=0, le=1_000_000)
+    repeat: int = Field(default=20, gt=1, le=10_000)
+    min_repeat_ms: int = Field(default=50, ge=0, le=600_000)
 
 
 class TargetSpec(_Strict):
     """A validated hardware target. Build one with :func:`load_target`."""
 
     name: str
-    description: str = ""
-    tvm: str | dict = Field(description="a TVM tag, {tag: ..., overrides}, or a JSON target dict with 'kind'")
-    host: str | dict | None = None
+    description: str = Field(default="", max_length=10_000)
+    tvm: str | dict[str, Any] = Field(description="a TVM tag, {tag: ..., overrides}, or a JSON target dict with "
+                                                  "'kind'")
+    host: str | dict[str, Any] | None = None
     runner: Literal["local"] | RPCRunnerSpec = "local"
-    cross_compiler: str | None = None
-    threads: int | None = Field(default=None, gt=0)
+    cross_compiler: str | None = Field(default=None, min_length=1, max_length=255)
+    threads: int | None = Field(default=None, gt=0, le=4096)
     evaluator: EvaluatorSpec = EvaluatorSpec()
 
     @field_validator("name")
@@ -65,6 +67,10 @@ class TargetSpec(_Strict):
                                  "'raspberry-pi/4b-aarch64') or a dict like {kind: llvm, mcpu: auto}")
         elif "kind" not in v and "tag" not in v:
             raise ValueError("a target dict needs 'kind' (llvm, cuda, ...) or 'tag'")
+        else:
+            for k in ("kind", "tag", "mcpu", "mtriple", "arch"):
+                if k in v and not isinstance(v[k], str):
+                    raise ValueError(f"'{k}' must be a string, got {v[k]!r}")
         return v
 
     @field_validator("runner", mode="before")
