@@ -7,15 +7,16 @@ re-measures the modules that disagree, and flags the ones still unstable after t
 once `rounds` consecutive rounds agree; its figure is the median (with its interquartile range) of every sample of
 those rounds, and the rounds before them, measured while the machine was settling (a compile or a tuning run just
 ended, another job left), are kept in the record as discarded. An unstable module's figure pools every round.
-Never the lowest round. No TVM here: the TVM samplers live in
-:mod:`tvm_nas.backend.measure`; ONNX Runtime and PyTorch use :func:`python_sampler`.
+Never the lowest round. :func:`blocks` is the same protocol with a cool-down after each module's round and a
+chosen order (forward, reverse, alternate), for runtimes that keep their own thread pools (``compare``'s peers).
+No TVM here: the TVM samplers live in :mod:`tvm_nas.backend.measure`; the peers use :func:`python_sampler`.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -135,22 +136,60 @@ def interleave(samplers: dict[str, Sampler], protocol: Protocol = Protocol(), wh
     Returns:
         name -> :class:`Timing`, in the order of `samplers`.
     """
-    for s in samplers.values():  # warm-up: caches, lazy initialisation, the thread pool
-        s()
+    return blocks(samplers, protocol, where, number, on_round=on_round, order="forward", cooldown_s=0.0)[0]
+
+
+ORDERS = ("forward", "reverse", "alternate")
+
+
+def blocks(samplers: dict[str, Sampler], protocol: Protocol = Protocol(), where: dict[str, str] | None = None,
+           number: dict[str, int] | None = None, on_round: Callable[[int], None] | None = None,
+           order: str = "forward", cooldown_s: float = 0.0) -> tuple[dict[str, Timing], list[list[str]]]:
+    """:func:`interleave` with a cool-down between blocks and a chosen order of the blocks in each round.
+
+    A *block* is one call of one sampler: all of one runtime's `repeat` samples, back to back. After every block
+    the process sleeps `cooldown_s`, so that a runtime whose idle threads spin or whose caches and clocks are hot
+    hands the cores over settled, and no runtime has to switch off its own defaults for the others' sake. Rounds
+    repeat the blocks of every runtime (re-measuring the unstable ones, as the protocol does), so each figure is
+    pooled over rounds spread across the whole measurement, never one block's.
+
+    Args:
+        order: ``forward`` (the order of `samplers` in every round), ``reverse`` (the opposite, every round), or
+            ``alternate`` (forward, then reversed, round after round: each runtime is as often early as late).
+        cooldown_s: seconds of sleep after every block (and after every warm-up call).
+
+    Returns:
+        ``(name -> Timing, the names in the order run, one list per round)``.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    names = list(samplers)
+
+    def run(todo: list[str], i: int) -> Iterator[str]:  # round i's blocks in their order, a cool-down after each
+        for n in todo[::-1] if order == "reverse" or (order == "alternate" and i % 2) else todo:
+            yield n
+            if cooldown_s > 0:
+                time.sleep(cooldown_s)
+
+    for n in run(names, 0):  # warm-up: caches, lazy initialisation, thread pools
+        samplers[n]()
     rounds: dict[str, list[np.ndarray]] = {n: [] for n in samplers}
-    todo = list(samplers)
-    done_rounds = 0
-    while todo and done_rounds < protocol.max_rounds:
-        for n in todo:
+    sequence: list[list[str]] = []
+    todo = list(names)
+    while todo and len(sequence) < protocol.max_rounds:
+        seq = []
+        for n in run(todo, len(sequence)):
             rounds[n].append(np.asarray(samplers[n](), dtype=np.float64))
-        done_rounds += 1
+            seq.append(n)
+        sequence.append(seq)
         if on_round:
-            on_round(done_rounds)
-        if done_rounds >= protocol.rounds:
+            on_round(len(sequence))
+        if len(sequence) >= protocol.rounds:
             todo = [n for n in todo if not _stable(rounds[n][-protocol.rounds:], protocol.tolerance)]
     load = os.getloadavg()[0]
-    return {n: Timing.from_samples(rounds[n], (number or {}).get(n, protocol.number), (where or {}).get(n, ""),
-                                   protocol.tolerance, load, window=protocol.rounds) for n in samplers}
+    timings = {n: Timing.from_samples(rounds[n], (number or {}).get(n, protocol.number), (where or {}).get(n, ""),
+                                      protocol.tolerance, load, window=protocol.rounds) for n in samplers}
+    return timings, sequence
 
 
 def _stable(rounds: list[np.ndarray], tol: float) -> bool:
