@@ -48,14 +48,22 @@ def export_onnx(model: torch.nn.Module, x: np.ndarray, path: str | os.PathLike, 
     return {"file": path.name, "sha256": sha256_file(path), "opset": opset, "max_abs_err": err}
 
 
-def ort_session(path, threads: int | None = None):
+def ort_session(path, threads: int | None = None, spinning: bool = False):
+    """An ONNX Runtime CPU session with every graph optimization (``ORT_ENABLE_ALL``).
+
+    Args:
+        threads: intra-op threads (inter-op 1); None: ONNX Runtime's default.
+        spinning: let idle intra-op threads spin (ONNX Runtime's default). Off for the one-off output checks, so
+            that their threads do not spin on the cores TVM's workers need next (docs/measurement.md);
+            ``compare`` times both and reports the faster.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    # idle intra-op threads otherwise spin on the cores TVM's workers need next (docs/measurement.md)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
