@@ -53,8 +53,16 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                    help="weights of each --arch, in order (repeat; default: seeded random weights)")
     p.add_argument("--target", action="append", required=True, help="target name or YAML path (repeat)")
     p.add_argument("--baselines", action="store_true",
-                   help="on host-like targets add PyTorch eager, ONNX Runtime, TVM untuned and the reference "
-                        "architecture (all mbconv_k3_e6)")
+                   help="add the reference architecture (all mbconv_k3_e6), TVM untuned and the peers, each in its "
+                        "best configuration (PyTorch eager and torch.compile, ONNX Runtime, OpenVINO, ExecuTorch; "
+                        "the last two with pip install \"tvm-nas[peers]\"); timed on host-like targets, listed as "
+                        "not run on the others")
+    p.add_argument("--peers", default=None,
+                   help="comma-separated peers to run with --baselines: pytorch, torch-compile, onnxruntime, "
+                        "openvino, executorch (default: $TVM_NAS_PEERS, else all)")
+    p.add_argument("--order", choices=("forward", "reverse", "alternate"), default="alternate",
+                   help="order of the runtimes' blocks in each round: as listed, reversed, or alternating round "
+                        "by round (default: %(default)s; recorded in the JSON)")
     p.add_argument("--out", default=None, help="keep the compiled modules under this folder")
     p.add_argument("--csv", default=None, help="write the table as CSV")
     p.add_argument("--json", default=None, help="write the table as JSON")
@@ -70,10 +78,15 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.trials < 0:
         raise TvmNasError(f"--trials must be >= 0, got {args.trials}")
     console = Console(stderr=True)
+    from ..deploy.peers import COOLDOWN_S, selected_peers
+
+    peers = selected_peers(args.peers) if args.baselines else []
     rows = compare(args.arch, args.target, baselines=args.baselines, logs_dir=args.logs_dir, trials=args.trials,
-                   out=args.out, weights=args.weights, untuned=args.untuned, console=console)
+                   out=args.out, weights=args.weights, untuned=args.untuned, console=console, peers=peers,
+                   order=args.order)
     Console().print(compare_table(rows))
-    meta = {"archs": args.arch, "targets": args.target, "trials": args.trials, "baselines": args.baselines}
+    meta = {"archs": args.arch, "targets": args.target, "trials": args.trials, "baselines": args.baselines,
+            "peers": peers, "order": args.order, "cooldown_s": COOLDOWN_S}
     write_rows(rows, args.csv, args.json, meta)
     for f in (args.csv, args.json):
         if f:

@@ -1,4 +1,5 @@
-"""``tvm-nas compare``: latency of architectures × targets, and of the peers on host-like targets."""
+"""``tvm-nas compare``: latency of architectures × targets, and of the peers (each in its best configuration, named
+in its row) on host-like targets."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..arch import Arch, load_architecture, reference_arch
 from ..console import fmt_us
@@ -19,20 +23,26 @@ from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text, read_js
 from ..targets import TargetSpec, load_target
 from .compile import MANIFEST, ONNX_FILE, SCHEMA, check_inputs, compile_arch
 from .model import build_network_from_arch, example_input
-from .peers import is_host_like, time_with_peers
+from .onnx import ATOL
+from .peers import COOLDOWN_S, DEFAULT_ORDER, Result, not_run_reason, selected_peers, time_with_peers
 
 COLUMNS = ("architecture", "target", "runtime", "predicted_us", "measured_us", "measured_q1_us", "measured_q3_us",
-           "stable", "measured_over_predicted", "vs_tvm")
+           "stable", "measured_over_predicted", "vs_tvm", "setting", "check", "max_abs_err", "order")
+""" The CSV's columns; JSON rows add ``tried`` (other settings timed, e.g. ONNX Runtime's other spinning mode) and
+``sequence`` (the runtimes in the order of the first round's blocks). ``setting`` says how a runtime ran, or why it
+did not (then ``measured_us`` is empty); ``check`` is ``ok`` or ``max err 3.1e-02`` against PyTorch eager."""
 
 
 def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | os.PathLike | TargetSpec],
             baselines: bool = False, logs_dir: str | os.PathLike = DEFAULT_LOGS_DIR, trials: int = 0,
             out: str | os.PathLike | None = None, weights: Sequence[str | os.PathLike | None] | None = None,
-            untuned: bool = False, console: Console | None = None) -> list[dict]:
+            untuned: bool = False, console: Console | None = None, peers: str | Sequence[str] | None = None,
+            order: str = DEFAULT_ORDER) -> list[dict]:
     """Latency of every (architecture × target), plus peers on host-like targets.
 
-    With `baselines`, each host-like target also gets PyTorch eager, ONNX Runtime and TVM untuned for every
-    architecture, and a reference architecture of the first architecture's space (all ``mbconv_k3_e6``).
+    With `baselines`, every architecture also gets TVM untuned and the peers (:mod:`tvm_nas.deploy.peers`; `peers`
+    picks them), and a reference architecture of the first architecture's space (all ``mbconv_k3_e6``) is added.
+    On a target that is not this host (RPC, cross-compiled, GPU) their rows say so instead of giving a figure.
 
     Returns:
         One row per (architecture, target, runtime) with the columns of :data:`COLUMNS`.
@@ -42,6 +52,7 @@ def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | o
     console = console or Console(stderr=True)
     loaded = [load_architecture(a) for a in archs]
     specs = [load_target(t) for t in targets]
+    which = selected_peers(peers)  # a bad name fails before compiling anything
     wts = list(weights or [None] * len(loaded))
     if len(wts) != len(loaded):
         raise TvmNasError(f"{len(wts)} --weights for {len(loaded)} --arch: give one per architecture or none")
@@ -60,7 +71,7 @@ def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | o
                 build = root / _slug(a.label) / spec.name
                 compile_arch(a, spec, w, build, trials, logs_dir, seed=0, untuned=untuned, console=console)
                 built.append(Built(a, spec, w, build))
-        return compare_built(built, peers=baselines)
+        return compare_built(built, peers=baselines, which=which, order=order)
 
 
 @dataclass
@@ -73,21 +84,39 @@ class Built:
     build_dir: Path
 
 
-def compare_built(built: Sequence[Built], peers: bool = True) -> list[dict]:
+def compare_built(built: Sequence[Built], peers: bool = True, which: str | Sequence[str] | None = None,
+                  order: str = DEFAULT_ORDER, cooldown_s: float = COOLDOWN_S) -> list[dict]:
     """Rows of already compiled architectures: TVM's figures come from their manifests, so nothing is compiled
-    again; with `peers`, PyTorch, ONNX Runtime (the build's own ONNX file) and TVM untuned are timed on host-like
-    targets.
+    again; with `peers`, TVM untuned and the peers (`which`, default all or ``$TVM_NAS_PEERS``) are timed in
+    blocks (`order`) with the shipped module on host-like targets, and listed as not run on the others.
     """
+    which = selected_peers(which)
     rows: list[dict] = []
     for b in built:
         m = read_json(Path(b.build_dir) / MANIFEST, "build manifest")
-        if peers and is_host_like(b.spec):
-            rows += _peer_rows(b, m)
-        else:
-            t = m.get("measurement") or {}
-            rows.append(_row(b.arch, b.spec, "tvm", m.get("predicted_latency_us"), t if "median" in t else None,
-                             m.get("measured_latency_us")))
+        why = not_run_reason(b.spec)
+        if peers and why is None:
+            rows += _peer_rows(b, m, which, order, cooldown_s)
+            continue
+        t = m.get("measurement") or {}
+        verified = (m.get("verification") or {}).get("max_abs_err")
+        tvm = Result("tvm", f"TVM {m.get('tvm_version', '?')}, {_tvm_setting(m)}, {_threads(b.spec.threads)}",
+                     max_abs_err=verified)
+        rows.append(_row(b.arch, b.spec, tvm, m.get("predicted_latency_us"), t if "median" in t else None,
+                         m.get("measured_latency_us")))
+        if peers:
+            rows += [_row(b.arch, b.spec, Result(r, f"not run on {b.spec.name}: {why}"), None, None, None)
+                     for r in ("tvm-untuned", *which)]
     return rows
+
+
+def _tvm_setting(manifest: dict) -> str:
+    return "tuned (the target's database)" if (manifest.get("tuning") or {}).get("database") else \
+        "default schedules (no database)"
+
+
+def _threads(n: int | None) -> str:
+    return "default threads" if not n else f"{n} thread{'s' if n > 1 else ''}"
 
 
 def _unique_labels(archs: list[Arch]) -> None:
@@ -103,45 +132,92 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_") or "arch"
 
 
-def _row(a: Arch, spec: TargetSpec, runtime: str, predicted, timing: dict | None, tvm_us) -> dict:
+def _row(a: Arch, spec: TargetSpec, r: Result, predicted, timing: dict | None, tvm_us, order: str | None = None,
+         sequence: list[str] | None = None) -> dict:
     measured = timing["median"] if timing else None
-    return {"architecture": a.label, "target": spec.name, "runtime": runtime, "predicted_us": predicted,
+    return {"architecture": a.label, "target": spec.name, "runtime": r.runtime, "predicted_us": predicted,
             "measured_us": measured, "measured_q1_us": timing["q1"] if timing else None,
             "measured_q3_us": timing["q3"] if timing else None, "stable": timing["stable"] if timing else None,
             "measured_over_predicted": measured / predicted if measured and predicted else None,
-            "vs_tvm": measured / tvm_us if measured and tvm_us else None}
+            "vs_tvm": measured / tvm_us if measured and tvm_us else None, "setting": r.setting, "check": r.check,
+            "max_abs_err": r.max_abs_err, "order": order, "tried": r.tried, "sequence": sequence}
 
 
-def _peer_rows(b: Built, manifest: dict) -> list[dict]:
-    """TVM's shipped module (the build's library) and its peers, timed interleaved: one row each."""
+def _peer_rows(b: Built, manifest: dict, which: list[str], order: str, cooldown_s: float) -> list[dict]:
+    """TVM's shipped module (the build's library), TVM untuned and the peers, timed in blocks: one row each."""
     model = build_network_from_arch(b.arch, b.weights, 0)
     x = example_input(b.arch.input_shape, 0)
     lib = Path(b.build_dir) / manifest["library"]["file"]
-    t = {k: v.to_json() for k, v in time_with_peers(model, b.arch, b.spec, lib, Path(b.build_dir) / ONNX_FILE,
-                                                      x).items()}
-    tvm_us = t["tvm"]["median"]
-    return [_row(b.arch, b.spec, "tvm", manifest.get("predicted_latency_us"), t["tvm"], tvm_us)] + [
-        _row(b.arch, b.spec, k, None, t[k], tvm_us) for k in ("tvm-untuned", "pytorch", "onnxruntime")]
+    run = time_with_peers(model, b.arch, b.spec, lib, Path(b.build_dir) / ONNX_FILE, x, peers=which, order=order,
+                          cooldown_s=cooldown_s, tvm_setting=_tvm_setting(manifest))
+    first = run.sequence[0] if run.sequence else None
+    tvm_us = run.results["tvm"].timing.median
+    return [_row(b.arch, b.spec, r, manifest.get("predicted_latency_us") if k == "tvm" else None,
+                 r.timing.to_json() if r.timing else None, tvm_us, run.order, first)
+            for k, r in run.results.items()]
 
 
-def compare_table(rows: list[dict]) -> Table:
+def compare_table(rows: list[dict]) -> RenderableType:
     """The comparison as a terminal table (µs, median) that reads whole at 80 columns: short headers, and long
-    labels wrapped, never cut."""
-    t = Table(title="latency, µs (median (IQR), batch 1)", caption="pred: the table's prediction; meas: median (IQR), "
-              "interleaved", caption_justify="left")
-    for c, j in (("net", "left"), ("target", "left"), ("runtime", "left"), ("pred", "right"), ("meas", "right"),
-                 ("meas/pred", "right"), ("vs tvm", "right")):
-        # only the free-text columns wrap; names and numbers keep their width
-        t.add_column(c, justify=j, overflow="fold", no_wrap=c not in ("net", "target"))
+    labels wrapped, never cut. Below it, how each runtime ran (its setting), or why it did not: such a row shows
+    ``not installed``, ``not run`` or ``failed`` instead of a figure."""
+    orders = sorted({r["order"] for r in rows if r.get("order")})
+    how = f"timed in blocks, order {'/'.join(orders)}" if orders else "interleaved"
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    one = len(targets) == 1
+    t = Table(title=f"latency{f' on {targets[0]}' if one else ''}, µs (median (IQR), batch 1)", box=box.SIMPLE_HEAD,
+              show_edge=False, pad_edge=False, collapse_padding=True)
+    caption = Text(f"pred: the table's prediction; meas: median (IQR), {how}; check: output against PyTorch eager "
+                   f"(atol {ATOL:g})")  # wrapped at the console's width (a table's caption is cut at the table's)
+    cols = [("net", "left"), ("target", "left"), ("runtime", "left"), ("pred", "right"), ("meas", "right"),
+            ("meas/pred", "right"), ("vs tvm", "right"), ("check", "left")]
+    for c, j in cols:
+        if c == "target" and one:  # in the title
+            continue
+        # free text and the figures with their spread wrap (at spaces); names and ratios keep their width
+        t.add_column(c, justify=j, overflow="fold", no_wrap=c not in ("net", "target", "meas", "check"),
+                     min_width=17 if c == "meas" else None)  # "(1,112.3–1,419.9)" on one line
     for r in rows:
-        meas = fmt_us(r["measured_us"])
+        if r["measured_us"] is None and r.get("setting"):
+            meas = r["setting"].split(":", 1)[0]  # not installed / not run on <target> / failed
+        else:
+            meas = fmt_us(r["measured_us"])
         if r.get("measured_q1_us") is not None:
             meas += f" ({fmt_us(r['measured_q1_us'])}–{fmt_us(r['measured_q3_us'])})"
         if r.get("stable") is False:
             meas += " UNSTABLE"
-        t.add_row(r["architecture"], r["target"], r["runtime"], fmt_us(r["predicted_us"]), meas,
-                  _ratio(r["measured_over_predicted"]), _ratio(r["vs_tvm"]))
+        t.add_row(r["architecture"], *([] if one else [r["target"]]), r["runtime"], fmt_us(r["predicted_us"]),
+                  meas, _ratio(r["measured_over_predicted"]), _ratio(r["vs_tvm"]), r.get("check") or "—")
+    settings = _settings_table(rows, one)
+    return Group(t, caption) if settings is None else Group(t, caption, Text(), settings)
+
+
+def _settings_table(rows: list[dict], one_target: bool) -> Table | None:
+    """How each runtime ran (or why not), once per setting: ``all`` nets when they share it."""
+    nets = list(dict.fromkeys(r["architecture"] for r in rows))
+    seen: dict[tuple, list[str]] = {}
+    for r in rows:
+        if not r.get("setting"):
+            continue
+        tried = "; ".join(f"{_diff(o['setting'], r['setting'])}: {fmt_us(o['median'])}" for o in r.get("tried") or ())
+        key = (r["target"], r["runtime"], r["setting"] + (f" (also timed: {tried})" if tried else ""))
+        seen.setdefault(key, []).append(r["architecture"])
+    if not seen:
+        return None
+    t = Table(title="how each runtime ran", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+              pad_edge=False)
+    for c in ("runtime", "nets", "setting"):
+        t.add_column(c, overflow="fold", no_wrap=c == "runtime")
+    for (target, runtime, setting), on in seen.items():
+        label = "all" if len(on) == len(nets) else ", ".join(on)
+        t.add_row(runtime, label if one_target else f"{label} on {target}", escape(setting))
     return t
+
+
+def _diff(other: str, setting: str) -> str:
+    """The parts of `other` (a comma-separated setting) that `setting` lacks: ``spinning off``."""
+    mine = setting.split(", ")
+    return ", ".join(p for p in other.split(", ") if p not in mine) or other
 
 
 def _ratio(v: float | None) -> str:
@@ -153,7 +229,7 @@ def write_rows(rows: list[dict], csv_path: str | os.PathLike | None = None,
     """Write the comparison rows as CSV and/or JSON (atomically)."""
     if csv_path:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+        w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(csv_path, buf.getvalue())
