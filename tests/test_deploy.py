@@ -306,17 +306,77 @@ def test_bad_rpc_tracker_unreachable(tmp_path, arch_file, capsys):
 # -- compare ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_compare_with_baselines_writes_table(host, tiny_host_logs, arch_file, tmp_path, capsys):
+    """Every peer in its best configuration (real runtimes; OpenVINO and ExecuTorch where the extra is installed),
+    each row naming its setting and its output check, timed in blocks in the order asked."""
+    import re
+
+    from tvm_nas.deploy.peers import INSTALL_PEERS, PEER_NAMES, installed
+
     rc = cli_main(["compare", "--arch", str(arch_file), "--target", host, "--baselines", "--logs-dir",
-                   str(tiny_host_logs), "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")])
+                   str(tiny_host_logs), "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json"),
+                   "--order", "reverse"])
     assert rc == 0
-    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
-    runtimes = {(r["architecture"], r["runtime"]) for r in rows}
+    doc = json.loads((tmp_path / "c.json").read_text())
+    rows = doc["rows"]
+    assert doc["order"] == "reverse" and doc["peers"] == list(PEER_NAMES)
     for arch in ("a", "reference (mbconv_k3_e6)"):
+        mine = [r for r in rows if r["architecture"] == arch]
+        assert [r["runtime"] for r in mine] == ["tvm", "tvm-untuned", *PEER_NAMES]
+        by = {r["runtime"]: r for r in mine}
+        assert all(r["setting"] and r["order"] == "reverse" for r in mine)
+        # blocks in reverse: TVM's shipped module last in every round
+        assert by["tvm"]["sequence"][-1] == "tvm" and by["tvm"]["sequence"][0] != "tvm"
         for rt in ("tvm", "tvm-untuned", "pytorch", "onnxruntime"):
-            assert (arch, rt) in runtimes
-    assert all(r["measured_us"] > 0 for r in rows)
-    # every runtime of an architecture timed interleaved under the protocol: median with its spread
+            assert by[rt]["measured_us"] > 0 and by[rt]["check"] == "ok", by[rt]
+        assert "1 thread" not in by["tvm"]["setting"] and "2 threads" in by["tvm"]["setting"]
+        ort = by["onnxruntime"]
+        picked = re.search(r"spinning (on|off)", ort["setting"]).group(1)
+        assert "ORT_ENABLE_ALL" in ort["setting"]
+        assert [t["setting"] for t in ort["tried"]] == [ort["setting"].replace(f"spinning {picked}", "spinning "
+                                                                              + {"on": "off", "off": "on"}[picked])]
+        assert ort["measured_us"] <= ort["tried"][0]["median"]  # the faster of the two is reported
+        tc = by["torch-compile"]
+        assert (tc["measured_us"] and "inductor" in tc["setting"] and tc["check"] == "ok") or \
+            (tc["measured_us"] is None and tc["setting"].startswith("failed: ") and "\n" not in tc["setting"])
+        for rt, word in (("openvino", "PERFORMANCE_HINT LATENCY"), ("executorch", "XNNPACK delegate")):
+            if installed(rt):
+                assert by[rt]["measured_us"] > 0 and word in by[rt]["setting"] and by[rt]["check"] == "ok", by[rt]
+            else:
+                assert by[rt]["setting"] == f"not installed: {INSTALL_PEERS}" and by[rt]["measured_us"] is None
+    # every runtime timed under the protocol: median with its spread
     assert all(r["measured_q1_us"] <= r["measured_us"] <= r["measured_q3_us"] and r["stable"] in (True, False)
-               for r in rows)
-    assert (tmp_path / "c.csv").read_text().splitlines()[0].startswith("architecture,target,runtime")
-    assert "latency, µs (median (IQR)" in capsys.readouterr().out
+               for r in rows if r["measured_us"] is not None)
+    header = (tmp_path / "c.csv").read_text().splitlines()[0]
+    assert header.startswith("architecture,target,runtime") and ",setting,check," in header
+    out = capsys.readouterr().out
+    assert "latency on host, µs (median (IQR)" in out and "how each runtime ran" in out and "check" in out
+    assert "spinning" in out and re.search(r"order\s+reverse", out)
+
+
+def test_compare_says_which_peer_is_not_installed(host_build, host, arch_file, monkeypatch):
+    """A peer whose package is missing is a row with the install line, not a failure; the others still run."""
+    import sys
+
+    from rich.console import Console
+
+    from tvm_nas.deploy import compare_table
+    from tvm_nas.deploy.compare import Built, compare_built
+    from tvm_nas.deploy.peers import INSTALL_PEERS
+    from tvm_nas.targets import load_target
+
+    for module in ("openvino", "executorch"):  # as on a plain `pip install tvm-nas`
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setenv("TVM_NAS_PEERS", "onnxruntime,openvino,executorch")
+    out, _, _ = host_build
+    rows = compare_built([Built(load_architecture(arch_file), load_target(host), None, out)])
+    by = {r["runtime"]: r for r in rows}
+    assert list(by) == ["tvm", "tvm-untuned", "onnxruntime", "openvino", "executorch"]
+    for rt in ("openvino", "executorch"):
+        assert by[rt]["setting"] == f"not installed: {INSTALL_PEERS}" and by[rt]["measured_us"] is None
+        assert by[rt]["check"] is None
+    assert by["onnxruntime"]["measured_us"] > 0 and by["onnxruntime"]["check"] == "ok"
+    console = Console(width=100, record=True, color_system=None)
+    console.print(compare_table(rows))
+    text = console.export_text()
+    assert text.count("not installed") >= 4  # in the figure's place and, with the install line, below
+    assert 'not installed: pip install "tvm-nas[peers]"' in text
