@@ -102,18 +102,25 @@ def parse_json(text: str | bytes, path: str | os.PathLike, what: str = "JSON fil
     return obj
 
 
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file, refusing more than `limit` of them (read, not trusted from its size: a file
+    under /proc says 0) and turning an unreadable file into one line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise TvmNasError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise TvmNasError(f"{path}: more than {limit >> 10} KiB, not a {what}")
+    return data
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
     """Read a JSON object, turning a missing, unreadable or corrupted file into a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise TvmNasError(f"{path}: {what} not found")
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise TvmNasError(f"{path}: corrupted {what}: {path.stat().st_size} bytes, more than any {what} "
-                              f"({MAX_JSON_BYTES >> 20} MiB)")
-        data = path.read_bytes()
-    except OSError as e:
-        raise TvmNasError(f"{path}: cannot read {what} ({e.strerror})") from None
+    data = read_bounded(path, MAX_JSON_BYTES, what)
     obj = parse_json(data, path, what)
     if not isinstance(obj, dict):
         raise TvmNasError(f"{path}: corrupted {what}: expected a JSON object")

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import TvmNasError
-from .io import MAX_DEPTH
+from .io import MAX_DEPTH, read_bounded
 
 KINDS = ("search_space", "targets")
 _PACKAGE = Path(__file__).resolve().parent
@@ -113,15 +113,11 @@ class StrictLoader(yaml.SafeLoader):
 
 def load_yaml(path: Path) -> dict:
     """A YAML mapping read with :class:`StrictLoader`; any problem is one line naming the file."""
+    data = read_bounded(Path(path), MAX_YAML_BYTES, "space or target file")
     try:
-        if Path(path).stat().st_size > MAX_YAML_BYTES:
-            raise TvmNasError(f"{path}: {Path(path).stat().st_size} bytes is not a space or target file (at most "
-                              f"{MAX_YAML_BYTES >> 10} KiB)")
-        text = Path(path).read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise TvmNasError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
-    except OSError as e:
-        raise TvmNasError(f"{path}: cannot read ({e.strerror})") from None
     try:
         data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
