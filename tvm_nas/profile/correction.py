@@ -22,8 +22,14 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
+
+from ..errors import TvmNasError
+from ..io import parse_json
+from .table import _Record, refuse
 
 SCHEMA = 1
 MODEL = "xgboost-ratio"
@@ -129,11 +135,44 @@ def fit_correction(ops: Sequence[Sequence[str]], predicted, measured, baseline: 
             "better": bool(s["qualifies"] or o["qualifies"]), "booster": booster.save_raw(raw_format="json").decode()}
 
 
+class CorrectionFile(_Record):
+    """The correction beside a table (docs/formats.md), as :func:`fit_correction` and validate write it. The fields
+    its readers use are required; every field is typed and bounded."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    model: Literal["xgboost-ratio"]
+    form: Literal["sum", "ops"]
+    features: list[str] = Field(min_length=1, max_length=1000)
+    params: dict[str, Any]
+    booster: str = Field(min_length=2)
+    table_hash: str
+    nets: int = Field(ge=MIN_NETS)
+    loo_median_abs_error_pct: float = Field(ge=0)
+    loo_worst_abs_error_pct: float = Field(ge=0)
+    baseline: dict[str, Any] = None
+    forms: dict[str, dict[str, Any]] = None
+    leave_one_out: dict[str, Any] = None
+    better: bool = None
+    load_avg: list[float] = None
+    fitted: str = None
+    unstable_nets: int = Field(default=None, ge=0)
+    trained_on: list[list[str]] = None
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: list[str]) -> list[str]:
+        if v[0] != "table_sum_us":
+            raise ValueError(f"the first feature must be 'table_sum_us', got {v[0]!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("features are repeated")
+        return v
+
+
 class Correction:
     """A loaded correction: :meth:`predict` turns a net's table sum into its corrected latency."""
 
-    def __init__(self, doc: dict, booster):
-        self.doc, self._booster = doc, booster
+    def __init__(self, doc: dict, booster, path: Path | None = None):
+        self.doc, self._booster, self.path = doc, booster, path
         self.names = doc["features"][1:]
 
     def ratio(self, ops: Sequence[str], table_sum_us: float) -> float:
@@ -150,22 +189,37 @@ class Correction:
         return self.doc.get(k, default)
 
 
-def load_correction(path: Path, table_hash: str) -> Correction | None:
-    """The correction beside a table, or None when there is none, when it was fitted to other entries (the table
-    was measured again since), or when it is damaged: the table then predicts without it."""
+def load_correction(path: Path, table_hash: str, fallback: str = "plain table sum") -> Correction | None:
+    """The correction beside a table, or None when there is none or when it was fitted to other entries (the table
+    was measured again since). A damaged file, a field out of its schema (:class:`CorrectionFile`), a booster XGBoost
+    cannot read or one whose ratio is not a finite positive number is refused in one line naming the file and the
+    field: the table then predicts with its `fallback` (the calibration, else the plain sum)."""
     from .table import read_fitted
 
-    d = read_fitted(path, table_hash)
-    if d is None or d.get("model") != MODEL or not isinstance(d.get("booster"), str) \
-            or not isinstance(d.get("features"), list):
+    d = read_fitted(path, table_hash, CorrectionFile, fallback)
+    if d is None:
+        return None
+    not_used = f"not used: predictions use the {fallback}"
+    try:
+        # XGBoost's own JSON parser recurses without a limit: the booster is parsed (and its depth bounded) first
+        model = parse_json(d["booster"], f"{path}: field 'booster'", "XGBoost model")
+        if not isinstance(model, dict) or not isinstance(model.get("learner"), dict):
+            raise TvmNasError(f"{path}: field 'booster': not an XGBoost model (no 'learner')")
+    except TvmNasError as e:
+        refuse(path, f"{str(e).removeprefix(f'{path}: ')}; {not_used}")
         return None
     import xgboost as xgb
 
     try:
         booster = xgb.Booster()
         booster.load_model(bytearray(d["booster"].encode()))
-        c = Correction(d, booster)
+        c = Correction(d, booster, path)
         probe = c.ratio([], 1.0)
-    except (xgb.core.XGBoostError, ValueError, TypeError):
+    except (xgb.core.XGBoostError, ValueError, TypeError) as e:
+        msg = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        refuse(path, f"field 'booster': XGBoost cannot use it ({msg}); {not_used}")
         return None
-    return c if math.isfinite(probe) and probe > 0 else None
+    if not (math.isfinite(probe) and probe > 0):
+        refuse(path, f"field 'booster': its ratio {probe:.4g} is not a finite positive number; {not_used}")
+        return None
+    return c

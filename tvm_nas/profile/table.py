@@ -5,17 +5,20 @@ Format: docs/formats.md.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import TvmNasError
 from ..io import atomic_write_json, read_json, sha256_json
 from ..space import Block, OpKey, SearchSpace
+from ..specfile import validation_error
 
 SCHEMA = 1
 UNITS = "us"
@@ -23,10 +26,18 @@ UNITS = "us"
 PLAUSIBLE_US = (0.01, 1e8)
 
 
+def _finite(v: object) -> bool:
+    """A JSON number Python can use as a float: not a bool, not NaN or infinite, not an integer past 1e308."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _check_entry(path: Path, key: str, e: object) -> None:
     """One line naming the entry and the field for any value a search could not use."""
-    import math
-
     try:
         OpKey.from_key(key)
     except (ValueError, AttributeError):
@@ -38,13 +49,103 @@ def _check_entry(path: Path, key: str, e: object) -> None:
         v = e.get(f)
         if v is None:
             raise TvmNasError(f"{path}: entry '{key}': field '{f}' missing; re-measure with tvm-nas profile")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise TvmNasError(f"{path}: entry '{key}': field '{f}': {v!r} is not a finite number")
+        if not _finite(v):
+            raise TvmNasError(f"{path}: entry '{key}': field '{f}': {str(v)[:40]} is not a finite number")
     if not lo <= e["median"] <= hi:
         raise TvmNasError(f"{path}: entry '{key}': field 'median': {e['median']!r} µs is not a plausible latency "
                           f"({lo:g}–{hi:g} µs); re-measure with tvm-nas profile")
     if e["std"] < 0:
         raise TvmNasError(f"{path}: entry '{key}': field 'std': {e['std']!r} is negative")
+
+
+# -- the file's schema: one model, strict types, used by every reader -----------------------------------------------
+class _Record(BaseModel):
+    """A fixed set of fields: an unknown one is refused (a typo, or another tool's file)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+
+class _Open(BaseModel):
+    """A record of the measurement protocol (an entry's figures, the settings, the timings): the fields the tool
+    reads are typed; the others are kept as written, unread."""
+
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+
+Us = float  # µs; strict: an int is accepted, a bool or a string is not; allow_inf_nan=False: finite only
+
+
+class _SpaceRef(_Record):
+    name: str
+    hash: str
+
+
+class _TargetRef(_Record):
+    name: str
+    hash: str
+    tvm: dict[str, Any] | None = None
+
+
+class _Entry(_Open):
+    op: str | None = None
+    in_shape: list[int] | None = None
+    out_channels: int | None = Field(default=None, gt=0)
+    stride: int | None = Field(default=None, gt=0)
+    median: Us
+    std: Us = Field(ge=0)
+    mean: Us | None = None
+    min: Us | None = None
+    q1: Us | None = None
+    q3: Us | None = None
+    count: int | None = Field(default=None, ge=0)
+    rounds: int | None = Field(default=None, ge=0)
+    discarded_rounds: int | None = Field(default=None, ge=0)
+    round_medians: list[Us] | None = None
+    stable: bool | None = None
+    load: float | None = None
+    trials: int | None = Field(default=None, ge=0)
+    tasks: list[str] | None = None
+    source: str | None = None
+    measured_at: str | None = None
+
+
+class _Invocation(_Open):
+    median: Us = Field(ge=0)
+
+
+class _Settings(_Open):
+    trials: int | None = Field(default=None, ge=0)
+    time_budget_s: float | None = Field(default=None, ge=0)
+
+
+class _Timing(_Open):
+    lower_s: float | None = Field(default=None, ge=0)
+    tune_s: float | None = Field(default=None, ge=0)
+    measure_s: float | None = Field(default=None, ge=0)
+    tune_trials: int | None = Field(default=None, ge=0)
+    tune_kernels: int | None = Field(default=None, ge=0)
+    tune_curve: list[list[float]] | None = None
+
+
+class TableFile(_Record):
+    """A latency table file (docs/formats.md). A field that may be absent is never null: its readers take the
+    record (``settings``, ``invocation``) or nothing."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    space: _SpaceRef
+    target: _TargetRef
+    tvm_version: str = None
+    evaluator: dict[str, int] = None
+    batch_size: int = Field(default=None, gt=0)
+    dtype: str = None
+    created: str = None
+    updated: str = None
+    settings: _Settings = None
+    timing: _Timing = None
+    dedup: dict[str, int] = None
+    invocation: _Invocation = None
+    units: Literal["us"] = None
+    entries: dict[str, _Entry]
 
 
 def measured_entry(key: OpKey, t, batch: int, trials: int, tasks: list[str]) -> dict:
@@ -138,13 +239,18 @@ class LatencyTable:
                 _check_entry(path, k, e)
         except (ValueError, AttributeError) as e:
             raise TvmNasError(f"{path}: corrupted latency table ({e})") from e
+        try:
+            TableFile.model_validate(d)
+        except ValidationError as e:
+            raise validation_error(path, e) from None
         meta = {k: v for k, v in d.items() if k not in ("schema", "space", "target", "entries", "units")}
         check_invocation(path, meta.get("invocation"), d["entries"])
         table = cls(d["space"], d["target"], meta, d["entries"], path)
         table.calibration = load_calibration(calibration_path(path), table.hash)
         from .correction import correction_path, load_correction
 
-        table.correction = load_correction(correction_path(path), table.hash)
+        table.correction = load_correction(correction_path(path), table.hash,
+                                           fallback="calibration" if table.calibration else "plain table sum")
         if space is not None:
             table.check_space(space)
         if target_name is not None:
@@ -230,9 +336,23 @@ class LatencyTable:
         if len(ops) != len(blocks):
             raise TvmNasError(f"{len(ops)} ops given for the {len(blocks)} blocks of space '{space.name}'")
         if calibrated and self.correction is not None:
-            return self.correction.predict(ops, self.predict(space, ops, calibrated=False))
-        return self.fixed_latency(space, calibrated) + sum(self.latency(b.key(op), calibrated)
-                                                           for b, op in zip(blocks, ops, strict=True))
+            plain = self.predict(space, ops, calibrated=False)
+            v = self.correction.predict(ops, plain)
+            if math.isfinite(v) and v > 0:
+                return v
+            fallback = "calibration" if self.calibration else "plain table sum"
+            refuse(self.correction.path, f"predicts {v:.4g} µs for a net whose table sum is {plain:.4g} µs, not a "
+                   f"latency; not used: whole-net predictions use the {fallback}")
+            self.correction = None
+        v = self.fixed_latency(space, calibrated) + sum(self.latency(b.key(op), calibrated)
+                                                        for b, op in zip(blocks, ops, strict=True))
+        if calibrated and self.calibration and not (math.isfinite(v) and v > 0):
+            refuse(calibration_path(self.path) if self.path else "calibration",
+                   f"scale {self._scale(True):.4g} and offset_us {self._offset(True):.4g} predict {v:.4g} µs for "
+                   "a net of this table, not a latency; not used: predictions use the plain table sum")
+            self.calibration = None
+            return self.predict(space, ops, calibrated=False)
+        return v
 
     def extremes(self, space: SearchSpace) -> tuple[list[str], list[str]]:
         """The fastest and the slowest net of the space under this table (per-block argmin / argmax)."""
@@ -255,27 +375,78 @@ def calibration_path(table: str | os.PathLike) -> Path:
     return table.with_name(table.name.replace(".latency.json", "") + ".calibration.json")
 
 
-def read_fitted(path: Path, table_hash: str) -> dict | None:
-    """A model `validate` fitted to a table (calibration, correction): the file's object, or None when there is
-    none, when it is damaged, or when it was fitted to other entries (the table was measured again since)."""
+_said: set[str] = set()
+
+
+def refuse(path, why: str) -> None:
+    """Say once per process, on one line of stderr, that a fitted model beside a table is not used, and why."""
+    line = f"tvm-nas: warning: {path}: {why}"
+    if line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr)
+
+
+def read_fitted(path: Path, table_hash: str, model: type[BaseModel], fallback: str) -> dict | None:
+    """A model `validate` fitted to a table (calibration, correction), checked against its schema: the file's
+    object, or None when there is none or when it was fitted to other entries (the table was measured again since).
+    A damaged file, or one with a field out of its bounds, is refused in one line naming the file and the field
+    (:func:`refuse`), and None is returned: the table then predicts with its `fallback`."""
     if not path.is_file():
         return None
+    what = model.__name__.removesuffix("File").lower()
+    not_used = f"not used: predictions use the {fallback}"
     try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError):
+        d = read_json(path, what)
+    except TvmNasError as e:
+        refuse(path, f"{str(e).removeprefix(f'{path}: ')}; {not_used}")
         return None
-    return d if isinstance(d, dict) and d.get("table_hash") == table_hash else None
+    if d.get("table_hash") != table_hash:
+        if not isinstance(d.get("table_hash"), str):
+            refuse(path, f"field 'table_hash': {str(d.get('table_hash'))[:40]} is not a table's hash; {not_used}")
+        return None
+    try:
+        model.model_validate(d)
+    except ValidationError as e:
+        refuse(path, f"{str(validation_error(path, e)).removeprefix(f'{path}: ')}; {not_used}")
+        return None
+    return d
+
+
+# A calibration corrects what a table misses (a share of every net, a per-net cost); a scale outside this range, or
+# an offset beyond the longest plausible op, is not a correction of the table it sits beside.
+SCALE_RANGE = (0.01, 100.0)
+
+
+class CalibrationFile(_Record):
+    """The calibration beside a table (docs/formats.md). Only ``scale``, ``offset_us`` and ``table_hash`` are
+    required (a calibration written by hand is used like validate's); every field is typed and bounded."""
+
+    scale: float = Field(ge=SCALE_RANGE[0], le=SCALE_RANGE[1])
+    offset_us: float = Field(ge=-PLAUSIBLE_US[1], le=PLAUSIBLE_US[1])
+    table_hash: str
+    form: Literal["proportional", "affine"] = None
+    nets: int = Field(default=None, ge=1)
+    loo_median_abs_error_pct: float = Field(default=None, ge=0)
+    loo_worst_abs_error_pct: float = Field(default=None, ge=0)
+    additive_median_abs_error_pct: float = Field(default=None, ge=0)
+    additive_worst_abs_error_pct: float = Field(default=None, ge=0)
+    forms: dict[str, dict[str, Any]] = None
+    leave_one_out: dict[str, Any] = None
+    better: bool = None
+    load_avg: list[float] = None
+    fitted: str = None
+    unstable_nets: int = Field(default=None, ge=0)
+    trained_on: list[list[str]] = None
 
 
 def load_calibration(path: Path, table_hash: str) -> dict | None:
-    """The calibration beside a table, or None when there is none, or when it was fitted to other entries (the
-    table was measured again since) or is damaged: the table then predicts its plain sum."""
-    d = read_fitted(path, table_hash)
+    """The calibration beside a table, or None when there is none, when it was fitted to other entries (the table
+    was measured again since), or when it is damaged or out of bounds (said in one line): the table then predicts
+    its plain sum. Every field of :class:`CalibrationFile` is in the dict (None where the file has none)."""
+    d = read_fitted(path, table_hash, CalibrationFile, "plain table sum")
     if d is None:
         return None
-    a, b = d.get("scale"), d.get("offset_us")
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
-    return d if ok and a > 0 else None
+    return {**{k: None for k in CalibrationFile.model_fields}, **d}
 
 
 def _fit(p: np.ndarray, m: np.ndarray, form: str) -> tuple[float, float]:
