@@ -10,14 +10,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import TvmNasError
 from .io import atomic_write_json, read_json
 from .ops import parse_op
-from .space import SearchSpace, load_space
+from .space import MAX_BLOCKS, SearchSpace, load_space
 from .specfile import resolve, validation_error
 
 if TYPE_CHECKING:
@@ -30,7 +30,12 @@ REFERENCE_OP = "mbconv_k3_e6"  # the MobileNetV2 shape: every block an MBConv k3
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # a fixed set of fields (an unknown one is a typo or another tool's file); no NaN or infinity. The reader
+    # validates strictly (load_arch: a string where a number belongs is refused); the writer builds it from numbers
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+
+Us = Annotated[float, Field(gt=0, le=1e9)]  # a whole net's latency (µs): positive, under 1000 s
 
 
 class SpaceRef(_Part):
@@ -47,13 +52,14 @@ class TableRef(_Part):
 
 class Derivation(_Part):
     rule: str
-    argmax_ops: list[str]
-    argmax_latency_us: float
-    changed_blocks: list[int] = Field(default_factory=list)
-    budget_us: float | None = None
+    argmax_ops: list[str] = Field(max_length=MAX_BLOCKS)
+    argmax_latency_us: Us
+    changed_blocks: list[Annotated[int, Field(ge=0, lt=MAX_BLOCKS)]] = Field(default_factory=list,
+                                                                             max_length=MAX_BLOCKS)
+    budget_us: Us | None = None
     budget_met: bool | None = None
     budget_feasible: bool | None = None  # False: even the space's fastest net is over budget
-    fastest_latency_us: float | None = None
+    fastest_latency_us: Us | None = None
 
 
 class ArchFile(_Part):
@@ -61,14 +67,13 @@ class ArchFile(_Part):
 
     schema_: int = Field(SCHEMA, alias="schema")
     space: SpaceRef
-    ops: list[str]
-    probabilities: list[dict[str, float]] | None = None
+    ops: list[str] = Field(max_length=MAX_BLOCKS)
+    probabilities: list[dict[str, Annotated[float, Field(ge=0, le=1)]]] | None = Field(default=None,
+                                                                                       max_length=MAX_BLOCKS)
     latency_table: TableRef | None = None
-    predicted_latency_us: float | None = None
+    predicted_latency_us: Us | None = None
     derivation: Derivation | None = None
     search: dict[str, Any] = Field(default_factory=dict)
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", by_alias=True, exclude_none=False)
@@ -116,7 +121,7 @@ def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, list[str], dict]:
     if raw.get("schema") != SCHEMA:
         raise TvmNasError(f"{path}: field 'schema': {raw.get('schema')!r} is not supported (expected {SCHEMA})")
     try:
-        doc = ArchFile.model_validate(raw)
+        doc = ArchFile.model_validate(raw, strict=True)
     except ValidationError as e:
         raise validation_error(path, e) from None
     try:
