@@ -329,6 +329,11 @@ def test_compare_with_baselines_writes_table(host, tiny_host_logs, arch_file, tm
         for rt in ("tvm", "tvm-untuned", "pytorch", "onnxruntime"):
             assert by[rt]["measured_us"] > 0 and by[rt]["check"] == "ok", by[rt]
         assert "1 thread" not in by["tvm"]["setting"] and "2 threads" in by["tvm"]["setting"]
+        # the peers' ratios divide by TVM's module timed as they are: through a Python call per run
+        py = by["tvm"]["tried"][0]
+        assert "called from Python" in py["setting"] and py["max_abs_err"] <= 1e-4
+        assert by["onnxruntime"]["vs_tvm"] == pytest.approx(by["onnxruntime"]["measured_us"] / py["median"])
+        assert by["tvm-untuned"]["vs_tvm"] == pytest.approx(by["tvm-untuned"]["measured_us"] / by["tvm"]["measured_us"])
         ort = by["onnxruntime"]
         picked = re.search(r"spinning (on|off)", ort["setting"]).group(1)
         assert "ORT_ENABLE_ALL" in ort["setting"]

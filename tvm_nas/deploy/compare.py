@@ -52,7 +52,7 @@ def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | o
     console = console or Console(stderr=True)
     loaded = [load_architecture(a) for a in archs]
     specs = [load_target(t) for t in targets]
-    which = selected_peers(peers)  # a bad name fails before compiling anything
+    which = selected_peers(peers) if baselines else []  # a bad name fails before compiling anything
     wts = list(weights or [None] * len(loaded))
     if len(wts) != len(loaded):
         raise TvmNasError(f"{len(wts)} --weights for {len(loaded)} --arch: give one per architecture or none")
@@ -90,7 +90,7 @@ def compare_built(built: Sequence[Built], peers: bool = True, which: str | Seque
     again; with `peers`, TVM untuned and the peers (`which`, default all or ``$TVM_NAS_PEERS``) are timed in
     blocks (`order`) with the shipped module on host-like targets, and listed as not run on the others.
     """
-    which = selected_peers(which)
+    which = selected_peers(which) if peers else []
     rows: list[dict] = []
     for b in built:
         m = read_json(Path(b.build_dir) / MANIFEST, "build manifest")
@@ -151,9 +151,12 @@ def _peer_rows(b: Built, manifest: dict, which: list[str], order: str, cooldown_
     run = time_with_peers(model, b.arch, b.spec, lib, Path(b.build_dir) / ONNX_FILE, x, peers=which, order=order,
                           cooldown_s=cooldown_s, tvm_setting=_tvm_setting(manifest))
     first = run.sequence[0] if run.sequence else None
+    # vs tvm: against TVM's module timed the same way (TVM's own loop for its rows, a Python call per run for the
+    # peers': their figures include that call, TVM's own loop does not)
     tvm_us = run.results["tvm"].timing.median
     return [_row(b.arch, b.spec, r, manifest.get("predicted_latency_us") if k == "tvm" else None,
-                 r.timing.to_json() if r.timing else None, tvm_us, run.order, first)
+                 r.timing.to_json() if r.timing else None, tvm_us if k.startswith("tvm") else run.tvm_python_us,
+                 run.order, first)
             for k, r in run.results.items()]
 
 
@@ -167,8 +170,11 @@ def compare_table(rows: list[dict]) -> RenderableType:
     one = len(targets) == 1
     t = Table(title=f"latency{f' on {targets[0]}' if one else ''}, µs (median (IQR), batch 1)", box=box.SIMPLE_HEAD,
               show_edge=False, pad_edge=False, collapse_padding=True)
-    caption = Text(f"pred: the table's prediction; meas: median (IQR), {how}; check: output against PyTorch eager "
-                   f"(atol {ATOL:g})")  # wrapped at the console's width (a table's caption is cut at the table's)
+    # wrapped at the console's width (a table's caption is cut at the table's)
+    peers = any(not r["runtime"].startswith("tvm") and r["measured_us"] is not None for r in rows)
+    caption = Text(f"pred: the table's prediction; meas: median (IQR), {how}; " + (
+        "vs tvm: against TVM's module timed the same way (a peer's figure includes its Python call, so TVM's is "
+        "then taken with one too); " if peers else "") + f"check: output against PyTorch eager (atol {ATOL:g})")
     cols = [("net", "left"), ("target", "left"), ("runtime", "left"), ("pred", "right"), ("meas", "right"),
             ("meas/pred", "right"), ("vs tvm", "right"), ("check", "left")]
     for c, j in cols:
