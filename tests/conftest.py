@@ -40,6 +40,29 @@ def micro_space(tmp_path_factory) -> Path:
     return write_yaml(tmp_path_factory.mktemp("spaces") / "micro.yaml", MICRO_SPACE)
 
 
+def photo_folders(root: Path, train: int = 24, test: int = 10, size: int = 16, classes: int = 10,
+                  seed: int = 0) -> tuple[Path, Path]:
+    """Generated photographs in ``root/train/<class>/`` and ``root/test/<class>/`` (``train`` and ``test`` images
+    a class): each class a colour and a stripe frequency, with noise and a random shift, so nets learn them but
+    not perfectly. PNG thumbnails of ``size`` pixels: the in-memory path of an image folder."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for split, n in (("train", train), ("test", test)):
+        for c in range(classes):
+            d = root / split / f"class{c:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            colour = np.array([(c * 37) % 255, (c * 91) % 255, (c * 53) % 255], float)
+            for i in range(n):
+                shift = rng.uniform(0, 1)
+                stripes = np.sin(2 * np.pi * ((c % 5) + 1) * (xx + shift))[..., None]
+                img = colour * 0.6 + 50 * stripes + rng.normal(0, 20, (size, size, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i:03d}.png")
+    return root / "train", root / "test"
+
+
 def quick_target(folder: Path, name: str = "quick") -> Path:
     """This machine's CPU with short measurement windows, for tests of what is done with figures, not of the
     figures (the full protocol on `host` runs in the profile tests, the shared tiny table and CI's plain-install

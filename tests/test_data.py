@@ -184,3 +184,46 @@ def test_bad_data_is_one_clear_line(tiny, tmp_path, capfd):
             load_data(spec, tiny)
         assert "\n" not in str(e.value), spec
     assert "pwned" not in capfd.readouterr().out  # the pickle's code never ran
+
+
+def test_thumbnails_are_held_in_memory_with_the_small_image_recipe(tmp_path):
+    """A folder of images no larger than the input (CIFAR-like) is decoded once; larger photographs stream."""
+    from conftest import photo_folders
+
+    from tvm_nas.data import ImageData
+
+    tiny = load_space("tiny")
+    train, _ = photo_folders(tmp_path / "p", train=6, test=1, size=16, classes=3)
+    (train / "class01" / "bad.png").write_bytes(b"not a png")
+    d = load_data(f"imagefolder:{train}", tiny, workers=0)
+    assert isinstance(d, ImageData) and d.augment == "crop+flip" and len(d) == 18 and d.skipped == 1
+    assert d.images.shape == (18, 3, 16, 16) and d.classes == ["class00", "class01", "class02"]
+    first = np.asarray(Image.open(train / "class00" / "000.png").convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(d.images[0].numpy(), first)  # decoded as is, not resized or cropped
+    # validation batches are the images; training batches are padded crops and mirrors, fixed by (seed, epoch)
+    idx = np.arange(len(d))
+    assert torch.equal(next(batches(d, idx, 18, raw=True))[0], d.images)
+    a = next(batches(d, idx, 18, seed=1, epoch=0, train=True, raw=True))
+    b = next(batches(d, idx, 18, seed=1, epoch=0, train=True, raw=True))
+    c = next(batches(d, idx, 18, seed=1, epoch=1, train=True, raw=True))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    # bigger photographs are streamed with the random-resized-crop recipe
+    big = _folder(tmp_path / "big", size=(40, 30))
+    assert isinstance(load_data(f"imagefolder:{big}", tiny, workers=0), FolderData)
+
+
+def test_crop_flip_is_a_shifted_window_of_the_padded_image():
+    from tvm_nas.data import crop_flip
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).reshape(2, 3, 8, 8).to(torch.uint8)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))  # 8 // 8 = 1 pixel
+    flips = 0
+    for seed in range(40):
+        out = crop_flip(x, np.array([seed, seed + 1000]))
+        for i in range(2):
+            windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)]
+            plain = any(torch.equal(out[i], w) for w in windows)
+            mirrored = any(torch.equal(out[i], w.flip(-1)) for w in windows)
+            assert plain or mirrored
+            flips += mirrored and not plain
+    assert 20 <= flips <= 60  # about half of the 80 draws are mirrored

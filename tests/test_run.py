@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
-from conftest import cli, quick_target
+from conftest import cli, photo_folders, quick_target
 
 from tvm_nas.config import STAGES
 from tvm_nas.io import sha256_file
 from tvm_nas.profile.profiler import profile
+from tvm_nas.profile.table import LatencyTable
+from tvm_nas.space import load_space
 
 
 def test_whole_chain_resumes_at_every_boundary(tmp_path):
@@ -18,7 +21,9 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path):
     logs = tmp_path / "logs"
     profile("tiny", str(quick), trials=0, logs_dir=logs)  # the profile stage reuses this table: same settings
     run = tmp_path / "run"
-    common = ["--epochs", "2", "--warmup-epochs", "1", "--train-epochs", "1", "--max-samples", "240"]
+    train, test = photo_folders(tmp_path / "photos", train=60, test=20)
+    common = ["--epochs", "2", "--warmup-epochs", "1", "--train-epochs", "3", "--data", f"imagefolder:{train}",
+              "--test-data", f"imagefolder:{test}"]
     seconds, output = {}, {}
     for i, stage in enumerate(STAGES):
         args = (["--space", "tiny", "--target", str(quick), "--trials", "0", "--logs-dir", str(logs), "--out",
@@ -47,7 +52,25 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path):
     assert searched["kind"] == "searched" and searched["predicted_us"] <= summary["budget_us"] + 1e-6
     assert f"{searched['predicted_us']:.1f}" in page
     assert f"{searched['measured_us']:.1f}" in page
-    assert f"{100 * searched['accuracy']:.1f}%" in page
+    assert f"{100 * searched['accuracy']:.1f}% (test)" in page
+    # every accuracy comes from the held-out folder, and the searched net is ranked among nets of its latency
+    assert all(n["accuracy_set"] == "test" and n["accuracy"] == n["test_accuracy"] for n in summary["nets"])
+    matched = [n for n in summary["nets"] if n["kind"] == "matched"]
+    assert len(matched) == 3 and all(n["ops"] != searched["ops"] for n in matched)
+    # within 5% of the searched net's latency, or, where the space has fewer such nets, the nearest ones
+    space, table = load_space("tiny"), LatencyTable.load(run / state["done"]["profile"]["table"])
+    gaps = sorted(abs(table.predict(space, list(ops)) - searched["predicted_us"]) / searched["predicted_us"]
+                  for ops in itertools.product(*(b.candidates for b in space.blocks())) if list(ops) != searched["ops"])
+    for n in matched:
+        gap = abs(n["predicted_us"] - searched["predicted_us"]) / searched["predicted_us"]
+        assert gap <= max(0.05, gaps[2]) + 1e-9, (n, gaps[:3])
+    rk = summary["ranking"]
+    assert rk["accuracy_set"] == "test" and rk["matched"] == 3
+    assert rk["rank"] == 1 + sum(n["accuracy"] > searched["accuracy"] for n in matched)
+    assert f"rank {rk['rank']} of 4 by test accuracy" in page
+    assert -1 <= rk["supernet_tau"] <= 1 and rk["supernet_nets"] == len(summary["nets"])
+    assert all(0 <= n["supernet_accuracy"] <= 1 for n in summary["nets"])
+    assert "supernet ranking" in page and "test accuracy" in page
     arch = json.loads((run / summary["arch"]["path"]).read_text())
     assert arch["ops"] == summary["arch"]["ops"] == searched["ops"]
     manifest = json.loads((run / summary["artifacts"]["manifest"]).read_text())
@@ -62,7 +85,7 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path):
     assert v["nets"] == len({tuple(n["ops"]) for n in summary["nets"]} | {tuple(summary["arch"]["ops"])})
     assert "Kendall τ" in page and f"{v['kendall_tau']:.2f}" in page
     kinds = {n["kind"] for n in summary["nets"]}
-    assert {"searched", "reference", "fastest", "slowest", "random"} <= kinds
+    assert {"searched", "reference", "fastest", "slowest", "matched"} <= kinds
 
     # a deleted module is noticed on --resume: compile and every stage after it run again, the rest is kept
     module = run / summary["artifacts"]["module"]

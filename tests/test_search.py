@@ -383,6 +383,32 @@ def test_cli_train_bad_inputs(space, tiny_table, tmp_path, capsys):
         _fails(["train", "--arch", str(arch), "--quiet", "--out", str(tmp_path / "t"), *extra], capsys, match)
 
 
+def test_cli_train_judges_on_the_held_out_test_set(space, tiny_table, tmp_path, capsys):
+    """--test-data: the accuracy printed and written is the held-out set's, labelled; without it, the validation
+    split's, labelled as the split a search trains α on."""
+    from conftest import photo_folders
+
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    arch = write_arch(tmp_path / "a.arch.json", derive([np.ones(len(b.candidates)) for b in space.blocks()],
+                                                       space, table))
+    train, test = photo_folders(tmp_path / "p", train=20, test=8)
+    base = ["train", "--arch", str(arch), "--data", f"imagefolder:{train}", "--epochs", "2", "--quiet"]
+    capsys.readouterr()
+    assert cli_main([*base, "--out", str(tmp_path / "t"), "--test-data", f"imagefolder:{test}"]) == 0
+    r = json.loads((tmp_path / "t" / "train.json").read_text())
+    assert r["accuracy_set"] == "test" and r["accuracy"] == r["test_accuracy"]
+    assert r["test_data"]["samples"] == 80 and r["data"]["samples"] == 200
+    assert f"test accuracy {r['test_accuracy']:.4f} on imagefolder:{test} (held out)" in capsys.readouterr().out
+    assert cli_main([*base, "--out", str(tmp_path / "v")]) == 0
+    r = json.loads((tmp_path / "v" / "train.json").read_text())
+    assert r["accuracy_set"] == "validation" and r["test_accuracy"] is None and r["accuracy"] == r["val_accuracy"]
+    assert "the one a search trains α on" in capsys.readouterr().out
+    # a test folder whose classes are not the training data's is refused before training
+    (test / "class09").rename(test / "zebra")
+    _fails([*base, "--out", str(tmp_path / "w"), "--test-data", f"imagefolder:{test}"], capsys,
+           "--test-data .*differ from the training data")
+
+
 def test_cli_resume_keeps_the_run_settings(space, tiny_table, tmp_path, capsys):
     run = tmp_path / "run"
     table = LatencyTable.load(tiny_table, space=space, target_name="host")

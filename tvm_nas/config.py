@@ -115,8 +115,14 @@ class RunConfig(BaseModel):
     space: str = "tiny"
     target: str = "host"
     data: str = "builtin"
+    test_data: str | None = Field(default=None, description="held-out images (same forms as --data, same class "
+                                                            "folders) that no stage trains on: every accuracy is "
+                                                            "measured there; without it the search's validation "
+                                                            "split is used, labelled as such, and no net is ranked "
+                                                            "(default none)")
     latency_ms: float | None = Field(default=None, gt=0.001, allow_inf_nan=False,
-                                     description="budget; default halfway between the fastest and slowest nets")
+                                     description="latency budget in ms (default halfway between the space's "
+                                                 "fastest and slowest nets)")
     trials: int = Field(default=64, ge=0, description="MetaSchedule budget of the profile")
     logs_dir: str = "tuning_logs"
     epochs: int = Field(default=8, ge=1, description="search epochs")
@@ -126,7 +132,8 @@ class RunConfig(BaseModel):
                                                            "faster than the paper's 1e-3 over 90 epochs)")
     loss: Literal["mul", "add"] = "add"
     seed: int = 0
-    max_samples: int | None = Field(default=None, ge=2, description="use at most this many images")
+    max_samples: int | None = Field(default=None, ge=2, description="use at most this many images of --data, a "
+                                                                          "seeded subset (default all)")
     threads: int = Field(default=1, ge=1, description="torch threads for training (TVM jobs share the cores)")
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="where search and training run "
                                                                               "(auto: cuda when torch sees a GPU)")

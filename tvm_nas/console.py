@@ -43,6 +43,14 @@ def fmt_pct(v: float | None) -> str:
     return NA if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
+def fmt_accuracy(v: float | None, accuracy_set: str | None) -> str:
+    """An accuracy with the set it was measured on: ``81.0% (test)``, or ``81.0% (validation split)`` when no
+    held-out set was measured (the search trained α on that split, so the figure favours the searched net)."""
+    if v is None or not math.isfinite(v):
+        return NA
+    return f"{fmt_pct(v)} ({'test' if accuracy_set == 'test' else 'validation split'})"
+
+
 def fmt_ratio(num: float | None, den: float | None) -> str:
     """``num / den`` as ``1.23x``, or ``n/a`` when either is missing."""
     if num is None or den is None or not den or not math.isfinite(num) or not math.isfinite(den):

@@ -23,7 +23,8 @@ from .profile.table import LatencyTable
 from .specfile import validation_error
 
 STATE = "run.json"
-N_RANDOM = 3
+N_MATCHED = 3  # random nets of the searched net's latency, trained alike: the baseline the search must beat
+MATCH = 0.05  # "matched": predicted latency within ±5% of the searched net's
 
 
 def start_or_resume(given: dict, out: str | None = None, resume: str | None = None,
@@ -181,8 +182,9 @@ class Run:
 
         arch = self.dir / self.state["done"]["search"]["arch"]
         res = train_arch(arch, self.cfg.data, self.cfg.train(), self.dir / "train",
-                         init_from=self.dir / "search", console=self.console, device=self.device())
-        return {"weights": self.rel(self.dir / "train" / "model.pt"), "accuracy": res["val_accuracy"]}
+                         init_from=self.dir / "search", console=self.console, device=self.device(),
+                         test_data=self.cfg.test_data)
+        return {"weights": self.rel(self.dir / "train" / "model.pt"), **_accuracies(res)}
 
     def baseline_ops(self) -> dict[str, tuple[str, list[str]]]:
         from .arch import reference_ops
@@ -193,9 +195,10 @@ class Run:
             nets = {"mobilenetv2 (all k3_e6)": ("reference", reference_ops(self.space)), **nets}
         except TvmNasError:
             pass
-        rng = np.random.default_rng(self.cfg.seed + 1)
-        for i in range(N_RANDOM):
-            nets[f"random-{i + 1}"] = ("random", [str(rng.choice(b.candidates)) for b in self.space.blocks()])
+        searched = self.state["done"]["search"]
+        for i, ops in enumerate(matched_nets(self.space, self.table(), searched["ops"], searched["predicted_us"],
+                                             N_MATCHED, self.cfg.seed + 1)):
+            nets[f"matched-{i + 1}"] = ("matched", ops)
         return nets
 
     def _baselines(self) -> dict:
@@ -214,15 +217,37 @@ class Run:
                 arch = write_arch(self.dir / "baselines" / f"{slug}.arch.json",
                                   arch_document(self.space, ops, None, table))
                 res = train_arch(arch, self.cfg.data, self.cfg.train(), self.dir / "baselines" / slug,
-                                 device=self.device())
-                done[name] = {"kind": kind, "ops": ops, "arch": self.rel(arch), "accuracy": res["val_accuracy"],
+                                 device=self.device(), test_data=self.cfg.test_data)
+                done[name] = {"kind": kind, "ops": ops, "arch": self.rel(arch), **_accuracies(res),
                               "weights": self.rel(self.dir / "baselines" / slug / "model.pt"),
                               "predicted_us": table.predict(self.space, ops)}
                 _save(self.dir, self.state)
                 prog.advance(bar)
-        out = {"nets": dict(done)}
+        out = {"nets": dict(done), "supernet": self._supernet_ranking(done)}
         self.state.pop("baselines_partial", None)
         return out
+
+    def _supernet_ranking(self, nets: dict) -> dict:
+        """Each trained net's accuracy with the supernet's shared weights, and its Kendall τ against the accuracy
+        trained alone (test set when there is one): the search's own warning light."""
+        from .search.ranking import kendall_tau, load_supernet, supernet_accuracies
+
+        d = self.state["done"]
+        alone = {"searched": d["train"]["accuracy"], **{k: n["accuracy"] for k, n in nets.items()}}
+        ops = {"searched": d["search"]["ops"], **{k: n["ops"] for k, n in nets.items()}}
+        conf = self.cfg.search(d["profile"]["budget_us"])
+        shared = supernet_accuracies(load_supernet(self.space, self.dir / "search"), self._data(), ops,
+                                     conf.val_fraction, conf.seed)
+        names = [k for k in ops if alone.get(k) is not None]
+        tau = kendall_tau([shared[k] for k in names], [alone[k] for k in names])
+        line = (f"supernet ranking: Kendall τ {tau:+.2f} between the {len(names)} nets' accuracy with the shared "
+                f"weights and trained alone ({d['train']['accuracy_set']})")
+        if not tau > 0.3:
+            line += ("; [bold yellow]the supernet barely ranks these nets: the searched net may be chosen by "
+                     "noise (longer search, or a higher --arch-lr)[/]")
+        self.console.print(line)
+        return {"tau": None if tau != tau else round(tau, 4), "nets": len(names), "accuracy_set":
+                d["train"]["accuracy_set"], "shared_accuracy": shared}
 
     def _compile(self) -> dict:
         """The searched net and the baselines, built with the target's database, then timed interleaved."""
@@ -307,11 +332,14 @@ class Run:
         arch = json.loads((self.dir / d["search"]["arch"]).read_text())
         measured = d["compile"]["measured_us"]
         checked = self._validated()
-        nets = [{"name": "searched", "kind": "searched", "ops": d["search"]["ops"], "accuracy": d["train"]["accuracy"],
+        shared = (d["baselines"].get("supernet") or {}).get("shared_accuracy", {})
+        nets = [{"name": "searched", "kind": "searched", "ops": d["search"]["ops"],
+                 **_accuracies(d["train"]), "supernet_accuracy": shared.get("searched"),
                  "predicted_us": d["search"]["predicted_us"], "measured_us": measured.get("searched"),
                  "compile_measured_us": measured.get("searched"), **checked.get(tuple(d["search"]["ops"]), {})}]
         for name, n in d["baselines"]["nets"].items():
-            nets.append({"name": name, "kind": n["kind"], "ops": n["ops"], "accuracy": n["accuracy"],
+            nets.append({"name": name, "kind": n["kind"], "ops": n["ops"], **_accuracies(n),
+                         "supernet_accuracy": shared.get(name),
                          "predicted_us": n["predicted_us"], "measured_us": measured.get(name),
                          "compile_measured_us": measured.get(name), **checked.get(tuple(n["ops"]), {})})
         return {
@@ -334,6 +362,7 @@ class Run:
                               "blocks": [[float(x) for x in v] for v in table.block_matrix(self.space)],
                               "fixed_us": table.fixed_latency(self.space)},
             "nets": nets,
+            "ranking": _ranking(nets, d["baselines"].get("supernet")),
             "peers": _peers(d.get("compare", {}).get("rows", [])),
             "validation": self._validation(),
             "stages": [{"name": s, "seconds": d[s]["seconds"], "status": "done"} for s in STAGES if s in d],
@@ -364,6 +393,64 @@ class Run:
         v = self.state["done"].get("validate")
         return None if not v else {"summary": v["summary"], "result": v["result"],
                                    "figure": str(Path(v["result"]).parent / "validate.png")}
+
+
+def _accuracies(res: dict) -> dict:
+    """The accuracy a net is judged by and the set it comes from (older runs recorded validation only)."""
+    from .train import accuracy_fields
+
+    if "accuracy_set" in res:
+        return {k: res.get(k) for k in ("accuracy", "accuracy_set", "val_accuracy", "test_accuracy")}
+    val = res.get("val_accuracy", res.get("accuracy"))
+    return {**accuracy_fields({"val_accuracy": val, "test_accuracy": res.get("test_accuracy")}),
+            "val_accuracy": val, "test_accuracy": res.get("test_accuracy")}
+
+
+def matched_nets(space, table: LatencyTable, searched: list[str], target_us: float, n: int,
+                 seed: int) -> list[list[str]]:
+    """``n`` random nets other than ``searched`` whose predicted latency is within ±:data:`MATCH` of
+    ``target_us``; when the space has fewer, the nearest in latency complete the list.
+
+    Spaces of up to 20,000 nets are enumerated; larger ones are sampled (20,000 draws).
+    """
+    import itertools
+    import math
+
+    rng = np.random.default_rng(seed)
+    blocks = space.blocks()
+    if math.prod(len(b.candidates) for b in blocks) <= 20_000:
+        pool = [list(ops) for ops in itertools.product(*(b.candidates for b in blocks))]
+    else:
+        pool = [[str(rng.choice(b.candidates)) for b in blocks] for _ in range(20_000)]
+    seen, nets = {tuple(searched)}, []
+    for ops in pool:
+        if tuple(ops) not in seen:
+            seen.add(tuple(ops))
+            nets.append((ops, abs(table.predict(space, ops) - target_us) / target_us))
+    within = [ops for ops, gap in nets if gap <= MATCH]
+    picks = [within[i] for i in rng.permutation(len(within))[:n]]
+    if len(picks) < n:
+        rest = sorted((gap, i) for i, (ops, gap) in enumerate(nets) if gap > MATCH)
+        picks += [nets[i][0] for _, i in rest[:n - len(picks)]]
+    return picks
+
+
+def _ranking(nets: list[dict], supernet: dict | None) -> dict:
+    """Where the searched net stands among the matched-latency nets (by test accuracy only), and the supernet's τ.
+
+    On the validation split no rank is given: the search chose the net on those very images.
+    """
+    searched = nets[0]
+    matched = [n for n in nets if n["kind"] == "matched" and n.get("accuracy") is not None]
+    out = {"accuracy_set": searched.get("accuracy_set"), "matched": len(matched), "rank": None,
+           "supernet_tau": (supernet or {}).get("tau"), "supernet_nets": (supernet or {}).get("nets")}
+    if searched.get("accuracy_set") == "test" and searched.get("accuracy") is not None and matched:
+        out["rank"] = 1 + sum(n["accuracy"] > searched["accuracy"] for n in matched)
+    ref = searched.get("measured_us")
+    if ref:  # the nets were matched on the table's prediction; how close they came once measured
+        out["matched_measured_within"] = sum(n.get("measured_us") is not None
+                                             and abs(n["measured_us"] - ref) <= MATCH * ref for n in matched)
+    return out
 
 
 def _artifacts(stage: str, result: dict) -> list[str]:

@@ -17,8 +17,7 @@ from .errors import TvmNasError
 from .io import atomic_write_bytes, atomic_write_json
 from .network import Network
 from .search.distributed import autocast, check_precision, grad_scaler
-from .search.loop import CHECKPOINT
-from .search.supernet import Supernet
+from .search.ranking import load_supernet
 
 
 def _on(device: torch.device, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,26 +89,45 @@ def train_network(model: torch.nn.Module, data: ImageData | FolderData, config: 
     return {"history": history, "val_accuracy": history[-1]["val_accuracy"]}
 
 
+def load_test_data(spec: str, space, train_data: ImageData | FolderData,
+                   workers: int | None = None) -> ImageData | FolderData:
+    """The held-out test set: every image of ``spec``, fitted to the space like the training data.
+
+    Raises:
+        TvmNasError: its classes are not the training data's (a label would mean another class).
+    """
+    test = load_data(spec, space, workers=workers)
+    if list(test.classes) != list(train_data.classes):
+        raise TvmNasError(f"--test-data {spec}: classes {', '.join(test.classes)} differ from the training data's "
+                          f"({', '.join(train_data.classes)}); the test set must have the same class folders")
+    return test
+
+
+def test_accuracy(model: torch.nn.Module, test: ImageData | FolderData, precision: str = "fp32") -> float:
+    """Top-1 accuracy on every image of a held-out test set."""
+    return accuracy(model, test, np.arange(len(test)), precision)
+
+
+def accuracy_fields(result: dict) -> dict:
+    """The accuracy a result is ranked by, and which set it comes from.
+
+    ``{"accuracy": ..., "accuracy_set": "test"}`` when a held-out test set was measured, else the validation
+    accuracy labelled ``"validation"``: the split the search trained α on, so it must never rank a searched net
+    against others.
+    """
+    if result.get("test_accuracy") is not None:
+        return {"accuracy": result["test_accuracy"], "accuracy_set": "test"}
+    return {"accuracy": result.get("val_accuracy"), "accuracy_set": "validation"}
+
+
 def supernet_weights(space, ops: list[str], path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The chosen ops' weights from a search run's checkpoint (``RUN_DIR`` or ``RUN_DIR/checkpoint.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise TvmNasError(f"{path}: search checkpoint not found (--init-from takes a search run directory)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["supernet"]  # never run a pickle
-        net = Supernet(space)
-        net.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001 - unreadable or from another space: one line
-        raise TvmNasError(f"{path}: not a search checkpoint of space '{space.name}' "
-                          f"({e.__class__.__name__})") from e
-    return net.network_state(ops)
+    return load_supernet(space, path).network_state(ops)
 
 
 def train_arch(arch: str | os.PathLike, data_spec: str, config: TrainConfig, out_dir: str | os.PathLike,
                init_from: str | os.PathLike | None = None, console=None, device: torch.device | str = "cpu",
-               workers: int | None = None) -> dict:
+               workers: int | None = None, test_data: str | None = None) -> dict:
     """Train the net of an architecture file and write ``model.pt`` and ``train.json`` into ``out_dir``.
 
     Args:
@@ -121,22 +139,28 @@ def train_arch(arch: str | os.PathLike, data_spec: str, config: TrainConfig, out
         console: a ``rich`` console for per-epoch lines, or None.
         device: where to train.
         workers: DataLoader workers of a streamed image folder.
+        test_data: a data spec of held-out images, never trained on: the accuracy the net is judged by.
 
     Returns:
-        The result document (also written to ``out_dir/train.json``) with ``val_accuracy``.
+        The result document (also written to ``out_dir/train.json``) with ``val_accuracy``, ``test_accuracy``
+        (None without a test set), and ``accuracy`` / ``accuracy_set`` (:func:`accuracy_fields`).
     """
     space, ops, doc = load_arch(arch)
     data = load_data(data_spec, space, max_samples=config.max_samples, seed=config.seed, workers=workers)
+    test = None if test_data is None else load_test_data(test_data, space, data, workers)
     torch.manual_seed(config.seed)
     model = Network(space, ops, where=str(arch))
     if init_from is not None:
         model.load_state_dict(supernet_weights(space, ops, init_from))
     result = train_network(model, data, config, console, device)
+    result["test_accuracy"] = None if test is None else test_accuracy(model, test, config.precision)
+    result.update(accuracy_fields(result))
     out_dir = Path(out_dir)
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     atomic_write_bytes(out_dir / "model.pt", buf.getvalue())
     result = {"schema": 1, "arch": str(arch), "ops": ops, "space": space.name, "data": data.describe(),
+              "test_data": None if test is None else test.describe(),
               "init_from": None if init_from is None else str(init_from),
               "device": torch.device(device).type, "skipped_images": data.skipped,
               "config": config.model_dump(mode="json"),

@@ -12,13 +12,15 @@ _HELP = {"space": "search space", "target": "hardware target", "data": "builtin 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     for name, f in RunConfig.model_fields.items():
-        default = "halfway between the space's fastest and slowest nets" if f.default is None else f.default
-        kw = {"dest": name, "default": None, "help": f"{f.description or _HELP.get(name, name)} (default {default})"}
+        text = f.description or _HELP.get(name, name)
+        if "(default" not in text:
+            text += f" (default {f.default})"
+        kw = {"dest": name, "default": None, "help": text}
         if name == "loss":
             kw["choices"] = ["mul", "add"]
         elif name == "device":
             kw["choices"] = list(DEVICES)
-        elif f.annotation not in (str,):
+        elif f.annotation not in (str, str | None):
             kw["type"] = int if f.annotation in (int, int | None) else float
         p.add_argument("--" + name.replace("_", "-"), **kw)
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")

@@ -207,6 +207,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument("--arch", required=True, help="architecture file (e.g. RUN_DIR/final.arch.json)")
     p.add_argument("--data", default="builtin", help=DATA_HELP)
+    p.add_argument("--test-data", help="held-out images never trained on (same spec forms as --data, same class "
+                                       "folders): the accuracy the net is judged by")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
@@ -225,7 +227,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train a derived architecture and report its validation accuracy. Returns the exit status."""
+    """Train a derived architecture and report its test (or validation) accuracy. Returns the exit status."""
     import torch
     from pydantic import ValidationError
 
@@ -247,7 +249,13 @@ def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path(str(args.arch).removesuffix(".json") + ".train")
     result = train_arch(args.arch, args.data, cfg, out, init_from=args.init_from,
-                        console=_console(args.quiet), device=device, workers=args.workers)
-    print(f"{out}: validation accuracy {result['val_accuracy']:.4f} after {cfg.epochs} epochs "
-          f"({'fine-tuned from ' + str(args.init_from) if args.init_from else 'from scratch'})")
+                        console=_console(args.quiet), device=device, workers=args.workers, test_data=args.test_data)
+    start = f"fine-tuned from {args.init_from}" if args.init_from else "from scratch"
+    how = f"after {cfg.epochs} epochs ({start})"
+    if result["test_accuracy"] is not None:
+        print(f"{out}: test accuracy {result['test_accuracy']:.4f} on {args.test_data} (held out), validation "
+              f"accuracy {result['val_accuracy']:.4f} {how}")
+    else:
+        print(f"{out}: validation accuracy {result['val_accuracy']:.4f} {how} (the validation split of --data, "
+              "the one a search trains α on; add --test-data for a held-out figure)")
     return 0

@@ -34,6 +34,7 @@ KIND_STYLE = {  # net kind -> (marker, colour, size)
     "fastest": ("^", "#2ca02c", 90),
     "slowest": ("v", "#9467bd", 90),
     "random": ("o", "#7f7f7f", 50),
+    "matched": ("o", "#7f7f7f", 50),
 }
 
 
@@ -224,7 +225,8 @@ def plot_accuracy_latency(s: RunSummary, path: Path) -> str | None:
     if s.budget_us is not None:
         ax.axvline(s.budget_us, color="#d62728", ls="--", lw=1.2, label=f"budget {fmt_us(s.budget_us)} µs")
     ax.set_xlabel("latency (µs): filled = measured with TVM, hollow = predicted from the table")
-    ax.set_ylabel("accuracy (%)")
+    test = {n.accuracy_set for n in nets} == {"test"}
+    ax.set_ylabel("test accuracy (%)" if test else "accuracy (%): validation split, not held out")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"Accuracy against latency on {s.target.name}", fontsize=10)

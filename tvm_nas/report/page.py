@@ -16,7 +16,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from ..console import NA, fmt_pct, fmt_ratio, fmt_seconds, fmt_size, fmt_us
+from ..console import NA, fmt_accuracy, fmt_pct, fmt_ratio, fmt_seconds, fmt_size, fmt_us
 from ..io import atomic_write_text
 from . import figures
 from .summary import RunSummary, load_summary
@@ -80,8 +80,18 @@ def _header(s: RunSummary) -> str:
                                                          if s.arch and s.arch.budget_note else "")],
         ["predicted latency", f"{fmt_us(s.predicted_us)} µs"],
         ["measured latency", f"{fmt_us(net.measured_us if net else None)} µs"],
-        ["accuracy", fmt_pct(net.accuracy if net else None)],
+        ["accuracy", fmt_accuracy(net.accuracy if net else None, net.accuracy_set if net else None)],
     ]
+    rk = s.ranking
+    if rk is not None and rk.matched:
+        rows.append(["against random nets of its latency",
+                     f"rank {rk.rank} of {rk.matched + 1} by test accuracy" if rk.rank is not None else
+                     f"not ranked: no held-out test set (the {rk.matched} matched nets' accuracies are on the "
+                     "validation split the search chose on; run with --test-data)"])
+    if rk is not None and rk.supernet_tau is not None:
+        warn = "" if rk.supernet_tau > 0.3 else " <b>(the supernet barely ranks these nets)</b>"
+        rows.append(["supernet ranking", f"Kendall τ {rk.supernet_tau:+.2f} over {rk.supernet_nets} nets "
+                                         f"(shared weights against trained alone){warn}"])
     if s.arch and s.arch.ops:
         rows.append(["architecture", "<code>" + _e(" ".join(s.arch.ops)) + "</code>"])
     out = [_table(None, rows, num_from=99, cls="headline")]
@@ -122,8 +132,11 @@ def _nets_table(s: RunSummary) -> str:
             meas += f" ({fmt_us(n.measured_q1)}–{fmt_us(n.measured_q3)})"
         if n.stable is False:
             meas += " UNSTABLE"
-        rows.append([_e(n.name), _e(n.kind), fmt_pct(n.accuracy), fmt_us(n.predicted_us), _e(meas), err])
-    return _table(["net", "kind", "accuracy", "predicted (µs)", "measured (µs): median (IQR)",
+        rows.append([_e(n.name), _e(n.kind), fmt_pct(n.accuracy), fmt_pct(n.supernet_accuracy),
+                     fmt_us(n.predicted_us), _e(meas), err])
+    sets = {n.accuracy_set for n in s.nets if n.accuracy is not None}
+    label = "test accuracy" if sets == {"test"} else "accuracy (validation split, not held out)"
+    return _table(["net", "kind", label, "supernet accuracy", "predicted (µs)", "measured (µs): median (IQR)",
                    "measured vs predicted"], rows, num_from=2)
 
 
@@ -248,6 +261,20 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     return atomic_write_text(report_dir / "index.html", _page(s, run_dir, report_dir, notes))
 
 
+def _ranking_note(s: RunSummary) -> str:
+    rk = s.ranking
+    if rk is None:
+        return ""
+    out = ""
+    if rk.rank is not None:
+        out += f"; rank {rk.rank} of {rk.matched + 1} among random nets of its latency (test accuracy)"
+    elif rk.matched:
+        out += "; not ranked against random nets: no held-out test set (--test-data)"
+    if rk.supernet_tau is not None:
+        out += f"; supernet ranking τ {rk.supernet_tau:+.2f}"
+    return out
+
+
 def terminal_summary(run_dir: str | os.PathLike):
     """The closing table of `tvm-nas run`: the headline numbers and every artifact with its path.
 
@@ -260,9 +287,10 @@ def terminal_summary(run_dir: str | os.PathLike):
     s = load_summary(run_dir)
     net = s.searched
     caption = (f"{s.space.name} on {s.target.name}: predicted {fmt_us(s.predicted_us)} µs, measured "
-               f"{fmt_us(net.measured_us if net else None)} µs, accuracy {fmt_pct(net.accuracy if net else None)}, "
+               f"{fmt_us(net.measured_us if net else None)} µs, accuracy "
+               f"{fmt_accuracy(net.accuracy if net else None, net.accuracy_set if net else None)}, "
                f"budget {fmt_us(s.budget_us)} µs" + (f" ({s.arch.budget_note})" if s.arch and s.arch.budget_note
-                                                     else ""))
+                                                     else "") + _ranking_note(s))
     table = Table(title=f"tvm-nas run: {run_dir}", caption=caption)
     table.add_column("artifact", style="bold")
     table.add_column("path")

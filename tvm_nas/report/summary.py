@@ -88,6 +88,10 @@ class NetInfo(_Part):
     kind: str = "random"
     ops: list[str] = Field(default_factory=list)
     accuracy: float | None = None
+    accuracy_set: str | None = None  # "test" (held out) or "validation" (the search's split)
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    supernet_accuracy: float | None = None  # validation accuracy with the supernet's shared weights
     predicted_us: float | None = None
     measured_us: float | None = None
     measured_q1: float | None = None
@@ -104,6 +108,17 @@ class ValidationInfo(_Part):
     summary: dict = Field(default_factory=dict)
     result: str | None = None
     figure: str | None = None
+
+
+class RankingInfo(_Part):
+    """The searched net against random nets of its latency, trained alike, and the supernet's own ranking."""
+
+    accuracy_set: str | None = None
+    matched: int = 0
+    rank: int | None = None  # 1 = best; only on a held-out test set
+    matched_measured_within: int | None = None
+    supernet_tau: float | None = None
+    supernet_nets: int | None = None
 
 
 class PeerInfo(_Part):
@@ -130,6 +145,7 @@ class RunSummary(_Part):
     arch: ArchInfo | None = None
     latency_table: TableInfo | None = None
     nets: list[NetInfo] = Field(default_factory=list)
+    ranking: RankingInfo | None = None
     peers: list[PeerInfo] = Field(default_factory=list)
     validation: ValidationInfo | None = None
     stages: list[StageInfo] = Field(default_factory=list)
