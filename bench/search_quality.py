@@ -1,0 +1,230 @@
+"""Search quality against ground truth: does the search find the best net under a budget, better than random?
+
+Reads the ground-truth table of :mod:`bench.nasbench` (every net of the space trained alone, tested on held-out
+photographs, timed by TVM) and scores searches in that space against it:
+
+* **budgets** — 25%, 50% and 75% of the way from the space's fastest to its slowest net (measured latency when the
+  ground truth has it, else the table's prediction);
+* **searches** — for each budget, 3 search seeds, each the product's own search (:class:`ProxylessSearch`, the
+  settings of a *variant* below) on the ground truth's training images, derived against the tuned table;
+* **regret** — the best ground-truth test accuracy among the nets whose *measured* latency meets the budget,
+  minus the searched net's ground-truth test accuracy (a net is one of the table's, so nothing is retrained);
+* **rank** — the searched net's place among the nets that meet the budget (1 = best), and whether its measured
+  latency meets the budget;
+* **random search with the same compute** — nets whose predicted latency meets the budget, drawn without
+  replacement, each trained with the short recipe (:data:`SHORT_EPOCHS` epochs) on the search's own training
+  split, the best kept by accuracy on the search's validation split, until the images it trained on reach those
+  the search processed (weight steps, plus both paths of every architecture step). Compute is counted in images,
+  not seconds: this machine is shared, and seconds would measure the other jobs;
+* **the supernet's ranking** — every net's validation accuracy with the search's shared weights against its
+  ground-truth test accuracy, as a Kendall τ.
+
+The noise floor (the median seed-to-seed spread of one net, from the ground truth) is printed beside every regret.
+Results go to ``bench/results/search_quality-<space>-<variant>.json``, rewritten after every search; a start finds
+what is done there (``--commit`` also commits it per search). The load average is printed beside each figure.
+
+    python bench/search_quality.py --data CIFAR_DIR [--variant default] [--hours H] [--commit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from nasbench import RECIPE, all_nets, key, load, save, summarize  # noqa: E402
+
+FRACTIONS = (0.25, 0.5, 0.75)
+SEEDS = (0, 1, 2)
+SHORT_EPOCHS = 2
+# search settings under test; "default" is what `tvm-nas run` uses
+VARIANTS = {
+    "default": {},
+}
+
+
+def search_config(variant: str, budget_us: float, seed: int):
+    from tvm_nas.config import RunConfig, SearchConfig
+
+    run = RunConfig()
+    base = run.search(budget_us).model_dump()
+    base.update(seed=seed, batch_size=RECIPE["batch_size"], val_fraction=RECIPE["val_fraction"])
+    base.update(VARIANTS[variant])
+    return SearchConfig(**base)
+
+
+def budgets(space, doc: dict, table) -> list[tuple[float, float]]:
+    """(fraction, budget µs) from the fastest to the slowest net, by measured latency where known."""
+    lat = {k: (e.get("latency") or {}).get("measured_us") for k, e in doc["nets"].items()}
+    if all(lat.get(key(ops)) for ops in all_nets(space)):
+        values = [lat[key(ops)] for ops in all_nets(space)]
+    else:
+        values = [table.predict(space, ops) for ops in all_nets(space)]
+    lo, hi = min(values), max(values)
+    return [(f, lo + f * (hi - lo)) for f in FRACTIONS]
+
+
+def ground_truth(space, doc: dict, table) -> dict[str, dict]:
+    """net -> mean test accuracy and latency (measured when known, else predicted)."""
+    out = {}
+    for ops in all_nets(space):
+        e = doc["nets"].get(key(ops))
+        if not e or not e["runs"]:
+            continue
+        lat = (e.get("latency") or {})
+        out[key(ops)] = {"ops": ops, "test": statistics.mean(r["test_accuracy"] for r in e["runs"]),
+                         "us": lat.get("measured_us") or table.predict(space, ops),
+                         "measured": lat.get("measured_us") is not None, "q1": lat.get("measured_q1")}
+    return out
+
+
+def score(ops: list[str], budget: float, gt: dict) -> dict:
+    feasible = sorted((g for g in gt.values() if g["us"] <= budget), key=lambda g: -g["test"])
+    mine = gt[key(ops)]
+    best = feasible[0]["test"] if feasible else None
+    return {"ops": ops, "test_accuracy": mine["test"], "latency_us": mine["us"], "latency_measured": mine["measured"],
+            # met within the protocol's spread: the median, or failing that the lower quartile, under the budget
+            "budget_met": mine["us"] <= budget or (mine["q1"] is not None and mine["q1"] <= budget),
+            "regret": None if best is None else round(best - mine["test"], 5),
+            "rank": 1 + sum(g["test"] > mine["test"] for g in feasible), "feasible": len(feasible),
+            "best_feasible": best}
+
+
+def run_search(space, table, data, config, workdir: Path):
+    from tvm_nas.search import ProxylessSearch
+
+    s = ProxylessSearch(space, table, data, config, workdir)
+    t = time.time()
+    s.fit()
+    seconds = time.time() - t
+    train_imgs = sum(r["train_images"] for r in s.history_)
+    search_epochs = config.epochs - config.warmup_epochs
+    arch_imgs = search_epochs * (len(s.train_idx_) // config.batch_size) // config.arch_every * config.arch_steps \
+        * config.batch_size * 2  # both sampled paths run forward and backward to their gates
+    return s, seconds, train_imgs + arch_imgs
+
+
+def random_search(space, table, data, budget: float, seed: int, images: int, gt: dict) -> dict:
+    """Nets meeting the budget by the table, each trained SHORT_EPOCHS on the search's training split, the best
+    by validation accuracy kept, until the images trained reach ``images``."""
+    import numpy as np
+    import torch
+
+    from tvm_nas.config import TrainConfig
+    from tvm_nas.network import Network
+    from tvm_nas.train import train_network
+
+    rng = np.random.default_rng(1000 + seed)
+    pool = [ops for ops in all_nets(space) if table.predict(space, ops) <= budget]
+    order = [pool[i] for i in rng.permutation(len(pool))]
+    cfg = TrainConfig(epochs=SHORT_EPOCHS, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
+                      weight_decay=RECIPE["weight_decay"], label_smoothing=RECIPE["label_smoothing"],
+                      val_fraction=RECIPE["val_fraction"], seed=seed)
+    n_train = len(data) - int(round(len(data) * cfg.val_fraction))
+    per_net = SHORT_EPOCHS * (n_train // cfg.batch_size) * cfg.batch_size
+    tried, spent, t = [], 0, time.time()
+    for ops in order:
+        if tried and spent + per_net > images:
+            break
+        torch.manual_seed(seed)
+        res = train_network(Network(space, ops), data, cfg)
+        spent += per_net
+        tried.append({"ops": ops, "val_accuracy": res["val_accuracy"]})
+    pick = max(tried, key=lambda r: r["val_accuracy"])
+    return {"tried": tried, "images": spent, "seconds": round(time.time() - t, 1), **score(pick["ops"], budget, gt)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="folder with train/ (the ground truth's training images)")
+    ap.add_argument("--space", default="tiny-cifar")
+    ap.add_argument("--target", default="host")
+    ap.add_argument("--logs-dir", default=str(ROOT / "tuning_logs"))
+    ap.add_argument("--variant", default="default", choices=sorted(VARIANTS))
+    ap.add_argument("--ground-truth", help="default bench/results/nasbench-<space>.json")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hours", type=float)
+    ap.add_argument("--commit", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from tvm_nas.data import load_data
+    from tvm_nas.io import read_json
+    from tvm_nas.profile.table import LatencyTable, table_path
+    from tvm_nas.search.ranking import kendall_tau, supernet_accuracies
+    from tvm_nas.space import load_space
+    from tvm_nas.targets import load_target
+
+    torch.set_num_threads(args.threads)
+    space, spec = load_space(args.space), load_target(args.target)
+    gt_path = Path(args.ground_truth or ROOT / "bench" / "results" / f"nasbench-{space.name}.json")
+    doc = read_json(gt_path, "ground truth")
+    table = LatencyTable.load(table_path(args.logs_dir, spec.name, space.name), space=space, target=spec)
+    gt = ground_truth(space, doc, table)
+    if len(gt) < len(all_nets(space)):
+        sys.exit(f"{gt_path}: {len(gt)} of {len(all_nets(space))} nets trained; finish bench/nasbench.py first")
+    noise = summarize(doc)["noise_sd"]
+    out = ROOT / "bench" / "results" / f"search_quality-{space.name}-{args.variant}.json"
+    res = read_json(out, "search quality") if out.exists() else {
+        "schema": 1, "space": space.name, "variant": args.variant, "settings": VARIANTS[args.variant],
+        "ground_truth": gt_path.name, "noise_sd": noise, "searches": {}}
+    data = load_data(f"imagefolder:{args.data}/train", space, max_samples=RECIPE["images"], seed=0)
+    deadline = time.time() + args.hours * 3600 if args.hours else None
+    for frac, budget in budgets(space, doc, table):
+        for seed in SEEDS:
+            name = f"{frac:.2f}/{seed}"
+            if name in res["searches"]:
+                continue
+            if deadline and time.time() > deadline:
+                print("time is up; start again to continue")
+                return report(res)
+            config = search_config(args.variant, budget, seed)
+            with tempfile.TemporaryDirectory() as tmp:
+                s, seconds, images = run_search(space, table, data, config, Path(tmp) / "search")
+                shared = supernet_accuracies(s.supernet_, data, {k: g["ops"] for k, g in gt.items()},
+                                             config.val_fraction, config.seed)
+            tau = kendall_tau([shared[k] for k in gt], [gt[k]["test"] for k in gt])
+            probs = s.history_[-1]["probabilities"]
+            entry = {"budget_us": round(budget, 3), "fraction": frac, "seed": seed, "seconds": round(seconds, 1),
+                     "images": images, "load": os.getloadavg()[0], "supernet_tau": round(tau, 4),
+                     "top_probability": [max(p) for p in probs], "entropy": s.history_[-1]["entropy"],
+                     "search": score(s.arch_["ops"], budget, gt),
+                     "random": random_search(space, table, data, budget, seed, images, gt)}
+            res["searches"][name] = entry
+            save(out, res, args.commit, f"bench/search_quality: {space.name} {args.variant} {name}: regret "
+                                        f"{entry['search']['regret']} (random {entry['random']['regret']})")
+            print(f"budget {frac:.2f} ({budget:.1f} µs) seed {seed}: searched {key(entry['search']['ops'])} regret "
+                  f"{100 * entry['search']['regret']:.2f} rank {entry['search']['rank']}/{entry['search']['feasible']}"
+                  f"; random regret {100 * entry['random']['regret']:.2f} ({len(entry['random']['tried'])} nets); "
+                  f"τ {tau:+.2f}; noise sd {100 * noise:.2f}; {load()}", flush=True)
+    report(res)
+
+
+def report(res: dict) -> None:
+    rows = list(res["searches"].values())
+    if not rows:
+        return
+    reg = [r["search"]["regret"] for r in rows]
+    rnd = [r["random"]["regret"] for r in rows]
+    top = sum(r["search"]["rank"] <= max(1, round(0.1 * r["search"]["feasible"])) for r in rows)
+    noise = res["noise_sd"]
+    print(f"{res['space']} / {res['variant']}: {len(rows)} searches; {load()}")
+    print(f"  search regret: median {100 * statistics.median(reg):.2f}, worst {100 * max(reg):.2f} points "
+          f"(noise floor: seed-to-seed sd {100 * noise:.2f})")
+    print(f"  random search, same images: median {100 * statistics.median(rnd):.2f}, worst {100 * max(rnd):.2f}")
+    print(f"  searched net in the top 10% of the nets meeting the budget: {top} of {len(rows)}")
+    print(f"  budget met (measured): {sum(r['search']['budget_met'] for r in rows)} of {len(rows)}")
+    print(f"  supernet τ against ground truth: median {statistics.median(r['supernet_tau'] for r in rows):+.2f}")
+
+
+if __name__ == "__main__":
+    main()
