@@ -205,7 +205,9 @@ def _settings_table(rows: list[dict], one_target: bool) -> Table | None:
     for r in rows:
         if not r.get("setting"):
             continue
-        tried = "; ".join(f"{_diff(o['setting'], r['setting'])}: {fmt_us(o['median'])}" for o in r.get("tried") or ())
+        tried = "; ".join(f"{_diff(o['setting'], r['setting'])}: {fmt_us(o['median'])}"
+                          + (f", max err {o['max_abs_err']:.1e}" if not o.get("max_abs_err", 0) <= ATOL else "")
+                          for o in r.get("tried") or ())
         key = (r["target"], r["runtime"], r["setting"] + (f" (also timed: {tried})" if tried else ""))
         seen.setdefault(key, []).append(r["architecture"])
     if not seen:
