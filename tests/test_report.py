@@ -270,3 +270,38 @@ def test_validation_with_a_learned_correction_renders(tmp_path):
     summary["validation"]["summary"]["correction"].update(better=False, not_used="3 net(s) unstable")
     body = text(render_report(write_run(tmp_path, summary)))
     assert "not used: 3 net(s) unstable" in body
+
+
+def test_accuracy_labels_ranking_and_measured_over_budget(tmp_path):
+    """The page says which set each accuracy comes from, ranks only on a test set, and says in one line when the
+    measured latency is over budget beyond the protocol's spread."""
+    from rich.console import Console
+
+    from tvm_nas.report import terminal_summary
+
+    summary = make_summary()
+    for n in summary["nets"]:  # no held-out test set: validation accuracies, labelled, no rank
+        n["accuracy_set"] = "validation"
+    summary["ranking"] = {"accuracy_set": "validation", "matched": 3, "rank": None, "supernet_tau": 0.12,
+                          "supernet_nets": 7}
+    (tmp_path / "v").mkdir()
+    body = text(render_report(write_run(tmp_path / "v", summary)))
+    assert "81.2% (validation split)" in body and "not ranked: no held-out test set" in body
+    assert "accuracy (validation split, not held out)" in body and "barely ranks" in body
+    assert "OVER BUDGET" not in body
+    # a test set: ranked; and a searched net measured over budget (its lower quartile above it)
+    for n in summary["nets"]:
+        n["accuracy_set"] = "test"
+    summary["ranking"] = {"accuracy_set": "test", "matched": 3, "rank": 2, "supernet_tau": 0.6, "supernet_nets": 7}
+    searched = summary["nets"][0]
+    searched["measured_q1"], searched["measured_q3"] = searched["measured_us"] - 2, searched["measured_us"] + 2
+    summary["budget_us"] = searched["measured_q1"] - 1.0
+    (tmp_path / "t").mkdir()
+    run = write_run(tmp_path / "t", summary)
+    body = text(render_report(run))
+    assert "81.2% (test)" in body and "rank 2 of 4 by test accuracy" in body and "barely ranks" not in body
+    assert "MEASURED OVER BUDGET" in body
+    console = Console(record=True, width=400)
+    console.print(terminal_summary(run))
+    out = console.export_text()
+    assert "MEASURED OVER BUDGET" in out and "rank 2 of 4 among random nets of its latency" in out

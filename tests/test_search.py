@@ -429,3 +429,15 @@ def test_cli_resume_keeps_the_run_settings(space, tiny_table, tmp_path, capsys):
     assert cli_main(["search", "--resume", "--out", str(run), "--quiet"]) == 0
     assert torch.get_num_threads() == 2  # the run's own setting, not this process's
     assert json.loads((run / ARCH_FILE).read_text())["ops"] == doc["ops"]
+
+
+def test_warmup_default_follows_epochs(space, tiny_table, tmp_path, capsys):
+    """`search --epochs 3` runs (a third of the epochs warm up); a warm-up the user set that leaves no search
+    epoch is still refused in one line."""
+    base = ["search", "--space", "tiny", "--target", "host", "--data", "builtin", "--latency-ms", "1",
+            "--logs-dir", str(tiny_table.parent.parent), "--max-samples", "200", "--quiet"]
+    assert cli_main([*base, "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["search"]
+    assert saved["epochs"] == 3 and saved["warmup_epochs"] == 1
+    _fails([*base, "--epochs", "3", "--warmup-epochs", "3", "--out", str(tmp_path / "b")], capsys,
+           "warm-up takes all 3 epochs")

@@ -74,12 +74,25 @@ class SearchConfig(BaseModel):
     global_batchnorm: bool = Field(default=False, description="several processes: BatchNorm statistics over the "
                                                               "whole global batch, as in one process")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _warmup_follows_epochs(cls, data):
+        """No --warmup-epochs: a third of the epochs, at most 3 (10 epochs: 3), so a short run still searches."""
+        if isinstance(data, dict) and data.get("warmup_epochs") is None:
+            data = {**data, "warmup_epochs": default_warmup(data.get("epochs", 10))}
+        return data
+
     @model_validator(mode="after")
     def _search_happens(self):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warm-up takes all {self.epochs} epochs, so α would never be trained; use "
                              f"fewer --warmup-epochs than --epochs")
         return self
+
+
+def default_warmup(epochs) -> int:
+    """The warm-up epochs when none are given: a third of the search's epochs, at most 3."""
+    return min(3, epochs // 3) if isinstance(epochs, int) and epochs > 0 else 3
 
 
 class TrainConfig(BaseModel):
@@ -126,7 +139,8 @@ class RunConfig(BaseModel):
     trials: int = Field(default=64, ge=0, description="MetaSchedule budget of the profile")
     logs_dir: str = "tuning_logs"
     epochs: int = Field(default=8, ge=1, description="search epochs")
-    warmup_epochs: int = Field(default=2, ge=0, description="weight-only warm-up epochs")
+    warmup_epochs: int | None = Field(default=None, ge=0, description="weight-only warm-up epochs (default a "
+                                                                      "third of --epochs, at most 3)")
     train_epochs: int = Field(default=6, ge=1, description="training epochs of each net")
     arch_lr: float = Field(default=0.02, gt=0, description="Adam learning rate of α (a short run needs α to move "
                                                            "faster than the paper's 1e-3 over 90 epochs)")

@@ -73,3 +73,12 @@ def fmt_size(n: float) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def over_budget(measured: float | None, q1: float | None, budget: float | None) -> str:
+    """'' unless the measured latency is over the budget beyond the protocol's spread (its lower quartile above
+    the budget); then one sentence saying so."""
+    if measured is None or budget is None or not (q1 if q1 is not None else measured) > budget:
+        return ""
+    return (f"; MEASURED OVER BUDGET: {measured:,.1f} µs (lower quartile {q1 if q1 is not None else measured:,.1f}) "
+            f"> budget {budget:,.1f} µs")

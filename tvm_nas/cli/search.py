@@ -45,6 +45,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         f = _FIELDS[name]
         flag = "--" + name.replace("_", "-")
         kw = {"default": f.default, "dest": name, "help": f"(default {f.default})"}
+        if name == "warmup_epochs":
+            kw.update(default=None, help="weight-only epochs before α is trained (default a third of --epochs, at "
+                                         "most 3)")
         if name == "arch_update":
             kw["choices"] = ["gradient", "reinforce"]
         elif name == "loss":
@@ -158,7 +161,8 @@ def _search(args: argparse.Namespace, dist) -> int:
         table = _load_table(Path(args.table) if args.table else table_path(args.logs_dir, spec.name, space.name),
                             space, spec)
         budget_us = budget_us_from_ms(args.latency_ms)
-        settings = {k: getattr(args, k) for k in _FIELDS if hasattr(args, k) and k != "latency_budget_us"}
+        settings = {k: getattr(args, k) for k in _FIELDS  # an option left unset takes the model's default
+                    if k != "latency_budget_us" and getattr(args, k, None) is not None}
         settings["enforce_budget"] = not args.no_enforce_budget
         try:
             config = SearchConfig(latency_budget_us=budget_us, **settings)

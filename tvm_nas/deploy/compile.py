@@ -19,6 +19,7 @@ import numpy as np
 from rich.console import Console
 
 from ..arch import Arch, load_architecture
+from ..console import over_budget
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, sha256_file
 from ..profile.table import LatencyTable, table_path
@@ -400,7 +401,8 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
         "schema": SCHEMA,
         "architecture": {"file": str(a.path) if a.path else None, "label": a.label,
                          "sha256": sha256_file(a.path) if a.path else None, "space": a.space.name,
-                         "space_hash": a.space.hash, "ops": a.ops},
+                         "space_hash": a.space.hash, "ops": a.ops,
+                         "budget_us": (a.doc.get("derivation") or {}).get("budget_us")},
         "weights": {"file": str(weights), "sha256": sha256_file(weights)} if weights else {"random_seed": seed},
         "target": {"name": spec.name, "hash": spec.hash, "tvm": json.loads(str(tvm_target)),
                    "cross_compiler": spec.cross_compiler, "threads": spec.threads},
@@ -442,4 +444,6 @@ def _summary(m: dict) -> str:
     lt = m.get("latency_table") or {}
     how = "learned correction" if lt.get("correction") else "calibrated table" if lt.get("calibration") else "table"
     return (f"{m['target']['name']}: predicted {_fmt(p)} ({how}) vs measured {_fmt(ms)}{spread} → ratio {ratio}; "
-            f"verification {m['verification']['status']} ({m['verification']['how']})")
+            f"verification {m['verification']['status']} ({m['verification']['how']})") + over_budget(
+        ms, t.get("q1") if ms is not None else None, (m.get("architecture") or {}).get("budget_us"))
+

@@ -16,7 +16,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from ..console import NA, fmt_accuracy, fmt_pct, fmt_ratio, fmt_seconds, fmt_size, fmt_us
+from ..console import NA, fmt_accuracy, fmt_pct, fmt_ratio, fmt_seconds, fmt_size, fmt_us, over_budget
 from ..io import atomic_write_text
 from . import figures
 from .summary import RunSummary, load_summary
@@ -79,7 +79,8 @@ def _header(s: RunSummary) -> str:
         ["latency budget", f"{fmt_us(s.budget_us)} µs" + (f" <b>({_e(s.arch.budget_note)})</b>"
                                                          if s.arch and s.arch.budget_note else "")],
         ["predicted latency", f"{fmt_us(s.predicted_us)} µs"],
-        ["measured latency", f"{fmt_us(net.measured_us if net else None)} µs"],
+        ["measured latency", f"{fmt_us(net.measured_us if net else None)} µs" + (
+            f" <b>{_e(over_budget(net.measured_us, net.measured_q1, s.budget_us).lstrip('; '))}</b>" if net else "")],
         ["accuracy", fmt_accuracy(net.accuracy if net else None, net.accuracy_set if net else None)],
     ]
     rk = s.ranking
@@ -262,10 +263,11 @@ def render_report(run_dir: str | os.PathLike) -> Path:
 
 
 def _ranking_note(s: RunSummary) -> str:
+    net = s.searched
+    out = over_budget(net.measured_us, net.measured_q1, s.budget_us) if net else ""
     rk = s.ranking
     if rk is None:
-        return ""
-    out = ""
+        return out
     if rk.rank is not None:
         out += f"; rank {rk.rank} of {rk.matched + 1} among random nets of its latency (test accuracy)"
     elif rk.matched:
