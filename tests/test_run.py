@@ -15,7 +15,9 @@ from tvm_nas.profile.table import LatencyTable
 from tvm_nas.space import load_space
 
 
-def test_whole_chain_resumes_at_every_boundary(tmp_path):
+def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
+    # the compare stage's peers: two are enough for the chain (every peer: tests/test_deploy.py, test_peers.py)
+    monkeypatch.setenv("TVM_NAS_PEERS", "pytorch,onnxruntime")
     # the chain and its bookkeeping are under test, not its figures: short measurement windows
     quick = quick_target(tmp_path)
     logs = tmp_path / "logs"
@@ -71,6 +73,10 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path):
     assert -1 <= rk["supernet_tau"] <= 1 and rk["supernet_nets"] == len(summary["nets"])
     assert all(0 <= n["supernet_accuracy"] <= 1 for n in summary["nets"])
     assert "supernet ranking" in page and "test accuracy" in page
+    # the compare stage's rows, each runtime with how it ran and its output check
+    rows = summary["peers"][0]["runtimes"]
+    assert {r["runtime"] for r in rows} >= {"tvm", "pytorch", "onnxruntime"}
+    assert all(r["setting"] and r["setting"] in page for r in rows)
     arch = json.loads((run / summary["arch"]["path"]).read_text())
     assert arch["ops"] == summary["arch"]["ops"] == searched["ops"]
     manifest = json.loads((run / summary["artifacts"]["manifest"]).read_text())

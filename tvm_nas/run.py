@@ -466,12 +466,13 @@ def _artifacts(stage: str, result: dict) -> list[str]:
 
 
 def _peers(rows: list[dict]) -> list[dict]:
-    """Compare rows (one per net x runtime) -> one dict per net with each runtime's median."""
+    """Compare rows (one per net x runtime) -> one dict per net with every runtime's row."""
     keys = {"tvm": "tvm_us", "tvm-untuned": "tvm_untuned_us", "pytorch": "pytorch_us",
             "onnxruntime": "onnxruntime_us"}
     nets: dict[str, dict] = {}
     for r in rows:
-        net = nets.setdefault(r.get("architecture", "?"), {"net": r.get("architecture", "?")})
+        net = nets.setdefault(r.get("architecture", "?"), {"net": r.get("architecture", "?"), "runtimes": []})
+        net["runtimes"].append({k: r.get(k) for k in ("runtime", "measured_us", "vs_tvm", "setting", "check")})
         k = keys.get(r.get("runtime"))
         if k:
             net[k] = r.get("measured_us")

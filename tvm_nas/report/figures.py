@@ -275,27 +275,39 @@ _PEER_COLUMNS = (("tvm_us", "TVM (tuned)"), ("tvm_untuned_us", "TVM (untuned)"),
                  ("onnxruntime_us", "ONNX Runtime"))
 
 
+def _peer_value(p, k: str) -> float | None:
+    if k.startswith("rt:"):
+        return next((r.measured_us for r in p.runtimes if r.runtime == k[3:]), None)
+    return getattr(p, k)
+
+
 def plot_peers(s: RunSummary, path: Path) -> str | None:
-    """Grouped bars: the compiled module against PyTorch eager and ONNX Runtime (and untuned TVM)."""
+    """Grouped bars: the compiled module against every peer that ran (and untuned TVM)."""
     peers = s.peers
-    cols = [(k, name) for k, name in _PEER_COLUMNS if any(getattr(p, k) is not None for p in peers)]
+    if any(p.runtimes for p in peers):
+        names = list(dict.fromkeys(r.runtime for p in peers for r in p.runtimes if r.measured_us is not None))
+        cols = [(f"rt:{n}", n) for n in names]
+    else:
+        cols = [(k, name) for k, name in _PEER_COLUMNS if any(getattr(p, k) is not None for p in peers)]
     if not peers or not cols:
         return "no peer measurements (PyTorch, ONNX Runtime) in summary.json"
     fig = Figure(figsize=(7.5, 1.6 + 0.9 * len(peers) + 0.25 * len(cols) * len(peers)))
     ax = fig.add_subplot()
-    colors = {"tvm_us": "#d62728", "tvm_untuned_us": "#ff9896", "pytorch_us": "#1f77b4", "onnxruntime_us": "#2ca02c"}
+    colors = {"tvm_us": "#d62728", "tvm_untuned_us": "#ff9896", "pytorch_us": "#1f77b4", "onnxruntime_us": "#2ca02c",
+              "rt:tvm": "#d62728", "rt:tvm-untuned": "#ff9896", "rt:pytorch": "#1f77b4", "rt:onnxruntime": "#2ca02c",
+              "rt:torch-compile": "#17becf", "rt:openvino": "#9467bd", "rt:executorch": "#8c564b"}
     bar = 0.8 / len(cols)
     for j, (k, name) in enumerate(cols):
         ys = [i + (j - (len(cols) - 1) / 2) * bar for i in range(len(peers))]
-        vals = [getattr(p, k) for p in peers]
+        vals = [_peer_value(p, k) for p in peers]
         ax.barh([y for y, v in zip(ys, vals, strict=True) if v is not None], [v for v in vals if v is not None],
-                height=bar * 0.9, color=colors[k], label=name)
+                height=bar * 0.9, color=colors.get(k, "#7f7f7f"), label=name)
         for y, v in zip(ys, vals, strict=True):
             if v is not None:
                 ax.text(v, y, f" {fmt_us(v)}", va="center", fontsize=8)
     ax.set_yticks(range(len(peers)), [p.net for p in peers])
     ax.invert_yaxis()
-    shown = [getattr(p, k) for p in peers for k, _ in cols if getattr(p, k)]
+    shown = [_peer_value(p, k) for p in peers for k, _ in cols if _peer_value(p, k)]
     log = bool(shown) and max(shown) > 20 * min(shown)  # eager PyTorch can be 10-100x: keep every bar readable
     if log:
         ax.set_xscale("log")
@@ -312,7 +324,7 @@ FIGURES: tuple[tuple[str, str, Callable[[RunSummary, Path], str | None]], ...] =
     ("latency_table.png", "Latency table", plot_latency_table),
     ("accuracy_latency.png", "Accuracy against latency", plot_accuracy_latency),
     ("predicted_measured.png", "Predicted against measured latency", plot_predicted_measured),
-    ("peers.png", "TVM against PyTorch and ONNX Runtime", plot_peers),
+    ("peers.png", "TVM against its peers", plot_peers),
 )
 
 

@@ -2,7 +2,7 @@
 
 :func:`render_report` writes ``<run_dir>/report/index.html`` with PNG figures beside it (the searched architecture
 block by block, the latency table as a heatmap, accuracy against latency, predicted against measured latency,
-TVM against PyTorch and ONNX Runtime); :func:`terminal_summary` is the closing table the command line prints.
+TVM against its peers); :func:`terminal_summary` is the closing table the command line prints.
 
 Every number on the page is formatted from `summary.json` by :func:`fmt_us` (latency, one decimal) and
 :func:`fmt_pct` (accuracy, percent with one decimal). Missing optional pieces render as "n/a" or as a note in
@@ -185,11 +185,18 @@ def _validation(s: RunSummary) -> str:
 def _peers_table(s: RunSummary) -> str:
     if not s.peers:
         return "<p class='note'>No peer measurements in summary.json (the compare stage did not run).</p>"
-    rows = [[_e(p.net), fmt_us(p.tvm_us), fmt_us(p.tvm_untuned_us), fmt_us(p.pytorch_us), fmt_us(p.onnxruntime_us),
-             fmt_ratio(p.pytorch_us, p.tvm_us), fmt_ratio(p.onnxruntime_us, p.tvm_us),
-             fmt_ratio(p.tvm_untuned_us, p.tvm_us)] for p in s.peers]
-    return (_table(["net", "TVM tuned (µs)", "TVM untuned (µs)", "PyTorch eager (µs)", "ONNX Runtime (µs)",
-                    "PyTorch / TVM", "ONNX Runtime / TVM", "untuned / tuned"], rows)
+    if not any(p.runtimes for p in s.peers):  # a summary of an earlier version: its four fixed columns
+        rows = [[_e(p.net), fmt_us(p.tvm_us), fmt_us(p.tvm_untuned_us), fmt_us(p.pytorch_us),
+                 fmt_us(p.onnxruntime_us), fmt_ratio(p.pytorch_us, p.tvm_us), fmt_ratio(p.onnxruntime_us, p.tvm_us),
+                 fmt_ratio(p.tvm_untuned_us, p.tvm_us)] for p in s.peers]
+        return (_table(["net", "TVM tuned (µs)", "TVM untuned (µs)", "PyTorch eager (µs)", "ONNX Runtime (µs)",
+                        "PyTorch / TVM", "ONNX Runtime / TVM", "untuned / tuned"], rows)
+                + "<p class='small'>Ratios above 1.00x mean the TVM-compiled module is faster.</p>")
+    rows = [[_e(p.net), _e(r.runtime), fmt_us(r.measured_us),
+             NA if r.vs_tvm is None or r.runtime == "tvm" else f"{r.vs_tvm:.2f}x", _e(r.check or NA),
+             f"<span class='small'>{_e(r.setting or '')}</span>"] for p in s.peers for r in p.runtimes]
+    return (_table(["net", "runtime", "median (µs)", "its time / TVM's", "output check", "how it ran"], rows,
+                   num_from=2)
             + "<p class='small'>Ratios above 1.00x mean the TVM-compiled module is faster.</p>")
 
 
@@ -220,8 +227,8 @@ def _page(s: RunSummary, run_dir: Path, report_dir: Path, figures: dict[str, str
         ("Accuracy against latency", figure("accuracy_latency.png", "Accuracy against latency") + _nets_table(s)),
         ("Predicted against measured latency",
          figure("predicted_measured.png", "Predicted against measured") + _validation(s)),
-        ("Compiled module against PyTorch and ONNX Runtime",
-         _peers_table(s) + figure("peers.png", "TVM against PyTorch and ONNX Runtime")),
+        ("Compiled module against its peers",
+         _peers_table(s) + figure("peers.png", "TVM against its peers")),
         ("Artifacts", _artifacts_list(s, run_dir, report_dir)),
     ]
     title = f"tvm-nas run: {s.space.name} on {s.target.name}"

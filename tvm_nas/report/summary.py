@@ -121,8 +121,19 @@ class RankingInfo(_Part):
     supernet_nets: int | None = None
 
 
+class PeerRuntime(_Part):
+    """One runtime's row of the compare stage: how it ran, its figure and its output check."""
+
+    runtime: str
+    measured_us: float | None = None
+    vs_tvm: float | None = None  # its time over TVM's, both timed the same way (> 1: TVM is faster)
+    setting: str | None = None  # how it ran, or why it did not
+    check: str | None = None
+
+
 class PeerInfo(_Part):
     net: str
+    runtimes: list[PeerRuntime] = Field(default_factory=list)
     tvm_us: float | None = None
     tvm_untuned_us: float | None = None
     pytorch_us: float | None = None
