@@ -8,7 +8,9 @@ A NAS-Bench of our own for one space and one target. For each net of the space (
   sixth by their order in the table) again with seeds 1 and 2, to measure the noise floor: the seed-to-seed
   standard deviation of a net's test accuracy;
 * **measure** — every net compiled with the target's tuned database and timed interleaved under the measurement
-  protocol, by ``tvm-nas validate`` on the list of all the nets (run it on a quiet machine: ``--phase measure``).
+  protocol, by ``tvm-nas validate`` on the list of all the nets (run it on a quiet machine: ``--phase measure``);
+* **export** — the ground truth written beside the target's latency table
+  (``<logs_dir>/<target>/<space>.groundtruth.json``), where ``tvm-nas run`` finds it and draws its front.
 
 The benchmark resumes: the results file is rewritten atomically after every net, and a start finds what is done
 there. ``--commit`` also commits the file to git after each net, so a session that ends mid-way leaves its nets
@@ -180,6 +182,29 @@ def measure_phase(args, space, doc: dict, path: Path) -> None:
     save(path, doc, args.commit, f"bench/nasbench: {space.name} measured on {spec.name}")
 
 
+def export_phase(args, space, doc: dict) -> None:
+    """The ground truth beside the target's table, where `tvm-nas run` draws its front in the report."""
+    from tvm_nas.groundtruth import SCHEMA, GroundTruth, groundtruth_path
+    from tvm_nas.io import atomic_write_json
+
+    nets = []
+    for e in doc["nets"].values():
+        accs = [r["test_accuracy"] for r in e["runs"]]
+        lat = (e.get("latency") or {}).get("measured_us")
+        if accs and lat:
+            nets.append({"ops": e["ops"], "test_accuracy": statistics.mean(accs), "seeds": len(accs),
+                         "test_sd": statistics.stdev(accs) if len(accs) > 1 else None, "measured_us": lat})
+    if not nets:
+        sys.exit("no net has both a test accuracy and a measured latency: run --phase train and --phase measure")
+    gt = GroundTruth.model_validate({
+        "schema": SCHEMA, "space": space.name, "space_hash": space.hash, "target": doc["latency"]["target"],
+        "recipe": doc["recipe"], "data": "CIFAR-10 (bench/nasbench.py)", "noise_sd": summarize(doc)["noise_sd"],
+        "nets": nets})
+    path = groundtruth_path(args.logs_dir, gt.target, space.name)
+    atomic_write_json(path, gt.model_dump(mode="json", by_alias=True))
+    print(f"{path}: {len(nets)} nets")
+
+
 def summarize(doc: dict) -> dict:
     """Per net: mean and spread of test accuracy; the noise floor; the spread between nets."""
     rows = []
@@ -220,7 +245,9 @@ def main() -> None:
     ap.add_argument("--space", default="tiny-cifar")
     ap.add_argument("--target", default="host")
     ap.add_argument("--logs-dir", default=str(ROOT / "tuning_logs"))
-    ap.add_argument("--phase", choices=("train", "measure", "report"), default="train")
+    ap.add_argument("--phase", choices=("train", "measure", "export", "report"), default="train",
+                    help="train every net; measure them with TVM (quiet machine); export the ground truth beside "
+                         "the target's table for the run's report; report")
     ap.add_argument("--out", help="results file (default bench/results/nasbench-<space>.json)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -239,6 +266,8 @@ def main() -> None:
         train_phase(args, space, doc, path)
     elif args.phase == "measure":
         measure_phase(args, space, doc, path)
+    elif args.phase == "export":
+        export_phase(args, space, doc)
     report(doc)
 
 

@@ -305,3 +305,43 @@ def test_accuracy_labels_ranking_and_measured_over_budget(tmp_path):
     console.print(terminal_summary(run))
     out = console.export_text()
     assert "MEASURED OVER BUDGET" in out and "rank 2 of 4 among random nets of its latency" in out
+
+
+def test_ground_truth_front_is_read_checked_and_drawn(tmp_path, capsys):
+    """A space's ground truth (every net trained alone and timed) is read through its schema, its front is the
+    nets no faster net beats, and the report draws it beside the run's nets."""
+    import itertools
+    import json
+
+    from tvm_nas.errors import TvmNasError
+    from tvm_nas.groundtruth import load_groundtruth
+
+    space = load_space("tiny")
+    nets = [{"ops": list(ops), "test_accuracy": 0.5 + 0.01 * (i % 7), "seeds": 1, "measured_us": 20.0 + i}
+            for i, ops in enumerate(itertools.product(*(b.candidates for b in space.blocks())))]
+    doc = {"schema": 1, "space": "tiny", "space_hash": space.hash, "target": "host", "recipe": {"epochs": 10},
+           "data": "generated", "nets": nets}
+    path = tmp_path / "tiny.groundtruth.json"
+    path.write_text(json.dumps(doc))
+    gt = load_groundtruth(path, space)
+    front = gt.front()
+    assert [n.test_accuracy for n in front] == [0.5 + 0.01 * k for k in range(7)]  # fastest first, each better
+    assert all(f.measured_us < g.measured_us for f, g in itertools.pairwise(front))
+    # another version of the space: ignored with a warning; a damaged field: one line naming it
+    path.write_text(json.dumps({**doc, "space_hash": "0" * 16}))
+    assert load_groundtruth(path, space) is None and "another version" in capsys.readouterr().err
+    path.write_text(json.dumps({**doc, "nets": [{**nets[0], "measured_us": -1}]}))
+    with pytest.raises(TvmNasError, match=r"field 'nets\.0\.measured_us'"):
+        load_groundtruth(path, space)
+    assert load_groundtruth(tmp_path / "none.json", space) is None
+
+    summary = make_summary()
+    summary["ground_truth"] = {"data": "generated", "recipe": {"epochs": 10},
+                               "nets": [{**n, "front": tuple(n["ops"]) in {tuple(f.ops) for f in front}}
+                                        for n in nets]}
+    page = render_report(write_run(tmp_path, summary))
+    drawn = (page.parent / "accuracy_latency.png").read_bytes()
+    assert drawn.startswith(b"\x89PNG") and "not drawn" not in text(page)
+    (tmp_path / "plain").mkdir()
+    plain = render_report(write_run(tmp_path / "plain", make_summary()))
+    assert (plain.parent / "accuracy_latency.png").read_bytes() != drawn  # the front and the 36 nets are on it

@@ -363,6 +363,7 @@ class Run:
                               "fixed_us": table.fixed_latency(self.space)},
             "nets": nets,
             "ranking": _ranking(nets, d["baselines"].get("supernet")),
+            "ground_truth": self._ground_truth(),
             "peers": _peers(d.get("compare", {}).get("rows", [])),
             "validation": self._validation(),
             "stages": [{"name": s, "seconds": d[s]["seconds"], "status": "done"} for s in STAGES if s in d],
@@ -372,6 +373,18 @@ class Run:
                           "comparison": "compare/compare.csv", "validation": "validate/validate.json",
                           "report": "report/index.html"},
         }
+
+    def _ground_truth(self) -> dict | None:
+        """The space's ground truth on this target, when one was exported beside its table."""
+        from .groundtruth import groundtruth_path, load_groundtruth
+
+        gt = load_groundtruth(groundtruth_path(self.cfg.logs_dir, self.target.name, self.space.name), self.space)
+        if gt is None:
+            return None
+        front = {tuple(n.ops) for n in gt.front()}
+        return {"data": gt.data, "recipe": gt.recipe, "noise_sd": gt.noise_sd,
+                "nets": [{"ops": n.ops, "test_accuracy": n.test_accuracy, "measured_us": n.measured_us,
+                          "front": tuple(n.ops) in front} for n in gt.nets]}
 
     def _validated(self) -> dict[tuple, dict]:
         """ops -> the interleaved measurement of that net by the validate stage (median, quartiles, stable).

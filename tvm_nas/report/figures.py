@@ -221,6 +221,14 @@ def plot_accuracy_latency(s: RunSummary, path: Path) -> str | None:
         measured = n.measured_us is not None
         return (n.measured_us if measured else n.predicted_us), 100 * n.accuracy, measured
 
+    gt = s.ground_truth
+    if gt is not None and gt.nets:
+        ax.scatter([n.measured_us for n in gt.nets], [100 * n.test_accuracy for n in gt.nets], s=12,
+                   color="#bbbbbb", zorder=1, label=f"all {len(gt.nets)} nets of the space trained alone "
+                         f"({gt.recipe.get('epochs', '?')} epochs, test set)")
+        front = sorted((n for n in gt.nets if n.front), key=lambda n: n.measured_us)
+        ax.step([n.measured_us for n in front], [100 * n.test_accuracy for n in front], where="post",
+                color="#555555", lw=1.2, zorder=2, label="ground-truth front")
     _scatter_nets(ax, nets, xy)
     if s.budget_us is not None:
         ax.axvline(s.budget_us, color="#d62728", ls="--", lw=1.2, label=f"budget {fmt_us(s.budget_us)} µs")

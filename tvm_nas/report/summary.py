@@ -121,6 +121,22 @@ class RankingInfo(_Part):
     supernet_nets: int | None = None
 
 
+class GroundTruthPoint(_Part):
+    ops: list[str] = Field(default_factory=list)
+    test_accuracy: float
+    measured_us: float
+    front: bool = False
+
+
+class GroundTruthInfo(_Part):
+    """Every net of the space trained alone and timed (bench/nasbench.py), when exported for this target."""
+
+    data: str = ""
+    recipe: dict = Field(default_factory=dict)
+    noise_sd: float | None = None
+    nets: list[GroundTruthPoint] = Field(default_factory=list)
+
+
 class PeerRuntime(_Part):
     """One runtime's row of the compare stage: how it ran, its figure and its output check."""
 
@@ -157,6 +173,7 @@ class RunSummary(_Part):
     latency_table: TableInfo | None = None
     nets: list[NetInfo] = Field(default_factory=list)
     ranking: RankingInfo | None = None
+    ground_truth: GroundTruthInfo | None = None
     peers: list[PeerInfo] = Field(default_factory=list)
     validation: ValidationInfo | None = None
     stages: list[StageInfo] = Field(default_factory=list)
