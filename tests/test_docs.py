@@ -53,12 +53,15 @@ def _exists(path: str) -> bool:
 
 
 def named_paths(text: str) -> list[tuple[int, str]]:
-    """(line, path) of every repository path a text names: backticked or bare, `docs/x.md`, `bench/y.py`, ..."""
+    """(line, path) of every repository path a text names: backticked or bare, `docs/x.md`, `bench/y.py`, ...,
+    and bare page names (`NOTES.md`, `formats.md`)."""
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         for m in TOKEN.finditer(line):
             t = m.group(0).rstrip(".:")
-            if t.startswith(tuple(f"{top}/" for top in TOPS)) and not PLACEHOLDER & set(t):
+            if PLACEHOLDER & set(t):
+                continue
+            if t.startswith(tuple(f"{top}/" for top in TOPS)) or re.fullmatch(r"[\w.-]+\.md", t):
                 out.append((n, t))
     return out
 
@@ -76,8 +79,9 @@ def linked_paths(text: str) -> list[tuple[int, str]]:
 def test_the_scanner_finds_paths_and_skips_placeholders():
     text = ("see `docs/measurement.md`, bench/nasbench.py (and `tests/test_docs.py`).\n"
             "`runs/<timestamp>/`, `<logs_dir>/<target>/x.json`, `targets/*.yaml`, `bench/results/a-{b,c}.json`, "
-            "`search_space/<name>.yaml`, `tuning_logs/host/tiny.latency.json`")
-    assert [p for _, p in named_paths(text)] == ["docs/measurement.md", "bench/nasbench.py", "tests/test_docs.py"]
+            "`search_space/<name>.yaml`, `tuning_logs/host/tiny.latency.json`, (see NOTES.md).")
+    assert [p for _, p in named_paths(text)] == ["docs/measurement.md", "bench/nasbench.py", "tests/test_docs.py",
+                                                 "NOTES.md"]
     assert linked_paths("[formats](formats.md), `vm[\"main\"](x)`, [web](https://tvm.apache.org)") == \
         [(1, "formats.md")]
 
@@ -92,7 +96,9 @@ def test_a_missing_file_is_reported():
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_file_a_doc_names_exists(doc: Path):
     text = doc.read_text(encoding="utf-8")
-    missing = [f"line {n}: {p}" for n, p in named_paths(text) if not _exists(p)]
+    # a bare page name is relative to the page that names it (docs/x.md names formats.md) or to the repository
+    missing = [f"line {n}: {p}" for n, p in named_paths(text)
+               if not (_exists(p) or "/" not in p and (doc.parent / p).exists())]
     missing += [f"line {n}: link {p}" for n, p in linked_paths(text) if not (doc.parent / p).exists()]
     assert not missing, f"{doc.relative_to(ROOT)} names files that do not exist: " + "; ".join(missing)
 
