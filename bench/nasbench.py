@@ -24,8 +24,8 @@ so 2-3 minutes a net and about 2.5 hours for the 48 + 16 trainings.
 
     python bench/nasbench.py --data CIFAR_DIR [--phase train|measure|report] [--hours H] [--commit]
 
-``CIFAR_DIR`` holds ``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` (../shared/data/README.md says how to
-unpack the archive).
+``CIFAR_DIR`` holds ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``: CIFAR-10 as an image folder (50,000
+training and 10,000 test photographs), unpacked outside the repository.
 """
 
 from __future__ import annotations
