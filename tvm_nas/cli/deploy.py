@@ -63,6 +63,11 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", choices=("forward", "reverse", "alternate"), default="alternate",
                    help="order of the runtimes' blocks in each round: as listed, reversed, or alternating round "
                         "by round (default: %(default)s; recorded in the JSON)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also time every fused kernel of each compiled net (host-like targets) and show it per "
+                        "layer beside the latency table's entry and the fastest peer's own per-node profile (ONNX "
+                        "Runtime, OpenVINO), sorted by where TVM loses most; in the JSON under per_layer, and as "
+                        "<csv stem>.per_layer.csv with --csv")
     p.add_argument("--out", default=None, help="keep the compiled modules under this folder")
     p.add_argument("--csv", default=None, help="write the table as CSV")
     p.add_argument("--json", default=None, help="write the table as JSON")
@@ -81,16 +86,19 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..deploy.peers import COOLDOWN_S, selected_peers
 
     peers = selected_peers(args.peers) if args.baselines else []
+    per_layer = [] if args.per_layer else None
     rows = compare(args.arch, args.target, baselines=args.baselines, logs_dir=args.logs_dir, trials=args.trials,
-                   out=args.out, weights=args.weights, untuned=args.untuned, console=console, peers=peers,
-                   order=args.order)
+                   out=args.out, weights=args.weights, untuned=args.untuned, console=console,
+                   peers=peers if args.baselines else args.peers, order=args.order, per_layer=per_layer)
     Console().print(compare_table(rows))
+    if per_layer is not None:
+        from ..deploy.perlayer import per_layer_table
+
+        Console().print(per_layer_table(per_layer))
     meta = {"archs": args.arch, "targets": args.target, "trials": args.trials, "baselines": args.baselines,
             "peers": peers, "order": args.order, "cooldown_s": COOLDOWN_S}
-    write_rows(rows, args.csv, args.json, meta)
-    for f in (args.csv, args.json):
-        if f:
-            console.print(f"wrote {f}")
+    for f in write_rows(rows, args.csv, args.json, meta, per_layer):
+        console.print(f"wrote {f}")
     return 0
 
 

@@ -37,12 +37,13 @@ def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | o
             baselines: bool = False, logs_dir: str | os.PathLike = DEFAULT_LOGS_DIR, trials: int = 0,
             out: str | os.PathLike | None = None, weights: Sequence[str | os.PathLike | None] | None = None,
             untuned: bool = False, console: Console | None = None, peers: str | Sequence[str] | None = None,
-            order: str = DEFAULT_ORDER) -> list[dict]:
+            order: str = DEFAULT_ORDER, per_layer: list[dict] | None = None) -> list[dict]:
     """Latency of every (architecture × target), plus peers on host-like targets.
 
     With `baselines`, every architecture also gets TVM untuned and the peers (:mod:`tvm_nas.deploy.peers`; `peers`
     picks them), and a reference architecture of the first architecture's space (all ``mbconv_k3_e6``) is added.
     On a target that is not this host (RPC, cross-compiled, GPU) their rows say so instead of giving a figure.
+    A `per_layer` list receives the per-layer answer of every net (:mod:`tvm_nas.deploy.perlayer`).
 
     Returns:
         One row per (architecture, target, runtime) with the columns of :data:`COLUMNS`.
@@ -52,7 +53,8 @@ def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | o
     console = console or Console(stderr=True)
     loaded = [load_architecture(a) for a in archs]
     specs = [load_target(t) for t in targets]
-    which = selected_peers(peers) if baselines else []  # a bad name fails before compiling anything
+    # a bad name fails before compiling anything
+    which = selected_peers(peers) if baselines or per_layer is not None else []
     wts = list(weights or [None] * len(loaded))
     if len(wts) != len(loaded):
         raise TvmNasError(f"{len(wts)} --weights for {len(loaded)} --arch: give one per architecture or none")
@@ -71,7 +73,7 @@ def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | o
                 build = root / _slug(a.label) / spec.name
                 compile_arch(a, spec, w, build, trials, logs_dir, seed=0, untuned=untuned, console=console)
                 built.append(Built(a, spec, w, build))
-        return compare_built(built, peers=baselines, which=which, order=order)
+        return compare_built(built, peers=baselines, which=which, order=order, per_layer=per_layer)
 
 
 @dataclass
@@ -85,11 +87,14 @@ class Built:
 
 
 def compare_built(built: Sequence[Built], peers: bool = True, which: str | Sequence[str] | None = None,
-                  order: str = DEFAULT_ORDER, cooldown_s: float = COOLDOWN_S) -> list[dict]:
+                  order: str = DEFAULT_ORDER, cooldown_s: float = COOLDOWN_S,
+                  per_layer: list[dict] | None = None) -> list[dict]:
     """Rows of already compiled architectures: TVM's figures come from their manifests, so nothing is compiled
     again; with `peers`, TVM untuned and the peers (`which`, default all or ``$TVM_NAS_PEERS``) are timed in
     blocks (`order`) with the shipped module on host-like targets, and listed as not run on the others.
+    A `per_layer` list receives each net's per-layer answer (the peers of `which` that have a profiler).
     """
+    profiled = selected_peers(which) if per_layer is not None else []
     which = selected_peers(which) if peers else []
     rows: list[dict] = []
     for b in built:
@@ -107,7 +112,24 @@ def compare_built(built: Sequence[Built], peers: bool = True, which: str | Seque
         if peers:
             rows += [_row(b.arch, b.spec, Result(r, f"not run on {b.spec.name}: {why}"), None, None, None)
                      for r in ("tvm-untuned", *which)]
+    if per_layer is not None:
+        per_layer += _per_layer(built, rows, profiled)
     return rows
+
+
+def _per_layer(built: Sequence[Built], rows: list[dict], peers: list[str]) -> list[dict]:
+    from .perlayer import per_layer
+
+    out = []
+    for b in built:
+        why = not_run_reason(b.spec)
+        if why is not None:
+            out.append({"architecture": b.arch.label, "target": b.spec.name, "not_run": why, "rows": []})
+            continue
+        mine = [r for r in rows if r["architecture"] == b.arch.label and r["target"] == b.spec.name]
+        out.append(per_layer(b.arch, b.spec, b.build_dir, read_json(Path(b.build_dir) / MANIFEST, "build manifest"),
+                             b.weights, peers, mine))
+    return out
 
 
 def _tvm_setting(manifest: dict) -> str:
@@ -233,13 +255,34 @@ def _ratio(v: float | None) -> str:
 
 
 def write_rows(rows: list[dict], csv_path: str | os.PathLike | None = None,
-               json_path: str | os.PathLike | None = None, meta: dict | None = None) -> None:
-    """Write the comparison rows as CSV and/or JSON (atomically)."""
+               json_path: str | os.PathLike | None = None, meta: dict | None = None,
+               per_layer: list[dict] | None = None) -> list[Path]:
+    """Write the comparison rows as CSV and/or JSON (atomically); with `per_layer`, the per-layer answers too:
+    under ``per_layer`` in the JSON and as ``<csv stem>.per_layer.csv`` beside the CSV.
+
+    Returns:
+        The files written.
+    """
+    written = []
     if csv_path:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(csv_path, buf.getvalue())
+        _write_csv(csv_path, rows, COLUMNS)
+        written.append(Path(csv_path))
+        if per_layer is not None:
+            from .perlayer import CSV_COLUMNS, csv_rows
+
+            p = Path(csv_path)
+            written.append(_write_csv(p.with_name(f"{p.stem}.per_layer.csv"), csv_rows(per_layer), CSV_COLUMNS))
     if json_path:
-        atomic_write_json(json_path, {"schema": SCHEMA, **(meta or {}), "units": "us", "rows": rows})
+        extra = {} if per_layer is None else {"per_layer": per_layer}
+        atomic_write_json(json_path, {"schema": SCHEMA, **(meta or {}), "units": "us", "rows": rows, **extra})
+        written.append(Path(json_path))
+    return written
+
+
+def _write_csv(path, rows: list[dict], columns) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
