@@ -193,19 +193,19 @@ def test_thumbnails_are_held_in_memory_with_the_small_image_recipe(tmp_path):
     from tvm_nas.data import ImageData
 
     tiny = load_space("tiny")
-    train, _ = photo_folders(tmp_path / "p", train=6, test=1, size=16, classes=3)
+    train, _ = photo_folders(tmp_path / "p", train=8, test=1, size=16, classes=3)
     (train / "class01" / "bad.png").write_bytes(b"not a png")
     d = load_data(f"imagefolder:{train}", tiny, workers=0)
-    assert isinstance(d, ImageData) and d.augment == "crop+flip" and len(d) == 18 and d.skipped == 1
-    assert d.images.shape == (18, 3, 16, 16) and d.classes == ["class00", "class01", "class02"]
+    assert isinstance(d, ImageData) and d.augment == "crop+flip" and len(d) == 24 and d.skipped == 1
+    assert d.images.shape == (24, 3, 16, 16) and d.classes == ["class00", "class01", "class02"]
     first = np.asarray(Image.open(train / "class00" / "000.png").convert("RGB")).transpose(2, 0, 1)
     assert np.array_equal(d.images[0].numpy(), first)  # decoded as is, not resized or cropped
     # validation batches are the images; training batches are padded crops and mirrors, fixed by (seed, epoch)
     idx = np.arange(len(d))
-    assert torch.equal(next(batches(d, idx, 18, raw=True))[0], d.images)
-    a = next(batches(d, idx, 18, seed=1, epoch=0, train=True, raw=True))
-    b = next(batches(d, idx, 18, seed=1, epoch=0, train=True, raw=True))
-    c = next(batches(d, idx, 18, seed=1, epoch=1, train=True, raw=True))
+    assert torch.equal(next(batches(d, idx, 24, raw=True))[0], d.images)
+    a = next(batches(d, idx, 24, seed=1, epoch=0, train=True, raw=True))
+    b = next(batches(d, idx, 24, seed=1, epoch=0, train=True, raw=True))
+    c = next(batches(d, idx, 24, seed=1, epoch=1, train=True, raw=True))
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
     # bigger photographs are streamed with the random-resized-crop recipe
     big = _folder(tmp_path / "big", size=(40, 30))
@@ -227,3 +227,30 @@ def test_crop_flip_is_a_shifted_window_of_the_padded_image():
             assert plain or mirrored
             flips += mirrored and not plain
     assert 20 <= flips <= 60  # about half of the 80 draws are mirrored
+
+
+def test_unreadable_images_beyond_a_share_are_refused(tmp_path):
+    """A few unreadable images are skipped and counted; more than 5% of a folder refuses the data in one line."""
+    from conftest import photo_folders
+
+    tiny = load_space("tiny")
+    train, _ = photo_folders(tmp_path / "p", train=4, test=1, size=16, classes=2)
+    for i in range(2):
+        (train / "class00" / f"bad{i}.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(TvmNasError, match=r"2 of 10 images could not be read \(more than 5%"):
+        load_data(f"imagefolder:{train}", tiny, workers=0)
+
+
+def test_directory_symlinks_back_into_the_folder_are_not_followed(tmp_path):
+    """A link back into the folder (or a loop) would count images twice under another class, or never end."""
+    tiny = load_space("tiny")
+    root = _folder(tmp_path / "imgs", n=3)
+    os.symlink(root, root / "cat" / "loop")  # the whole folder again, inside 'cat'
+    os.symlink(root / "cat", root / "dog" / "cats")  # another class's images, inside 'dog'
+    os.symlink(root / "dog" / "x", root / "dog" / "x")  # a link to itself
+    (root / "dog" / "sub").mkdir()
+    os.symlink(root / "dog", root / "dog" / "sub" / "up")  # a loop through a real sub-folder
+    outside = _folder(tmp_path / "elsewhere", classes=("more",), n=2)
+    os.symlink(outside / "more", root / "dog" / "more")  # outside the folder: followed
+    d = load_data(f"imagefolder:{root}", tiny, workers=0)
+    assert d.labels.tolist() == [0, 0, 0] + [1] * 5

@@ -36,6 +36,19 @@ __all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderData", "ImageData", "batches
            "load_data", "normalize", "train_val_split"]
 
 MEMORY_LIMIT = 2 << 30  # bytes of decoded images up to which a folder of thumbnails is held in memory
+MAX_UNREADABLE = 0.05  # share of unreadable images above which a data set is refused rather than silently thinned
+
+
+def check_unreadable(data, seen: int) -> None:
+    """Refuse data of which more than :data:`MAX_UNREADABLE` of the images met so far could not be read.
+
+    ``seen``: the images read (successfully) so far; ``data.skipped`` those that could not be.
+    """
+    bad = data.skipped
+    if bad and bad > MAX_UNREADABLE * (bad + seen):
+        raise TvmNasError(f"--data {data.spec}: {bad} of {bad + seen} images could not be read (more than "
+                          f"{MAX_UNREADABLE:.0%}; e.g. {', '.join(data.bad_examples[:2]) or 'none listed'}); "
+                          "repair or remove them")
 
 
 @dataclass
@@ -196,8 +209,10 @@ def _decode(folder: ImageFolder, resolution: int, spec: str, workers: int) -> Im
         bad.extend(b)
     if not labels:
         raise TvmNasError(f"{spec}: none of the {len(folder)} images could be read (e.g. {bad[0]})")
-    return ImageData(torch.cat(images), torch.cat(labels), folder.classes, spec, skipped=len(bad),
+    data = ImageData(torch.cat(images), torch.cat(labels), folder.classes, spec, skipped=len(bad),
                      augment="crop+flip", bad_examples=bad[:5])
+    check_unreadable(data, len(data))
+    return data
 
 
 def _check_classes(spec: str, classes: list[str], space: SearchSpace) -> None:

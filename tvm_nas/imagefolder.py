@@ -187,8 +187,25 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 def _images_under(folder: Path, root: Path):
+    """Image files under ``folder`` (recursively, hidden entries skipped), following a directory symlink only when
+    it leads outside ``root`` and to a directory not walked yet: a link back into the folder would count its images
+    twice, under another class, and a loop would never end."""
+    root_real = os.path.realpath(root)
+    seen = {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if os.path.islink(full) and (real == root_real or real.startswith(root_real + os.sep) or real in seen):
+                continue  # back into the folder, or walked already
+            if real in seen:
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         for f in filenames:
             if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES):
                 yield os.path.relpath(os.path.join(dirpath, f), root)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .arch import load_arch
 from .config import TrainConfig
-from .data import FolderData, ImageData, batches, load_data, normalize, train_val_split
+from .data import FolderData, ImageData, batches, check_unreadable, load_data, normalize, train_val_split
 from .errors import TvmNasError
 from .io import atomic_write_bytes, atomic_write_json
 from .network import Network
@@ -61,11 +61,12 @@ def train_network(model: torch.nn.Module, data: ImageData | FolderData, config: 
     history = []
     for epoch in range(config.epochs):
         model.train()
-        losses = []
+        losses, seen = [], 0
         for x, y in batches(data, train_idx, config.batch_size, config.seed, epoch, drop_last=True, train=True,
                             raw=True):
             if not len(y):
                 continue
+            seen += len(y)
             x, y = _on(device, x, y)
             opt.zero_grad(set_to_none=True)
             with autocast(device, config.precision):
@@ -80,6 +81,8 @@ def train_network(model: torch.nn.Module, data: ImageData | FolderData, config: 
                 opt.step()
             losses.append(loss.item())
         sched.step()
+        if epoch == 0:
+            check_unreadable(data, seen)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                   "val_accuracy": accuracy(model, data, val_idx, config.precision)}
         history.append(record)
