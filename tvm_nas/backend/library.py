@@ -59,6 +59,9 @@ def run_library(path: str | os.PathLike, x: np.ndarray, threads: int | None = No
     import tvm
     from tvm import relax
 
+    from .trust import check_loadable
+
+    path = check_loadable(path)
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)
     lib = tvm.runtime.load_module(str(Path(path)))

@@ -38,6 +38,9 @@ def export(executable, path: str | os.PathLike, spec) -> Path:
     else:
         executable.export_library(str(tmp))
     os.replace(tmp, path)
+    from .trust import record_built
+
+    record_built(path)
     return path
 
 
@@ -100,6 +103,10 @@ def load(executable, inputs: list[np.ndarray], spec, sess=None) -> Loaded:
     """
     from tvm import relax, runtime
 
+    if isinstance(executable, (str, os.PathLike)):
+        from .trust import check_loadable
+
+        executable = check_loadable(executable)
     if spec.is_rpc:
         name = f"mod-{os.getpid()}-{next(_UPLOADS)}.so"
         with tempfile.TemporaryDirectory() as d:

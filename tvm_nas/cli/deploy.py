@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import TvmNasError
@@ -71,12 +72,15 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="keep the compiled modules under this folder")
     p.add_argument("--csv", default=None, help="write the table as CSV")
     p.add_argument("--json", default=None, help="write the table as JSON")
+    p.add_argument("--trust", action="store_true", help=TRUST_HELP)
     _common(p)
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """Entry point of ``tvm-nas compare``: the table on stdout, CSV/JSON files when asked."""
     from rich.console import Console
+
+    trust_libraries(args)
 
     from ..deploy import compare, compare_table, write_rows
 
@@ -124,3 +128,13 @@ def run_validate(args: argparse.Namespace) -> int:
     validate(args.space, args.target, n=args.nets, archs=args.arch, logs_dir=args.logs_dir, out=args.out,
              seed=args.seed, console=Console())
     return 0
+
+
+TRUST_HELP = ("load compiled libraries in --out that this tvm-nas did not build on this machine (from a shared or "
+              "copied folder: loading a library runs its code; without this they are refused)")
+
+
+def trust_libraries(args: argparse.Namespace) -> None:
+    """``--trust``: the user vouches for the libraries this command loads (see :mod:`tvm_nas.backend.trust`)."""
+    if getattr(args, "trust", False):
+        os.environ["TVM_NAS_TRUST_LIBRARIES"] = "1"

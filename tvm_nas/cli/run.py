@@ -26,10 +26,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; finished stages are kept")
     p.add_argument("--stop-after", choices=STAGES, help="stop cleanly after this stage (continue with --resume)")
+    p.add_argument("--trust", action="store_true", help="with --resume: load the run folder's compiled libraries "
+                                                        "even if this tvm-nas did not build them on this machine "
+                                                        "(loading a library runs its code; without this they are "
+                                                        "refused)")
 
 
 def run_run(args: argparse.Namespace) -> int:
     from ..run import start_or_resume
+    from .deploy import trust_libraries
+
+    trust_libraries(args)
 
     given = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k, None) is not None}
     if "device" in given:  # refuse a missing GPU now, not after the profile stage

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..arch import Arch, load_architecture, reference_arch
+from ..backend.trust import inside
 from ..console import fmt_us
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text, read_json
@@ -169,7 +170,7 @@ def _peer_rows(b: Built, manifest: dict, which: list[str], order: str, cooldown_
     """TVM's shipped module (the build's library), TVM untuned and the peers, timed in blocks: one row each."""
     model = build_network_from_arch(b.arch, b.weights, 0)
     x = example_input(b.arch.input_shape, 0)
-    lib = Path(b.build_dir) / manifest["library"]["file"]
+    lib = inside(b.build_dir, manifest["library"]["file"], f"{Path(b.build_dir) / MANIFEST}: field 'library.file'")
     run = time_with_peers(model, b.arch, b.spec, lib, Path(b.build_dir) / ONNX_FILE, x, peers=which, order=order,
                           cooldown_s=cooldown_s, tvm_setting=_tvm_setting(manifest))
     first = run.sequence[0] if run.sequence else None
