@@ -96,8 +96,9 @@ def kernel_calls(library: str | os.PathLike, x: np.ndarray, spec: TargetSpec) ->
     from tvm import runtime
 
     from ..backend import measure
+    from ..backend.trust import check_loadable
 
-    lib = runtime.load_module(str(library))
+    lib = runtime.load_module(str(check_loadable(library)))  # a library this tvm-nas built (or one --trust'ed)
     m = measure.load(lib, [x], spec)
     owners = {}
     calls: list[tuple] = []
@@ -150,6 +151,12 @@ def _keys(fused) -> dict[str, str]:
 
     return {gv.name_hint: task_key(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}))
             for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+def _key_of(name: str, keys: dict[str, str]) -> str | None:
+    """A built kernel's key: a tuned kernel whose weights were pre-packed is renamed ``<name>_prepacked`` by
+    ``SplitLayoutRewritePreproc`` (its weight transform lifted out and folded), the key is the fused kernel's."""
+    return keys.get(name, keys.get(name.removesuffix("_prepacked")))
 
 
 def op_keys(key: OpKey, table, tvm_target) -> set[str]:
@@ -322,8 +329,9 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
         "peer": the fastest profiled peer, "rows": [...]}`` with rows sorted by TVM's loss.
     """
     from ..backend.target import to_tvm_target
+    from ..backend.trust import inside
     from ..profile.table import LatencyTable
-    from .compile import ONNX_FILE
+    from .compile import MANIFEST, ONNX_FILE
     from .model import build_network_from_arch, example_input
     from .peers import installed, not_run_reason
 
@@ -331,7 +339,7 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
     if why is not None:
         raise TvmNasError(f"{spec.name}: per-layer answers run on host-like targets only ({why})")
     build_dir = Path(build_dir)
-    library = build_dir / manifest["library"]["file"]
+    library = inside(build_dir, manifest["library"]["file"], f"{build_dir / MANIFEST}: field 'library.file'")
     onnx_path = build_dir / ONNX_FILE
     x = example_input(a.input_shape, 0)
     tvm_target = to_tvm_target(spec)
@@ -343,10 +351,10 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
     keys = kernel_keys(model, a, onnx_path if manifest.get("frontend") == "onnx" else None, tvm_target)
     calls, dev = kernel_calls(library, x, spec)
     timings = time_kernels(calls, dev, spec)
-    for (name, _, _), t, (j, matched) in zip(calls, timings, assign([keys.get(c[0]) for c in calls],
+    for (name, _, _), t, (j, matched) in zip(calls, timings, assign([_key_of(c[0], keys) for c in calls],
                                                                      [op_keys(lay.key, table, tvm_target)
                                                                       for lay in layers]), strict=True):
-        layers[j].kernels.append({"name": name, "key": keys.get(name), "matched": matched, "median_us": t.median,
+        layers[j].kernels.append({"name": name, "key": _key_of(name, keys), "matched": matched, "median_us": t.median,
                                   "q1_us": t.q1, "q3_us": t.q3, "stable": t.stable})
 
     by_runtime = {r["runtime"]: r for r in rows}

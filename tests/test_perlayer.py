@@ -1,0 +1,70 @@
+"""Per-layer answers (``compare --per-layer``): the searched tiny net's fused kernels timed by TVM, grouped per op,
+beside the table's entry and ONNX Runtime's (and OpenVINO's) own per-node profile; real runtimes throughout."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from test_deploy import OPS, arch_file, host, tiny_host_logs  # noqa: F401  (session fixtures shared with deploy)
+
+from tvm_nas.cli import main as cli_main
+from tvm_nas.deploy.perlayer import _place, assign
+
+
+def test_kernels_join_ops_in_call_order():
+    """A kernel joins the current op if it has the kernel's key and has not had it yet, else the next op that has
+    it; two identical ops in a row each get their own kernels; a kernel no op has joins the op before it."""
+    ops = [{"t", "s"}, {"e", "d", "p"}, {"e", "d", "p"}, {"h"}]
+    got = assign(["t", "s", "e", "d", "p", "e", "x", "d", "p", "h"], ops)
+    assert [j for j, _ in got] == [0, 0, 1, 1, 1, 2, 2, 2, 2, 3]
+    assert [m for _, m in got] == [True] * 6 + [False] + [True] * 3
+    assert assign(["?", "t"], ops) == [(0, False), (0, True)]
+
+
+def test_peer_nodes_without_a_layer_join_their_neighbour():
+    known = {"conv": "stem", "dw": "blocks.0", "mean": "classifier"}
+    assert _place(["reorder_in", "conv", "dw", "reorder_out", "mean"], known) == \
+        ["stem", "stem", "blocks.0", "blocks.0", "classifier"]
+
+
+@pytest.mark.slow
+def test_compare_per_layer_on_the_searched_net(host, tiny_host_logs, arch_file, tmp_path, capsys):  # noqa: F811
+    from tvm_nas.deploy.peers import installed
+
+    rc = cli_main(["compare", "--arch", str(arch_file), "--target", host, "--logs-dir", str(tiny_host_logs),
+                   "--per-layer", "--json", str(tmp_path / "c.json"), "--csv", str(tmp_path / "c.csv")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "c.json").read_text())
+    [ans] = doc["per_layer"]
+    rows = ans["rows"]
+    # one row per op of the net (zero has no kernels), each with TVM's kernels, the table's entry and ONNX
+    # Runtime's nodes
+    expected = {"stem", "first_block", "head", "classifier",
+                *(f"blocks.{i}" for i, op in enumerate(OPS) if op != "zero")}
+    assert {r["layer"] for r in rows} == expected and len(rows) == len(expected)
+    for r in rows:
+        assert r["kernels"] and all(k["matched"] and k["median_us"] > 0 for k in r["kernels"]), r
+        assert r["tvm_us"] == pytest.approx(sum(k["median_us"] for k in r["kernels"]))
+        assert r["predicted_us"] is not None and r["predicted_us"] >= 0
+        assert r["onnxruntime_us"] is not None and r["onnxruntime_us"] >= 0 and r["peer_nodes"]["onnxruntime"]
+        if installed("openvino"):
+            assert r["openvino_us"] is not None
+    blocks = [r for r in rows if r["layer"].startswith("blocks.")]
+    assert all(len(r["kernels"]) == 3 for r in blocks)  # expand, depthwise, project (+ residual)
+    assert ans["peer"] in ("onnxruntime", "openvino") and "ONNX Runtime" in ans["peers"]["onnxruntime"]
+    # sorted by where TVM loses most against the fastest profiled peer
+    losses = [r["loss_us"] for r in rows]
+    assert all(v is not None for v in losses) and losses == sorted(losses, reverse=True)
+    assert all(r["loss_us"] == pytest.approx(r["tvm_us"] - r[f"{ans['peer']}_us"]) for r in rows)
+    # the kernels alone add up to about the whole net (it also pays the VM's dispatch; the machine is shared)
+    net = next(r for r in doc["rows"] if r["runtime"] == "tvm")["measured_us"]
+    assert ans["tvm_net_us"] == net
+    assert 0.5 <= sum(r["tvm_us"] for r in rows) / net <= 2.0
+    with open(tmp_path / "c.per_layer.csv") as f:
+        flat = list(csv.DictReader(f))
+    assert [r["layer"] for r in flat] == [r["layer"] for r in rows] and float(flat[0]["tvm_us"]) > 0
+    out = capsys.readouterr().out
+    assert "per layer: a on host" in out and "loss" in out and "ort" in out
+    assert all(layer in out for layer in expected)
