@@ -40,9 +40,42 @@ COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``tvm-nas CMD: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Every numeric option's range, checked before any work starts (one line naming the option, exit 2). The ranges
+# are stated in docs/robustness.md; None: no bound on that side.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, 2**32 - 1), "nets": (0, 10_000), "nproc": (1, 1024), "jobs": (1, 1024), "threads": (0, 1024),
+    "workers": (0, 256), "trials": (0, 10_000_000), "epochs": (1, 100_000), "warmup_epochs": (0, 100_000),
+    "train_epochs": (1, 100_000), "batch_size": (1, 1_000_000), "batch": (1, 4096), "max_samples": (2, 10**9),
+    "arch_every": (1, 1_000_000), "arch_steps": (1, 1_000_000), "reinforce_nets": (1, 10_000),
+    "latency_ms": (0.001, 1e9),
+}
+
+
+def check_bounds(args: argparse.Namespace) -> None:
+    """Refuse a numeric option outside its range (:data:`BOUNDS`) or not finite, in one line naming it."""
+    import math
+
+    for name, (lo, hi) in BOUNDS.items():
+        v = getattr(args, name, None)
+        if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise TvmNasError(f"{flag}: must be a finite number, got {v}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise TvmNasError(f"{flag}: must be between {lo} and {hi}, got {v}")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tvm-nas", description="Hardware-aware NAS whose latency comes from TVM.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="tvm-nas", description="Hardware-aware NAS whose latency comes from TVM.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for c in COMMANDS:
         p = sub.add_parser(c.name, help=c.help, description=c.help)
         c.add_args(p)
@@ -76,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that restart themselves (--nproc)
     _quiet_third_parties()
     try:
+        check_bounds(args)
         _fix_runtime_threads(args)
         return int(args.func(args) or 0)
     except TvmNasError as e:

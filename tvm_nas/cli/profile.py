@@ -26,8 +26,12 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    from ..errors import TvmNasError
     from ..profile import profile
 
+    if args.trials == 0 and args.time_budget is not None:
+        raise TvmNasError("--time-budget: --trials 0 asks for no tuning (TVM's default schedules); give --trials N "
+                          "as well, or drop --time-budget")
     profile(args.space, args.target, trials=args.trials, logs_dir=args.logs_dir, seed=args.seed, batch=args.batch,
             time_budget=args.time_budget, jobs=args.jobs, force=args.force)
     return 0
