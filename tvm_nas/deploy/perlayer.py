@@ -422,6 +422,10 @@ def per_layer_table(answers: Sequence[dict]) -> RenderableType:
     """One terminal table per net and target: layers sorted by TVM's loss."""
     parts: list[RenderableType] = []
     for ans in answers:
+        if ans.get("not_run"):
+            parts += [Text(f"per layer: {ans['architecture']} on {ans['target']}: not run ({ans['not_run']})"),
+                      Text()]
+            continue
         peers = [p for p in PROFILED_PEERS if p in ans.get("peer_totals_us", {})]
         t = Table(title=f"per layer: {ans['architecture']} on {ans['target']}, µs (median)", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False, collapse_padding=True)
