@@ -65,3 +65,38 @@ def test_help_states_each_default_once(argv):
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     assert text.count("halfway between the space's fastest and slowest nets") <= 1
+
+
+def test_no_output_overwrites_an_input_or_is_lost_after_the_work(tmp_path):
+    """Output paths are checked before the work starts: never an input, never a folder; train asks for --force."""
+    import os
+
+    from tvm_nas.arch import arch_document, write_arch
+    from tvm_nas.space import load_space
+
+    arch = write_arch(tmp_path / "a.arch.json", arch_document(load_space("tiny"),
+                                                              ["mbconv_k3_e3", "zero", "mbconv_k3_e3"], None, None))
+    before = arch.read_bytes()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "link.csv").symlink_to(arch)
+    base = ["compare", "--arch", str(arch), "--target", "host"]
+    cases = [(["--csv", str(arch)], "is also an input"), (["--csv", str(tmp_path / "link.csv")], "is also an input"),
+             (["--json", str(tmp_path / "folder")], "is a folder"),
+             (["--json", str(tmp_path / "afile" / "x.json")], "is a file, not a folder")]
+    for extra, msg in cases:
+        r = cli(*base, *extra, cwd=tmp_path, timeout=120)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (extra, r.stderr)
+    assert arch.read_bytes() == before
+    # train: a result already in --out is replaced only with --force (refused before loading any data)
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"earlier result")
+    r = cli("train", "--arch", str(arch), "--out", str(out), "--epochs", "1", "--max-samples", "60", "--quiet",
+            cwd=tmp_path, timeout=300)
+    assert r.returncode == 2 and "exists already; add --force" in r.stderr, r.stderr
+    assert (out / "model.pt").read_bytes() == b"earlier result"
+    r = cli("train", "--arch", str(arch), "--out", str(out), "--epochs", "1", "--max-samples", "60", "--quiet",
+            "--force", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.pt").read_bytes() != b"earlier result" and os.path.getsize(out / "train.json") > 0

@@ -153,3 +153,34 @@ def exclusive(path: str | os.PathLike, what: str):
         yield
     finally:
         lock.release()
+
+
+def check_output(path: str | os.PathLike | None, flag: str, inputs=(), force: bool = True) -> None:
+    """Refuse, before any long work, an output file that would overwrite an input, that is a folder, whose
+    folder is a file or cannot be written, or (without ``force``) that already exists.
+
+    Args:
+        path: the output file (None: none asked for).
+        flag: the option that named it, for the one-line error.
+        inputs: paths this command reads; none of them may be the output, after symlinks are resolved.
+        force: whether replacing an existing output is this command's documented behaviour (or ``--force``).
+    """
+    if path is None:
+        return
+    p = Path(path)
+    real = os.path.realpath(p)
+    for i in inputs:
+        if i is not None and os.path.realpath(i) == real:
+            raise TvmNasError(f"{flag} {p}: is also an input of this command ({i}); it would be overwritten, choose "
+                              "another file")
+    if p.is_dir():
+        raise TvmNasError(f"{flag} {p}: is a folder; give a file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TvmNasError(f"{flag} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TvmNasError(f"{flag} {p}: cannot write in {parent}")
+    if not force and p.exists():
+        raise TvmNasError(f"{flag} {p}: exists already; add --force to replace it")

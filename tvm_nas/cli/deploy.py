@@ -86,6 +86,13 @@ def run_compare(args: argparse.Namespace) -> int:
 
     if args.trials < 0:
         raise TvmNasError(f"--trials must be >= 0, got {args.trials}")
+    from ..io import check_output
+
+    inputs = [*args.arch, *(args.weights or []), *(t for t in args.target if Path(t).suffix in (".yaml", ".yml"))]
+    for flag, out in (("--csv", args.csv), ("--json", args.json)):
+        check_output(out, flag, inputs)  # before the minutes of measuring whose figures it would lose
+    if args.csv and args.json and os.path.realpath(args.csv) == os.path.realpath(args.json):
+        raise TvmNasError(f"--json {args.json}: is also the --csv file; choose two files")
     console = Console(stderr=True)
     from ..deploy.peers import COOLDOWN_S, selected_peers
 

@@ -86,15 +86,15 @@ def _console(quiet: bool):
 
 def _load_table(path: Path, space, target):
     """The table of `space` measured on `target` (a TargetSpec, or a name when resuming a saved run)."""
-    from ..profile.table import LatencyTable
+    from ..profile.model import LatencyModel
 
     name = target if isinstance(target, str) else target.name
     if not path.is_file():
         raise TvmNasError(f"{path}: latency table not found; run: tvm-nas profile --space {space.name} "
                           f"--target {name}")
     if isinstance(target, str):
-        return LatencyTable.load(path, space=space, target_name=target)
-    return LatencyTable.load(path, space=space, target=target)
+        return LatencyModel.load(path, space=space, target_name=target)
+    return LatencyModel.load(path, space=space, target=target)
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -223,6 +223,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", help="fine-tune from a search run's supernet (RUN_DIR or checkpoint.pt)")
     p.add_argument("--out", help="output folder (default: beside the arch file, <arch>.train/)")
+    p.add_argument("--force", action="store_true", help="replace the model.pt and train.json already in --out")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="train under autocast (bf16: CPU or CUDA, fp16: CUDA; default fp32)")
@@ -252,6 +253,12 @@ def run_train(args: argparse.Namespace) -> int:
         raise _config_error(e) from e
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path(str(args.arch).removesuffix(".json") + ".train")
+    from ..io import check_output
+
+    if out.exists() and not out.is_dir():
+        raise TvmNasError(f"--out {out}: is a file; give a folder")
+    for name in ("model.pt", "train.json"):
+        check_output(out / name, "--out", [args.arch, args.init_from], force=args.force)
     result = train_arch(args.arch, args.data, cfg, out, init_from=args.init_from,
                         console=_console(args.quiet), device=device, workers=args.workers, test_data=args.test_data)
     start = f"fine-tuned from {args.init_from}" if args.init_from else "from scratch"
