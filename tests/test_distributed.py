@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tvm_nas.profile.table import LatencyTable
+from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
 from tvm_nas.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent

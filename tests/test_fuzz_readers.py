@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from tvm_nas.arch import arch_document, load_arch
 from tvm_nas.errors import TvmNasError
-from tvm_nas.profile import LatencyTable
+from tvm_nas.profile.calibration import calibration_path
 from tvm_nas.profile.correction import correction_path, fit_correction
-from tvm_nas.profile.table import calibration_path
+from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
 from tvm_nas.space import load_space
 from tvm_nas.targets import load_target
 

@@ -88,7 +88,7 @@ def test_compiled_net_has_no_kernel_outside_the_table(micro_space, micro_logs, q
     from tvm_nas.backend.target import to_tvm_target
     from tvm_nas.deploy import build_network_from_arch
     from tvm_nas.deploy.compile import lower_network
-    from tvm_nas.profile import LatencyTable
+    from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
 
@@ -144,9 +144,25 @@ def test_validate_locally(micro_space, micro_logs, quick, tmp_path):
     assert not (logs / "quick" / "micro.calibration.json").exists() and "calibration" not in r.stdout
 
 
+
+# validate measures and hands its rows to the latency model, which fits and decides what is kept beside the table
+def _in_use(model, space, rows, console):
+    return model.in_use(space, rows, console.print)
+
+
+def _calibrate(model, path, rows, summary, console):
+    assert Path(path) == model.path
+    return model.learn_calibration(rows, summary, console.print)
+
+
+def _correct(model, path, rows, summary, console):
+    assert Path(path) == model.path
+    return model.learn_correction(rows, summary, console.print)
+
+
 # -- calibration -------------------------------------------------------------------------------------------------
 def test_calibration_is_fitted_and_scored_leave_one_out():
-    from tvm_nas.profile.table import fit_calibration
+    from tvm_nas.profile.calibration import fit_calibration
 
     p = [100.0, 150.0, 200.0, 260.0, 300.0, 420.0]
     fit = fit_calibration(p, [1.4 * v + 3 for v in p])  # the table misses 40% and 3 µs per net
@@ -158,7 +174,7 @@ def test_calibration_is_fitted_and_scored_leave_one_out():
 
 
 def test_calibration_never_trades_the_fast_nets_for_the_median():
-    from tvm_nas.profile.table import fit_calibration
+    from tvm_nas.profile.calibration import fit_calibration
 
     # the tuned cifar table at one thread against its 23 validated nets (docs/measurement.md): one fast net, the
     # rest 900-2,500 µs. The affine fit's offset (-109 µs) misses the fast net by 32% where the plain sum was 0.9%.
@@ -178,8 +194,8 @@ def test_learned_correction_beats_the_calibration_on_nets_it_was_not_trained_on(
     import xgboost as xgb
 
     from tvm_nas.deploy.validate import statistics
+    from tvm_nas.profile.calibration import fit_calibration
     from tvm_nas.profile.correction import MIN_NETS, Correction, fit_correction
-    from tvm_nas.profile.table import fit_calibration
 
     # the 23 nets of the tuned cifar table (docs/measurement.md): the plain sum misses more the bigger the net
     # (-0.9% for the fastest, -10% for the slowest); a proportional calibration leaves two nets outside ±5%
@@ -215,9 +231,9 @@ def test_validation_writes_the_correction_and_every_whole_net_prediction_uses_it
 
     from rich.console import Console
 
-    from tvm_nas.deploy.validate import _calibrate, _correct, _in_use, random_archs
-    from tvm_nas.profile import LatencyTable
+    from tvm_nas.deploy.validate import random_archs
     from tvm_nas.profile.correction import correction_path
+    from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
     from tvm_nas.search.derive import derive
     from tvm_nas.space import load_space
 
@@ -277,8 +293,8 @@ def test_calibrated_table_predicts_the_affine_map(micro_space, micro_logs, tmp_p
     import shutil
 
     from tvm_nas.arch import reference_arch
-    from tvm_nas.profile import LatencyTable
-    from tvm_nas.profile.table import calibration_path
+    from tvm_nas.profile.calibration import calibration_path
+    from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
     from tvm_nas.space import load_space
 
     space = load_space(str(micro_space))
@@ -386,9 +402,8 @@ def test_validation_writes_keeps_or_removes_the_calibration(micro_space, micro_l
 
     from rich.console import Console
 
-    from tvm_nas.deploy.validate import _calibrate
-    from tvm_nas.profile import LatencyTable
-    from tvm_nas.profile.table import calibration_path
+    from tvm_nas.profile.calibration import calibration_path
+    from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
     from tvm_nas.space import load_space
 
     space = load_space(str(micro_space))

@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import MICRO_SPACE, TVM_NAS, cli, quick_target, write_yaml
 
+from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
 from tvm_nas.profile.profiler import profile
-from tvm_nas.profile.table import LatencyTable
 from tvm_nas.space import load_space
 
 

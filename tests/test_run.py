@@ -10,8 +10,8 @@ from conftest import cli, photo_folders, quick_target
 
 from tvm_nas.config import STAGES
 from tvm_nas.io import sha256_file
+from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
 from tvm_nas.profile.profiler import profile
-from tvm_nas.profile.table import LatencyTable
 from tvm_nas.space import load_space
 
 

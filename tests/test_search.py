@@ -17,7 +17,8 @@ from tvm_nas.arch import load_arch, write_arch
 from tvm_nas.cli import main as cli_main
 from tvm_nas.data import load_data
 from tvm_nas.errors import TvmNasError
-from tvm_nas.profile.table import LatencyTable, table_path
+from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
+from tvm_nas.profile.table import table_path
 from tvm_nas.search import ARCH_FILE, ProxylessSearch, SearchConfig, Supernet
 from tvm_nas.search.derive import derive, fit_budget
 from tvm_nas.search.loss import ExpectedLatency, latency_loss, pair_probs

@@ -23,7 +23,7 @@ from .specfile import resolve, validation_error
 if TYPE_CHECKING:
     import numpy as np
 
-    from .profile.table import LatencyTable
+    from .profile.model import LatencyModel
 
 SCHEMA = 1
 REFERENCE_OP = "mbconv_k3_e6"  # the MobileNetV2 shape: every block an MBConv k3 e6
@@ -80,7 +80,7 @@ class ArchFile(_Part):
 
 
 def arch_document(space: SearchSpace, ops: Sequence[str], probabilities: Sequence[np.ndarray] | None,
-                  table: LatencyTable | None, search: dict | None = None,
+                  table: LatencyModel | None, search: dict | None = None,
                   derivation: dict | None = None) -> dict:
     """The architecture file's content, as JSON-able data."""
     blocks = space.blocks()

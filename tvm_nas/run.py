@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from .config import STAGES, RunConfig
 from .console import progress
 from .errors import TvmNasError
 from .io import atomic_write_json, read_json, sha256_file
-from .profile.table import LatencyTable
+from .profile.model import FITTED, LatencyModel
 from .specfile import validation_error
 
 STATE = "run.json"
@@ -122,26 +121,19 @@ class Run:
     def rel(self, p: Path | str) -> str:
         return str(Path(p).resolve().relative_to(self.dir.resolve()))
 
-    def table(self) -> LatencyTable:
-        return LatencyTable.load(self.dir / self.state["done"]["profile"]["table"], space=self.space,
+    def table(self) -> LatencyModel:
+        return LatencyModel.load(self.dir / self.state["done"]["profile"]["table"], space=self.space,
                                  target=self.target)
 
     # -- stages ----------------------------------------------------------------------------------------------
     def _profile(self) -> dict:
         from .profile import profile
 
-        table = profile(self.space, self.target, trials=self.cfg.trials, logs_dir=self.cfg.logs_dir,
-                        seed=self.cfg.seed, console=self.console)
-        dest = self.dir / "table" / table.path.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(table.path, dest)
-        from .profile.correction import correction_path
-        from .profile.table import calibration_path
-
-        # fitted by an earlier validate: the run predicts what the rest of the product does
-        for fitted, where in ((table.calibration, calibration_path), (table.correction, correction_path)):
-            if fitted is not None:
-                shutil.copyfile(where(table.path), where(dest))
+        measured = profile(self.space, self.target, trials=self.cfg.trials, logs_dir=self.cfg.logs_dir,
+                           seed=self.cfg.seed, console=self.console)
+        # with what an earlier validate fitted to it: the run predicts what the rest of the product does
+        table = LatencyModel.load(measured.path, space=self.space, target=self.target).copy_to(self.dir / "table")
+        dest = table.path
         fast, slow = table.extremes(self.space)
         lo, hi = table.predict(self.space, fast), table.predict(self.space, slow)
         budget = self.cfg.latency_ms * 1000 if self.cfg.latency_ms else (lo + hi) / 2
@@ -398,8 +390,8 @@ class Run:
         used = (doc.get("summary") or {}).get
         return {tuple(r["ops"]): {"measured_us": r["measured_us"], "measured_q1": r["measured_q1"],
                                   "measured_q3": r["measured_q3"], "stable": r["stable"],
-                                  **{f: r.get(f) if (used(what) or {}).get("better") else None
-                                     for f, what in (("calibrated_us", "calibration"), ("corrected_us", "correction"))}}
+                                  **{f.row: r.get(f.row) if (used(f.key) or {}).get("better") else None
+                                     for f in reversed(FITTED)}}
                 for r in doc["nets"]}
 
     def _validation(self) -> dict | None:
@@ -419,7 +411,7 @@ def _accuracies(res: dict) -> dict:
             "val_accuracy": val, "test_accuracy": res.get("test_accuracy")}
 
 
-def matched_nets(space, table: LatencyTable, searched: list[str], target_us: float, n: int,
+def matched_nets(space, table: LatencyModel, searched: list[str], target_us: float, n: int,
                  seed: int) -> list[list[str]]:
     """``n`` random nets other than ``searched`` whose predicted latency is within ±:data:`MATCH` of
     ``target_us``; when the space has fewer, the nearest in latency complete the list.

@@ -22,7 +22,8 @@ from ..arch import Arch, load_architecture
 from ..console import over_budget
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, sha256_file
-from ..profile.table import LatencyTable, table_path
+from ..profile.model import LatencyModel, chosen
+from ..profile.table import table_path
 from ..space import SearchSpace
 from ..targets import TargetSpec, load_target
 from .model import build_network_from_arch, example_input, torch_forward
@@ -51,9 +52,9 @@ def has_database(logs_dir: str | os.PathLike, spec: TargetSpec) -> bool:
     return (Path(logs_dir) / spec.name / "database_workload.json").is_file()
 
 
-def _table(logs_dir, spec: TargetSpec, space: SearchSpace) -> LatencyTable | None:
+def _table(logs_dir, spec: TargetSpec, space: SearchSpace) -> LatencyModel | None:
     path = table_path(logs_dir, spec.name, space.name)
-    return LatencyTable.load(path, space=space, target=spec) if path.is_file() else None
+    return LatencyModel.load(path, space=space, target=spec) if path.is_file() else None
 
 
 def check_inputs(a: Arch, spec: TargetSpec, logs_dir, trials: int, untuned: bool, measure: bool) -> None:
@@ -385,7 +386,7 @@ def _install(stage: Path, out: Path, files: tuple[str, ...], manifest: dict) -> 
     atomic_write_json(out / MANIFEST, manifest)
 
 
-def _predict(table: LatencyTable | None, a: Arch) -> float | None:
+def _predict(table: LatencyModel | None, a: Arch) -> float | None:
     if table is None:
         return None
     try:
@@ -419,12 +420,7 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
         "compile_seconds": round(compile_s, 2),
         "verification": checked,
         "predicted_latency_us": predicted,
-        "latency_table": None if table is None else {
-            "path": str(table.path), "hash": table.hash,
-            "calibration": None if not table.calibration else {k: table.calibration[k] for k in (
-                "scale", "offset_us", "nets", "loo_median_abs_error_pct")},
-            "correction": None if table.correction is None else {k: table.correction[k] for k in (
-                "model", "nets", "loo_median_abs_error_pct", "loo_worst_abs_error_pct")}},
+        "latency_table": None if table is None else table.manifest(),
         "measured_latency_us": measured,
         "measured_iqr_us": [timing["q1"], timing["q3"]] if timing else None,
         "measurement": {"how": how, **(timing or {})},
@@ -442,7 +438,8 @@ def _summary(m: dict) -> str:
     t = m["measurement"]
     spread = "" if ms is None else f" (IQR {t['q1']:,.1f}–{t['q3']:,.1f}{'' if t['stable'] else ', UNSTABLE'})"
     lt = m.get("latency_table") or {}
-    how = "learned correction" if lt.get("correction") else "calibrated table" if lt.get("calibration") else "table"
+    fitted = chosen(lt)
+    how = fitted.label if fitted else "table"
     return (f"{m['target']['name']}: predicted {_fmt(p)} ({how}) vs measured {_fmt(ms)}{spread} → ratio {ratio}; "
             f"verification {m['verification']['status']} ({m['verification']['how']})") + over_budget(
         ms, t.get("q1") if ms is not None else None, (m.get("architecture") or {}).get("budget_us"))

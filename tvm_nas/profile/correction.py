@@ -9,9 +9,10 @@ alone, which keeps the table's order of the nets, or, when that cuts the error b
 the net's op counts (how many blocks chose each candidate); see :func:`fit_correction`.
 
 It is used only where it beats the linear model (the plain sum, or the calibration when that qualifies) on nets it
-was not trained on: leave-one-out over the validated nets, its median |error| lower and its worst no higher. It
-then predicts every whole net (derive, the budget check, compile, run); the search's gradient keeps the linear
-per-op table, whose expected latency stays ``fixed + Σ p_b @ v_b``.
+was not trained on: leave-one-out over the validated nets, its median |error| lower and its worst no higher (the
+rule, and when the file is written, kept or removed: :mod:`.model`). It then predicts every whole net (derive, the
+budget check, compile, run); the search's gradient keeps the linear per-op table, whose expected latency stays
+``fixed + Σ p_b @ v_b``.
 
 File: ``<space>.correction.json`` beside ``<space>.latency.json`` (docs/formats.md).
 """
@@ -29,7 +30,8 @@ from pydantic import Field, field_validator
 
 from ..errors import TvmNasError
 from ..io import parse_json
-from .table import _Record, refuse
+from .fitted import read_fitted, refuse
+from .table import _Record
 
 SCHEMA = 1
 MODEL = "xgboost-ratio"
@@ -194,8 +196,6 @@ def load_correction(path: Path, table_hash: str, fallback: str = "plain table su
     was measured again since). A damaged file, a field out of its schema (:class:`CorrectionFile`), a booster XGBoost
     cannot read or one whose ratio is not a finite positive number is refused in one line naming the file and the
     field: the table then predicts with its `fallback` (the calibration, else the plain sum)."""
-    from .table import read_fitted
-
     d = read_fitted(path, table_hash, CorrectionFile, fallback)
     if d is None:
         return None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import TvmNasError
 from ..io import atomic_write_json, read_json, sha256_json
-from ..space import Block, OpKey, SearchSpace
+from ..space import OpKey, SearchSpace
 from ..specfile import validation_error
 
 SCHEMA = 1
@@ -166,7 +165,7 @@ INVOCATION_SLACK = 2.0
 def check_invocation(path, inv, entries: dict) -> None:
     """Refuse an ``invocation`` record that is not a per-call cost of this table (see :data:`INVOCATION_SLACK`).
 
-    Entries below it cost 0 over the call (:meth:`LatencyTable.latency` clamps), so near-equality is fine."""
+    Entries below it cost 0 over the call (:meth:`LatencyTable.op_us` clamps), so near-equality is fine."""
     if inv is None:
         return
     v = inv.get("median") if isinstance(inv, dict) else None
@@ -180,7 +179,11 @@ def check_invocation(path, inv, entries: dict) -> None:
 
 @dataclass
 class LatencyTable:
-    """Per-op latencies (µs) of one search space on one target.
+    """Per-op latencies (µs) of one search space on one target: the file and its plain lookups.
+
+    What a net costs by this table is the plain sum of its ops (:meth:`sum_us`). Every prediction of the product
+    goes through :class:`~tvm_nas.profile.model.LatencyModel`, which applies the models `tvm-nas validate` fitted
+    to the table; this class knows nothing of them.
 
     Attributes:
         space: ``{"name", "hash"}`` of the space it was measured for.
@@ -194,11 +197,6 @@ class LatencyTable:
     meta: dict = field(default_factory=dict)
     entries: dict[str, dict] = field(default_factory=dict)
     path: Path | None = None
-    # measured ≈ scale × additive + offset, fitted by `tvm-nas validate` on compiled nets (None: additive)
-    calibration: dict | None = None
-    # measured ≈ table sum × a ratio learned from the net's ops (see .correction), fitted by `tvm-nas validate` when
-    # it beats the calibration on nets it was not trained on; it predicts whole nets only (None: not used)
-    correction: object | None = None
 
     # -- file format ---------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -246,11 +244,6 @@ class LatencyTable:
         meta = {k: v for k, v in d.items() if k not in ("schema", "space", "target", "entries", "units")}
         check_invocation(path, meta.get("invocation"), d["entries"])
         table = cls(d["space"], d["target"], meta, d["entries"], path)
-        table.calibration = load_calibration(calibration_path(path), table.hash)
-        from .correction import correction_path, load_correction
-
-        table.correction = load_correction(correction_path(path), table.hash,
-                                           fallback="calibration" if table.calibration else "plain table sum")
         if space is not None:
             table.check_space(space)
         if target_name is not None:
@@ -277,29 +270,19 @@ class LatencyTable:
                 f"'{target_name}' (hash {self.target.get('hash')}, yours is {target_hash}); profile your target "
                 f"with its own name, or under another --logs-dir")
 
-    # -- lookups -------------------------------------------------------------------------------------
+    # -- plain lookups -------------------------------------------------------------------------------
     @property
     def invocation_us(self) -> float:
         """What one call of a compiled module costs besides its kernels (0 for a table measured without it)."""
         return float(self.meta.get("invocation", {}).get("median", 0.0))
 
-    def latency(self, key: OpKey | str, calibrated: bool = True) -> float:
-        """Latency (µs) one op adds to a network: its median less the per-call cost; ``zero`` costs nothing.
+    def op_us(self, key: OpKey | str) -> float:
+        """Latency (µs) one op adds to a network by the table: its median less the per-call cost; ``zero`` costs
+        nothing.
 
         Each entry is the time of a whole module call; a network is one call, so the call's own cost
-        (:attr:`invocation_us`) is counted once, in :meth:`fixed_latency`. With a calibration (see
-        :func:`fit_calibration`), every op's latency is multiplied by its scale and the offset is added once per
-        net, in :meth:`fixed_latency`: an affine map, so expected latency stays ``fixed + Σ p_b @ v_b``.
+        (:attr:`invocation_us`) is counted once, in :meth:`fixed_us`.
         """
-        return self._scale(calibrated) * self._additive(key)
-
-    def _scale(self, calibrated: bool) -> float:
-        return float(self.calibration["scale"]) if calibrated and self.calibration else 1.0
-
-    def _offset(self, calibrated: bool) -> float:
-        return float(self.calibration["offset_us"]) if calibrated and self.calibration else 0.0
-
-    def _additive(self, key: OpKey | str) -> float:
         k = key.key if isinstance(key, OpKey) else key
         if (key.op if isinstance(key, OpKey) else OpKey.from_key(k).op) == "zero":
             return 0.0
@@ -310,55 +293,23 @@ class LatencyTable:
                               f"run: tvm-nas profile --space {self.space.get('name')} "
                               f"--target {self.target.get('name')}") from None
 
-    def fixed_latency(self, space: SearchSpace, calibrated: bool = True) -> float:
-        """Latency (µs) of what every net has: stem (with the input transpose), first block, head, classifier,
-        and the one module call (and the calibration's offset)."""
-        raw = self.invocation_us + sum(self._additive(k) for k in space.fixed_layers())
-        return self._scale(calibrated) * raw + self._offset(calibrated)
+    def fixed_us(self, space: SearchSpace) -> float:
+        """Latency (µs) by the table of what every net has: stem (with the input transpose), first block, head,
+        classifier, and the one module call."""
+        return self.invocation_us + sum(self.op_us(k) for k in space.fixed_layers())
 
-    def block_vector(self, block: Block) -> np.ndarray:
-        """Latency (µs) of each candidate of a block, in the block's candidate order (zero -> 0)."""
-        return np.array([self.latency(block.key(op)) for op in block.candidates], dtype=np.float64)
-
-    def block_matrix(self, space: SearchSpace) -> list[np.ndarray]:
-        """One latency vector per searchable block, so expected latency is ``fixed + Σ p_b @ v_b``."""
-        return [self.block_vector(b) for b in space.blocks()]
-
-    def predict(self, space: SearchSpace, ops: list[str], calibrated: bool = True) -> float:
-        """Predicted latency (µs) of a whole net.
-
-        The plain sum of the table (fixed layers plus the chosen op of every block) when `calibrated` is False.
-        Otherwise the best model `tvm-nas validate` has fitted to this table: the learned correction when there is
-        one (the plain sum × the ratio it learned from the net's ops), else the calibration (an affine map of the
-        sum), else the plain sum.
-        """
+    def sum_us(self, space: SearchSpace, ops: list[str]) -> float:
+        """The plain table sum (µs) of a whole net: its fixed layers plus the chosen op of every block."""
         blocks = space.blocks()
         if len(ops) != len(blocks):
             raise TvmNasError(f"{len(ops)} ops given for the {len(blocks)} blocks of space '{space.name}'")
-        if calibrated and self.correction is not None:
-            plain = self.predict(space, ops, calibrated=False)
-            v = self.correction.predict(ops, plain)
-            if math.isfinite(v) and v > 0:
-                return v
-            fallback = "calibration" if self.calibration else "plain table sum"
-            refuse(self.correction.path, f"predicts {v:.4g} µs for a net whose table sum is {plain:.4g} µs, not a "
-                   f"latency; not used: whole-net predictions use the {fallback}")
-            self.correction = None
-        v = self.fixed_latency(space, calibrated) + sum(self.latency(b.key(op), calibrated)
-                                                        for b, op in zip(blocks, ops, strict=True))
-        if calibrated and self.calibration and not (math.isfinite(v) and v > 0):
-            refuse(calibration_path(self.path) if self.path else "calibration",
-                   f"scale {self._scale(True):.4g} and offset_us {self._offset(True):.4g} predict {v:.4g} µs for "
-                   "a net of this table, not a latency; not used: predictions use the plain table sum")
-            self.calibration = None
-            return self.predict(space, ops, calibrated=False)
-        return v
+        return self.fixed_us(space) + sum(self.op_us(b.key(op)) for b, op in zip(blocks, ops, strict=True))
 
     def extremes(self, space: SearchSpace) -> tuple[list[str], list[str]]:
         """The fastest and the slowest net of the space under this table (per-block argmin / argmax)."""
         fast, slow = [], []
         for b in space.blocks():
-            v = self.block_vector(b)
+            v = np.array([self.op_us(b.key(op)) for op in b.candidates], dtype=np.float64)
             fast.append(b.candidates[int(np.argmin(v))])
             slow.append(b.candidates[int(np.argmax(v))])
         return fast, slow
@@ -366,135 +317,3 @@ class LatencyTable:
 
 def table_path(logs_dir: str | os.PathLike, target_name: str, space_name: str) -> Path:
     return Path(logs_dir) / target_name / f"{space_name}.latency.json"
-
-
-# -- calibration: what additivity misses, learned from compiled nets ---------------------------------------------
-def calibration_path(table: str | os.PathLike) -> Path:
-    """`<space>.calibration.json` beside `<space>.latency.json`."""
-    table = Path(table)
-    return table.with_name(table.name.replace(".latency.json", "") + ".calibration.json")
-
-
-_said: set[str] = set()
-
-
-def refuse(path, why: str) -> None:
-    """Say once per process, on one line of stderr, that a fitted model beside a table is not used, and why."""
-    line = f"tvm-nas: warning: {path}: {why}"
-    if line not in _said:
-        _said.add(line)
-        print(line, file=sys.stderr)
-
-
-def read_fitted(path: Path, table_hash: str, model: type[BaseModel], fallback: str) -> dict | None:
-    """A model `validate` fitted to a table (calibration, correction), checked against its schema: the file's
-    object, or None when there is none or when it was fitted to other entries (the table was measured again since).
-    A damaged file, or one with a field out of its bounds, is refused in one line naming the file and the field
-    (:func:`refuse`), and None is returned: the table then predicts with its `fallback`."""
-    if not path.is_file():
-        return None
-    what = model.__name__.removesuffix("File").lower()
-    not_used = f"not used: predictions use the {fallback}"
-    try:
-        d = read_json(path, what)
-    except TvmNasError as e:
-        refuse(path, f"{str(e).removeprefix(f'{path}: ')}; {not_used}")
-        return None
-    if d.get("table_hash") != table_hash:
-        if not isinstance(d.get("table_hash"), str):
-            refuse(path, f"field 'table_hash': {str(d.get('table_hash'))[:40]} is not a table's hash; {not_used}")
-        return None
-    try:
-        model.model_validate(d)
-    except ValidationError as e:
-        refuse(path, f"{str(validation_error(path, e)).removeprefix(f'{path}: ')}; {not_used}")
-        return None
-    return d
-
-
-# A calibration corrects what a table misses (a share of every net, a per-net cost); a scale outside this range, or
-# an offset beyond the longest plausible op, is not a correction of the table it sits beside.
-SCALE_RANGE = (0.01, 100.0)
-
-
-class CalibrationFile(_Record):
-    """The calibration beside a table (docs/formats.md). Only ``scale``, ``offset_us`` and ``table_hash`` are
-    required (a calibration written by hand is used like validate's); every field is typed and bounded."""
-
-    scale: float = Field(ge=SCALE_RANGE[0], le=SCALE_RANGE[1])
-    offset_us: float = Field(ge=-PLAUSIBLE_US[1], le=PLAUSIBLE_US[1])
-    table_hash: str
-    form: Literal["proportional", "affine"] = None
-    nets: int = Field(default=None, ge=1)
-    loo_median_abs_error_pct: float = Field(default=None, ge=0)
-    loo_worst_abs_error_pct: float = Field(default=None, ge=0)
-    additive_median_abs_error_pct: float = Field(default=None, ge=0)
-    additive_worst_abs_error_pct: float = Field(default=None, ge=0)
-    forms: dict[str, dict[str, Any]] = None
-    leave_one_out: dict[str, Any] = None
-    better: bool = None
-    load_avg: list[float] = None
-    fitted: str = None
-    unstable_nets: int = Field(default=None, ge=0)
-    trained_on: list[list[str]] = None
-
-
-def load_calibration(path: Path, table_hash: str) -> dict | None:
-    """The calibration beside a table, or None when there is none, when it was fitted to other entries (the table
-    was measured again since), or when it is damaged or out of bounds (said in one line): the table then predicts
-    its plain sum. Every field of :class:`CalibrationFile` is in the dict (None where the file has none)."""
-    d = read_fitted(path, table_hash, CalibrationFile, "plain table sum")
-    if d is None:
-        return None
-    return {**{k: None for k in CalibrationFile.model_fields}, **d}
-
-
-def _fit(p: np.ndarray, m: np.ndarray, form: str) -> tuple[float, float]:
-    if form == "proportional":
-        return float(p @ m / (p @ p)), 0.0
-    if np.ptp(p) == 0:
-        return 1.0, 0.0
-    a, b = np.polyfit(p, m, 1)
-    return float(a), float(b)
-
-
-def fit_calibration(predicted, measured) -> dict | None:
-    """Fit measured ≈ scale × predicted (+ offset), and score it leave-one-out against the plain sum.
-
-    Two forms are fitted: `proportional` (the table misses a share of every net) and `affine` (a share and a
-    per-net cost). Each is scored leave-one-out: every net predicted by a fit on the others. A form qualifies when
-    its scale is positive, its median |error| beats the plain sum's and its worst does not exceed the plain sum's
-    worst: an affine fit over nets 900–2,500 µs put its offset at −109 µs and missed a 349 µs net by 32% where the
-    plain sum was 0.9% off, and a search with a tight budget lives among exactly such nets.
-
-    Returns None with fewer than 5 nets. Otherwise the qualifying form with the lower median (else the affine one),
-    fitted on all nets: `form`, `scale`, `offset_us`, each net's leave-one-out prediction (`loo_us`), both forms'
-    scores (`forms`) and `better` (a form qualified; only then is the calibration used).
-    """
-    p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    if len(p) < 5 or np.ptp(p) == 0:
-        return None
-    add_err = 100 * np.abs(p / m - 1)
-    forms = {}
-    for form in ("proportional", "affine"):
-        loo = []
-        for i in range(len(p)):
-            keep = np.arange(len(p)) != i
-            a, b = _fit(p[keep], m[keep], form)
-            loo.append(a * p[i] + b)
-        loo_err = 100 * np.abs(np.array(loo) / m - 1)
-        scale, offset = _fit(p, m, form)
-        ok = scale > 0 and np.median(loo_err) < np.median(add_err) and loo_err.max() <= add_err.max()
-        forms[form] = {"scale": scale, "offset_us": offset, "loo_us": [float(v) for v in loo],
-                       "loo_median_abs_error_pct": float(np.median(loo_err)),
-                       "loo_worst_abs_error_pct": float(loo_err.max()), "qualifies": bool(ok)}
-    good = [f for f in forms if forms[f]["qualifies"]]
-    form = min(good, key=lambda f: forms[f]["loo_median_abs_error_pct"]) if good else "affine"
-    pick = forms[form]
-    return {"form": form, "scale": pick["scale"], "offset_us": pick["offset_us"], "nets": int(len(p)),
-            "loo_us": pick["loo_us"], "loo_median_abs_error_pct": pick["loo_median_abs_error_pct"],
-            "loo_worst_abs_error_pct": pick["loo_worst_abs_error_pct"],
-            "additive_median_abs_error_pct": float(np.median(add_err)),
-            "additive_worst_abs_error_pct": float(add_err.max()),
-            "forms": {f: {k: v for k, v in d.items() if k != "loo_us"} for f, d in forms.items()},
-            "better": bool(good)}

@@ -251,8 +251,9 @@ def plot_predicted_measured(s: RunSummary, path: Path) -> str | None:
     ax = fig.add_subplot()
     # the validate stage's learned model (each net fitted on the others) is the table's prediction from now on;
     # the plain sum is shown hollow
-    models = (("corrected_us", "learned correction"), ("calibrated_us", "calibrated table"))
-    fitted = next(((f, name) for f, name in models if all(getattr(n, f) is not None for n in nets)), None)
+    from ..profile.model import FITTED
+
+    fitted = next(((f.row, f.label) for f in FITTED if all(getattr(n, f.row) is not None for n in nets)), None)
     if fitted:
         ax.scatter([n.predicted_us for n in nets], [n.measured_us for n in nets], s=22, facecolors="none",
                    edgecolors="#999", label=f"table sum (before the {fitted[1]})")

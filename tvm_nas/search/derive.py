@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..arch import arch_document
-from ..profile.table import LatencyTable
+from ..profile.model import LatencyModel
 from ..space import SearchSpace
 
 SCHEMA = 1
@@ -20,7 +20,7 @@ def prune(probabilities: Sequence[np.ndarray], space: SearchSpace) -> list[str]:
 
 
 def fit_budget(ops: Sequence[str], probabilities: Sequence[np.ndarray], space: SearchSpace,
-               table: LatencyTable, budget_us: float) -> tuple[list[str], list[int]]:
+               table: LatencyModel, budget_us: float) -> tuple[list[str], list[int]]:
     """Swap ops for faster ones until the net meets the budget, losing the least log-probability per µs saved.
 
     Returns:
@@ -47,7 +47,7 @@ def fit_budget(ops: Sequence[str], probabilities: Sequence[np.ndarray], space: S
     return ops, sorted(changed)
 
 
-def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyTable,
+def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
            budget_us: float | None = None, enforce_budget: bool = True) -> dict:
     """Derive the final architecture from the architecture probabilities.
 

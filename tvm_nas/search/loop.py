@@ -28,7 +28,7 @@ from ..config import SearchConfig
 from ..data import FolderData, ImageData, batches, endless_batches, normalize, train_val_split
 from ..errors import TvmNasError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive, read_json
-from ..profile.table import LatencyTable
+from ..profile.model import LatencyModel
 from ..space import SearchSpace
 from .derive import derive
 from .distributed import Dist, autocast, grad_scaler, use_global_batchnorm
@@ -74,7 +74,7 @@ class ProxylessSearch:
         history_: one dict per epoch (what ``log.jsonl`` holds).
     """
 
-    def __init__(self, space: SearchSpace, table: LatencyTable, data: ImageData | FolderData, config: SearchConfig,
+    def __init__(self, space: SearchSpace, table: LatencyModel, data: ImageData | FolderData, config: SearchConfig,
                  run_dir: str | Path, console=None, dist: Dist | None = None):
         self.space = space
         self.table = table

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TvmNasError
-from ..profile.table import LatencyTable
+from ..profile.model import LatencyModel
 from ..space import SearchSpace
 
 LOSS_FORMS = ("mul", "add")
@@ -28,7 +28,7 @@ class ExpectedLatency:
         space: the search space.
     """
 
-    def __init__(self, table: LatencyTable, space: SearchSpace, device: torch.device | str = "cpu"):
+    def __init__(self, table: LatencyModel, space: SearchSpace, device: torch.device | str = "cpu"):
         self.fixed_us = table.fixed_latency(space)
         self.vectors = [torch.tensor(v, dtype=torch.float32, device=device) for v in table.block_matrix(space)]
 
