@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from nasbench import RECIPE, all_nets, key, load, save, summarize  # noqa: E402
+from nasbench import RECIPE, all_nets, canonical, key, load, save, summarize  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75)
 SEEDS = (0, 1, 2)
@@ -86,9 +86,9 @@ def ground_truth(space, doc: dict, table) -> dict[str, dict]:
     return out
 
 
-def score(ops: list[str], budget: float, gt: dict) -> dict:
+def score(ops: list[str], budget: float, gt: dict, space) -> dict:
     feasible = sorted((g for g in gt.values() if g["us"] <= budget), key=lambda g: -g["test"])
-    mine = gt[key(ops)]
+    mine = gt[key(canonical(space, ops))]
     best = feasible[0]["test"] if feasible else None
     return {"ops": ops, "test_accuracy": mine["test"], "latency_us": mine["us"], "latency_measured": mine["measured"],
             # met within the protocol's spread: the median, or failing that the lower quartile, under the budget
@@ -139,7 +139,8 @@ def random_search(space, table, data, budget: float, seed: int, images: int, gt:
         spent += per_net
         tried.append({"ops": ops, "val_accuracy": res["val_accuracy"]})
     pick = max(tried, key=lambda r: r["val_accuracy"])
-    return {"tried": tried, "images": spent, "seconds": round(time.time() - t, 1), **score(pick["ops"], budget, gt)}
+    return {"tried": tried, "images": spent, "seconds": round(time.time() - t, 1),
+            **score(pick["ops"], budget, gt, space)}
 
 
 def main() -> None:
@@ -197,7 +198,7 @@ def main() -> None:
             entry = {"budget_us": round(budget, 3), "fraction": frac, "seed": seed, "seconds": round(seconds, 1),
                      "images": images, "load": os.getloadavg()[0], "supernet_tau": round(tau, 4),
                      "top_probability": [max(p) for p in probs], "entropy": s.history_[-1]["entropy"],
-                     "search": score(s.arch_["ops"], budget, gt),
+                     "search": score(s.arch_["ops"], budget, gt, space),
                      "random": random_search(space, table, data, budget, seed, images, gt)}
             res["searches"][name] = entry
             save(out, res, args.commit, f"bench/search_quality: {space.name} {args.variant} {name}: regret "
