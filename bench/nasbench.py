@@ -62,17 +62,10 @@ def key(ops) -> str:
 
 
 def canonical(space, ops) -> list[str]:
-    """The one spelling of a net: within a run of consecutive blocks that may be `zero` (same channels in and out,
-    stride 1), a skipped block may sit anywhere, and (X, zero) is the very net (zero, X) is; the zeros go last."""
-    blocks, out, run = space.blocks(), [], []
-    for b, op in zip(blocks, ops, strict=True):
-        if "zero" in b.candidates:
-            run.append(op)
-            continue
-        out += [o for o in run if o != "zero"] + [o for o in run if o == "zero"]
-        run = []
-        out.append(op)
-    return out + [o for o in run if o != "zero"] + [o for o in run if o == "zero"]
+    """The one spelling of a net (:func:`tvm_nas.space.canonical_ops`)."""
+    from tvm_nas.space import canonical_ops
+
+    return canonical_ops(space, ops)
 
 
 def all_nets(space) -> list[list[str]]:

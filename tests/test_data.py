@@ -254,3 +254,17 @@ def test_directory_symlinks_back_into_the_folder_are_not_followed(tmp_path):
     os.symlink(outside / "more", root / "dog" / "more")  # outside the folder: followed
     d = load_data(f"imagefolder:{root}", tiny, workers=0)
     assert d.labels.tolist() == [0, 0, 0] + [1] * 5
+
+
+def test_a_skipped_block_has_one_spelling():
+    """(X, zero) and (zero, X) in interchangeable blocks are one net: its canonical spelling puts the zeros last."""
+    import itertools
+
+    from tvm_nas.space import canonical_ops
+
+    space = load_space("tiny-cifar")
+    assert canonical_ops(space, ["mbconv_k3_e3", "zero", "mbconv_k5_e3"]) == ["mbconv_k3_e3", "mbconv_k5_e3", "zero"]
+    assert canonical_ops(space, ["mbconv_k3_e3", "mbconv_k3_e6", "mbconv_k5_e3"]) == [
+        "mbconv_k3_e3", "mbconv_k3_e6", "mbconv_k5_e3"]  # order of real blocks is kept
+    nets = {tuple(canonical_ops(space, ops)) for ops in itertools.product(*(b.candidates for b in space.blocks()))}
+    assert len(nets) == 39  # 48 spellings: 3 x (16 - 3)

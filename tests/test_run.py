@@ -12,7 +12,7 @@ from tvm_nas.config import STAGES
 from tvm_nas.io import sha256_file
 from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
 from tvm_nas.profile.profiler import profile
-from tvm_nas.space import load_space
+from tvm_nas.space import canonical_ops, load_space
 
 
 def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
@@ -61,8 +61,11 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
     assert len(matched) == 3 and all(n["ops"] != searched["ops"] for n in matched)
     # within 5% of the searched net's latency, or, where the space has fewer such nets, the nearest ones
     space, table = load_space("tiny"), LatencyTable.load(run / state["done"]["profile"]["table"])
+    nets = {tuple(canonical_ops(space, ops)) for ops in itertools.product(*(b.candidates for b in space.blocks()))}
+    nets.discard(tuple(canonical_ops(space, searched["ops"])))  # never the searched net under another spelling
+    assert all(tuple(n["ops"]) in nets for n in matched)
     gaps = sorted(abs(table.predict(space, list(ops)) - searched["predicted_us"]) / searched["predicted_us"]
-                  for ops in itertools.product(*(b.candidates for b in space.blocks())) if list(ops) != searched["ops"])
+                  for ops in nets)
     for n in matched:
         gap = abs(n["predicted_us"] - searched["predicted_us"]) / searched["predicted_us"]
         assert gap <= max(0.05, gaps[2]) + 1e-9, (n, gaps[:3])

@@ -421,17 +421,20 @@ def matched_nets(space, table: LatencyModel, searched: list[str], target_us: flo
     import itertools
     import math
 
+    from .space import canonical_ops
+
     rng = np.random.default_rng(seed)
     blocks = space.blocks()
     if math.prod(len(b.candidates) for b in blocks) <= 20_000:
         pool = [list(ops) for ops in itertools.product(*(b.candidates for b in blocks))]
     else:
         pool = [[str(rng.choice(b.candidates)) for b in blocks] for _ in range(20_000)]
-    seen, nets = {tuple(searched)}, []
-    for ops in pool:
-        if tuple(ops) not in seen:
-            seen.add(tuple(ops))
-            nets.append((ops, abs(table.predict(space, ops) - target_us) / target_us))
+    seen, nets = {tuple(canonical_ops(space, searched))}, []
+    for ops in pool:  # each net once, and never the searched net under another spelling
+        c = tuple(canonical_ops(space, ops))
+        if c not in seen:
+            seen.add(c)
+            nets.append((list(c), abs(table.predict(space, list(c)) - target_us) / target_us))
     within = [ops for ops, gap in nets if gap <= MATCH]
     picks = [within[i] for i in rng.permutation(len(within))[:n]]
     if len(picks) < n:

@@ -170,6 +170,21 @@ class SearchSpace(_Strict):
         return {"name": self.name, "hash": self.hash, "definition": self.model_dump(mode="json")}
 
 
+def canonical_ops(space: SearchSpace, ops) -> list[str]:
+    """The one spelling of a net. Within a run of consecutive blocks that may be ``zero`` (stride 1, channels
+    unchanged), a skipped block may sit in any position of the run: ``(X, zero)`` is the very net ``(zero, X)`` is.
+    The canonical spelling keeps the run's other ops in order and puts its zeros last."""
+    out, run = [], []
+    for b, op in zip(space.blocks(), ops, strict=True):
+        if "zero" in b.candidates:
+            run.append(op)
+            continue
+        out += [o for o in run if o != "zero"] + [o for o in run if o == "zero"]
+        run = []
+        out.append(op)
+    return out + [o for o in run if o != "zero"] + [o for o in run if o == "zero"]
+
+
 def scaled_channels(c: int, width_mult: float) -> int:
     """`c` channels times the width multiplier, rounded to a multiple of 8 (never below 8 unless c itself is)."""
     if width_mult == 1.0:
