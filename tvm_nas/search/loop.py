@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..arch import write_arch
 from ..config import SearchConfig
-from ..data import FolderData, ImageData, batches, endless_batches, normalize, train_val_split
+from ..data import MAX_UNREADABLE, FolderData, ImageData, batches, endless_batches, normalize, train_val_split
 from ..errors import TvmNasError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive, read_json
 from ..profile.model import LatencyModel
@@ -266,6 +266,10 @@ class ProxylessSearch:
         if seen == 0:
             raise TvmNasError(f"--data {self.data.spec}: no training image could be read "
                               f"(e.g. {', '.join(self.data.bad_examples[:2]) or 'none listed'})")
+        if skipped > MAX_UNREADABLE * (skipped + seen):
+            raise TvmNasError(f"--data {self.data.spec}: {int(skipped)} of {int(skipped + seen)} images could not be "
+                              f"read in epoch {epoch + 1} (more than {MAX_UNREADABLE:.0%}; e.g. "
+                              f"{', '.join(self.data.bad_examples[:2]) or 'none listed'}); repair or remove them")
         net = self.supernet_
         probs = [p.detach().cpu() for p in net.probs()]
         record = {
