@@ -196,7 +196,8 @@ def measure_phase(args, space, doc: dict, path: Path) -> None:
 
     from tvm_nas.arch import arch_document, write_arch
     from tvm_nas.deploy.validate import validate
-    from tvm_nas.profile.table import LatencyTable, table_path
+    from tvm_nas.profile.model import LatencyModel
+    from tvm_nas.profile.table import table_path
     from tvm_nas.targets import load_target
 
     spec = load_target(args.target)
@@ -204,7 +205,7 @@ def measure_phase(args, space, doc: dict, path: Path) -> None:
     if not tpath.is_file():
         sys.exit(f"{tpath}: profile the space first: tvm-nas profile --space {space.name} --target {args.target} "
                  f"--logs-dir {args.logs_dir} --time-budget 20m")
-    table = LatencyTable.load(tpath, space=space, target=spec)
+    table = LatencyModel.load(tpath, space=space, target=spec)
     print(f"measuring {len(all_nets(space))} nets on {spec.name}; {load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         archs = [write_arch(Path(tmp) / f"net{i:02d}.arch.json", arch_document(space, ops, None, table))

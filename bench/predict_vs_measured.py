@@ -57,8 +57,8 @@ def learned_correction(nets: list[dict], summary: dict | None = None) -> dict:
     ``fit_calibration``) and the learned correction (XGBoost on the net's op counts and table sum, see
     ``fit_correction``). The additive table is the baseline. Reported: median and worst |error|, share within ±5%."""
     from tvm_nas.deploy.validate import statistics
+    from tvm_nas.profile.calibration import fit_calibration
     from tvm_nas.profile.correction import baseline_of, fit_correction
-    from tvm_nas.profile.table import fit_calibration
 
     rows = [r for r in nets if r.get("measured_us") and r.get("predicted_us")]
     if len(rows) < 6:

@@ -160,7 +160,8 @@ def main() -> None:
 
     from tvm_nas.data import load_data
     from tvm_nas.io import read_json
-    from tvm_nas.profile.table import LatencyTable, table_path
+    from tvm_nas.profile.model import LatencyModel
+    from tvm_nas.profile.table import table_path
     from tvm_nas.search.ranking import kendall_tau, supernet_accuracies
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
@@ -169,7 +170,7 @@ def main() -> None:
     space, spec = load_space(args.space), load_target(args.target)
     gt_path = Path(args.ground_truth or ROOT / "bench" / "results" / f"nasbench-{space.name}.json")
     doc = read_json(gt_path, "ground truth")
-    table = LatencyTable.load(table_path(args.logs_dir, spec.name, space.name), space=space, target=spec)
+    table = LatencyModel.load(table_path(args.logs_dir, spec.name, space.name), space=space, target=spec)
     gt = ground_truth(space, doc, table)
     if len(gt) < len(all_nets(space)):
         sys.exit(f"{gt_path}: {len(gt)} of {len(all_nets(space))} nets trained; finish bench/nasbench.py first")

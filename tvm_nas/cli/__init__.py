@@ -67,6 +67,10 @@ def check_bounds(args: argparse.Namespace) -> None:
         if v is None or isinstance(v, bool) or not isinstance(v, int | float):
             continue
         flag = "--" + name.replace("_", "-")
+        if name == "latency_ms":
+            from ..config import budget_us_from_ms
+
+            budget_us_from_ms(v)  # the budget's own message: a finite number of ms above 0.001 (1 µs)
         if isinstance(v, float) and not math.isfinite(v):
             raise TvmNasError(f"{flag}: must be a finite number, got {v}")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
