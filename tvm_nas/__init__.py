@@ -13,7 +13,7 @@ _EXPORTS = {
     "load_space": ".space", "SearchSpace": ".space",
     "load_target": ".targets", "TargetSpec": ".targets",
     "parse_op": ".ops", "Network": ".network",
-    "profile": ".profile", "LatencyTable": ".profile",
+    "profile": ".profile", "LatencyTable": ".profile", "LatencyModel": ".profile",
     "ProxylessSearch": ".search", "SearchConfig": ".config", "TrainConfig": ".config", "RunConfig": ".config",
     "load_arch": ".arch", "compile_arch": ".deploy", "compare": ".deploy",
     "TvmNasError": ".errors",
