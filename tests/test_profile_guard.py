@@ -14,9 +14,9 @@ def _one_line(r, match):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--batch", "0"], "--batch must be >= 1"),
+    (["--batch", "0"], "--batch: must be between 1 and"),
     (["--time-budget", "1x"], "--time-budget: '1x' is not a duration"),
-    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--jobs", "0"], "--jobs: must be between 1 and"),
 ])
 def test_bad_profile_arguments(tmp_path, args, match):
     _one_line(cli("profile", "--space", "tiny", "--target", "host", "--logs-dir", str(tmp_path), *args), match)

@@ -10,9 +10,10 @@ from ..io import DEFAULT_LOGS_DIR
 def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search space: a name in search_space/ or a YAML path")
     p.add_argument("--target", required=True, help="hardware target: a name in targets/ or a YAML path")
-    p.add_argument("--trials", type=int, default=0,
+    p.add_argument("--trials", type=int, default=None,
                    help="MetaSchedule trial budget over the unique kernels, in whole rounds given by each kernel's "
-                        "share of the space's latency (0: TVM's default schedules, a fast first table)")
+                        "share of the space's latency (0, or neither this nor --time-budget: TVM's default "
+                        "schedules, a fast first table)")
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="tuning time, e.g. 90s, 20m, 1h (with --trials: whichever ends first)")
     p.add_argument("--jobs", type=int, default=None,
@@ -31,7 +32,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
     if args.trials == 0 and args.time_budget is not None:
         raise TvmNasError("--time-budget: --trials 0 asks for no tuning (TVM's default schedules); give --trials N "
-                          "as well, or drop --time-budget")
-    profile(args.space, args.target, trials=args.trials, logs_dir=args.logs_dir, seed=args.seed, batch=args.batch,
+                          "as well, or drop --trials 0 to tune for the time alone")
+    profile(args.space, args.target, trials=args.trials or 0, logs_dir=args.logs_dir, seed=args.seed, batch=args.batch,
             time_budget=args.time_budget, jobs=args.jobs, force=args.force)
     return 0
