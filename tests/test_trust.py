@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -84,7 +85,10 @@ def test_compare_refuses_a_build_folder_whose_library_was_swapped(tmp_path, fres
     assert check_loadable(build / "model.so")  # recorded when it was built
     marker = tmp_path / "pwned"
     (tmp_path / "evil").mkdir()
-    shutil.copyfile(_evil_library(tmp_path / "evil", marker), build / "model.so")
+    # swapped as a new file (a new inode): this process has the built library mapped, and rewriting that file in place
+    # would change its pages under it (a bus error at exit)
+    shutil.copyfile(_evil_library(tmp_path / "evil", marker), build / ".swap.so")
+    os.replace(build / ".swap.so", build / "model.so")
     m = json.loads((build / MANIFEST).read_text())
     m["library"]["sha256"] = sha256_file(build / "model.so")
     (build / MANIFEST).write_text(json.dumps(m))
