@@ -22,8 +22,11 @@ photographs, timed by TVM) and scores searches in that space against it:
 The noise floor (the median seed-to-seed spread of one net, from the ground truth) is printed beside every regret.
 Results go to ``bench/results/search_quality-<space>-<variant>.json``, rewritten after every search; a start finds
 what is done there (``--commit`` also commits it per search). The load average is printed beside each figure.
+Random search does not depend on the variant, so its results live in ``search_quality-<space>-random.json`` and
+every variant whose search processed the same number of images reuses them; ``--no-random`` leaves them for a
+later start (two variants can then run side by side, one core each).
 
-    python bench/search_quality.py --data CIFAR_DIR [--variant default] [--hours H] [--commit]
+    python bench/search_quality.py --data CIFAR_DIR [--variant default] [--hours H] [--commit] [--no-random]
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ SHORT_EPOCHS = 2
 # search settings under test; "default" is what `tvm-nas run` uses
 VARIANTS = {
     "default": {},
+    "arch-lr-1e-3": {"arch_lr": 1e-3},  # the ProxylessNAS code's α learning rate
+    "arch-lr-1e-2": {"arch_lr": 1e-2},
 }
 
 
@@ -143,6 +148,41 @@ def random_search(space, table, data, budget: float, seed: int, images: int, gt:
             **score(pick["ops"], budget, gt, space)}
 
 
+def one_search(space, table, data, config, gt: dict, budget: float, frac: float, seed: int) -> dict:
+    from tvm_nas.search.ranking import kendall_tau, supernet_accuracies
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s, seconds, images = run_search(space, table, data, config, Path(tmp) / "search")
+        shared = supernet_accuracies(s.supernet_, data, {k: g["ops"] for k, g in gt.items()},
+                                     config.val_fraction, config.seed)
+    tau = kendall_tau([shared[k] for k in gt], [gt[k]["test"] for k in gt])
+    probs = s.history_[-1]["probabilities"]
+    return {"budget_us": round(budget, 3), "fraction": frac, "seed": seed, "seconds": round(seconds, 1),
+            "images": images, "load": os.getloadavg()[0], "supernet_tau": round(tau, 4),
+            "top_probability": [max(p) for p in probs], "entropy": s.history_[-1]["entropy"],
+            "search": score(s.arch_["ops"], budget, gt, space)}
+
+
+def shared_random(path: Path, space, table, data, budget: float, seed: int, images: int, gt: dict, name: str,
+                  commit: bool) -> dict:
+    """Random search for one (budget, seed) with ``images`` of compute, from the shared file when done before."""
+    from filelock import FileLock
+
+    from tvm_nas.io import read_json
+
+    tag = f"{name}/{images}"
+    with FileLock(str(path) + ".lock"):
+        done = read_json(path, "random search") if path.exists() else {"schema": 1, "space": space.name, "runs": {}}
+    if tag in done["runs"]:
+        return done["runs"][tag]
+    out = random_search(space, table, data, budget, seed, images, gt)
+    with FileLock(str(path) + ".lock"):
+        done = read_json(path, "random search") if path.exists() else {"schema": 1, "space": space.name, "runs": {}}
+        done["runs"][tag] = out
+        save(path, done, commit, f"bench/search_quality: {space.name} random search {tag}: regret {out['regret']}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder with train/ (the ground truth's training images)")
@@ -154,6 +194,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hours", type=float)
     ap.add_argument("--commit", action="store_true")
+    ap.add_argument("--no-random", action="store_true", help="skip random search (a later start adds it)")
     args = ap.parse_args()
 
     import torch
@@ -162,7 +203,6 @@ def main() -> None:
     from tvm_nas.io import read_json
     from tvm_nas.profile.model import LatencyModel
     from tvm_nas.profile.table import table_path
-    from tvm_nas.search.ranking import kendall_tau, supernet_accuracies
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
 
@@ -176,6 +216,7 @@ def main() -> None:
         sys.exit(f"{gt_path}: {len(gt)} of {len(all_nets(space))} nets trained; finish bench/nasbench.py first")
     noise = summarize(doc)["noise_sd"]
     out = ROOT / "bench" / "results" / f"search_quality-{space.name}-{args.variant}.json"
+    rnd_out = ROOT / "bench" / "results" / f"search_quality-{space.name}-random.json"
     res = read_json(out, "search quality") if out.exists() else {
         "schema": 1, "space": space.name, "variant": args.variant, "settings": VARIANTS[args.variant],
         "ground_truth": gt_path.name, "noise_sd": noise, "searches": {}}
@@ -184,30 +225,29 @@ def main() -> None:
     for frac, budget in budgets(space, doc, table):
         for seed in SEEDS:
             name = f"{frac:.2f}/{seed}"
-            if name in res["searches"]:
+            entry = res["searches"].get(name)
+            if entry is not None and (entry.get("random") or args.no_random):
                 continue
             if deadline and time.time() > deadline:
                 print("time is up; start again to continue")
                 return report(res)
             config = search_config(args.variant, budget, seed)
-            with tempfile.TemporaryDirectory() as tmp:
-                s, seconds, images = run_search(space, table, data, config, Path(tmp) / "search")
-                shared = supernet_accuracies(s.supernet_, data, {k: g["ops"] for k, g in gt.items()},
-                                             config.val_fraction, config.seed)
-            tau = kendall_tau([shared[k] for k in gt], [gt[k]["test"] for k in gt])
-            probs = s.history_[-1]["probabilities"]
-            entry = {"budget_us": round(budget, 3), "fraction": frac, "seed": seed, "seconds": round(seconds, 1),
-                     "images": images, "load": os.getloadavg()[0], "supernet_tau": round(tau, 4),
-                     "top_probability": [max(p) for p in probs], "entropy": s.history_[-1]["entropy"],
-                     "search": score(s.arch_["ops"], budget, gt, space),
-                     "random": random_search(space, table, data, budget, seed, images, gt)}
-            res["searches"][name] = entry
-            save(out, res, args.commit, f"bench/search_quality: {space.name} {args.variant} {name}: regret "
-                                        f"{entry['search']['regret']} (random {entry['random']['regret']})")
+            if entry is None:
+                entry = one_search(space, table, data, config, gt, budget, frac, seed)
+                res["searches"][name] = entry
+                res["config"] = config.model_dump(mode="json", exclude={"latency_budget_us", "seed"})
+                save(out, res, args.commit, f"bench/search_quality: {space.name} {args.variant} {name}: regret "
+                                            f"{entry['search']['regret']}")
+            if not args.no_random:
+                entry["random"] = shared_random(rnd_out, space, table, data, budget, seed, entry["images"], gt, name,
+                                                args.commit)
+                save(out, res, args.commit, f"bench/search_quality: {space.name} {args.variant} {name}: random "
+                                            f"search beside it")
+            rnd = entry.get("random")
             print(f"budget {frac:.2f} ({budget:.1f} µs) seed {seed}: searched {key(entry['search']['ops'])} regret "
                   f"{100 * entry['search']['regret']:.2f} rank {entry['search']['rank']}/{entry['search']['feasible']}"
-                  f"; random regret {100 * entry['random']['regret']:.2f} ({len(entry['random']['tried'])} nets); "
-                  f"τ {tau:+.2f}; noise sd {100 * noise:.2f}; {load()}", flush=True)
+                  + (f"; random regret {100 * rnd['regret']:.2f} ({len(rnd['tried'])} nets)" if rnd else "")
+                  + f"; τ {entry['supernet_tau']:+.2f}; noise sd {100 * noise:.2f}; {load()}", flush=True)
     report(res)
 
 
@@ -216,13 +256,15 @@ def report(res: dict) -> None:
     if not rows:
         return
     reg = [r["search"]["regret"] for r in rows]
-    rnd = [r["random"]["regret"] for r in rows]
+    rnd = [r["random"]["regret"] for r in rows if r.get("random")]
     top = sum(r["search"]["rank"] <= max(1, round(0.1 * r["search"]["feasible"])) for r in rows)
     noise = res["noise_sd"]
     print(f"{res['space']} / {res['variant']}: {len(rows)} searches; {load()}")
     print(f"  search regret: median {100 * statistics.median(reg):.2f}, worst {100 * max(reg):.2f} points "
           f"(noise floor: seed-to-seed sd {100 * noise:.2f})")
-    print(f"  random search, same images: median {100 * statistics.median(rnd):.2f}, worst {100 * max(rnd):.2f}")
+    if rnd:
+        print(f"  random search, same images ({len(rnd)} of {len(rows)}): median {100 * statistics.median(rnd):.2f}, "
+              f"worst {100 * max(rnd):.2f}")
     print(f"  searched net in the top 10% of the nets meeting the budget: {top} of {len(rows)}")
     print(f"  budget met (measured): {sum(r['search']['budget_met'] for r in rows)} of {len(rows)}")
     print(f"  supernet τ against ground truth: median {statistics.median(r['supernet_tau'] for r in rows):+.2f}")
