@@ -145,6 +145,61 @@ def test_validate_locally(micro_space, micro_logs, quick, tmp_path):
 
 
 
+def test_validate_reuses_finished_builds_and_writes_beside_the_model_it_was_given(micro_space, micro_logs, quick,
+                                                                                  tmp_path):
+    """A run's validation loads the compile stage's libraries instead of compiling them again, checks them against
+    the weights they were built with, and predicts (and would fit) with the run's own copy of the table."""
+    from tvm_nas.arch import arch_document, load_architecture, write_arch
+    from tvm_nas.deploy import compile_arch
+    from tvm_nas.deploy.compile import Built
+    from tvm_nas.deploy.validate import validate
+    from tvm_nas.profile.model import LatencyModel
+    from tvm_nas.space import load_space
+    from tvm_nas.targets import load_target
+
+    space, spec = load_space(str(micro_space)), load_target(quick)
+    own = LatencyModel.of(space, spec, micro_logs).copy_to(tmp_path / "run-table")
+    arch = write_arch(tmp_path / "a.arch.json", arch_document(space, ["mbconv_k3_e3"], None, None))
+    build = tmp_path / "build"
+    compile_arch(arch, quick, out=build, logs_dir=micro_logs, measure=False, verify=False, table=own)
+    assert json.loads((build / "manifest.json").read_text())["latency_table"]["path"] == str(own.path)
+    before = (build / "model.so").stat().st_mtime_ns
+    doc = validate(space, spec, n=0, archs=[arch], logs_dir=micro_logs, out=tmp_path / "v", model=own,
+                   built=[Built(load_architecture(arch), spec, None, build)])
+    row = next(r for r in doc["nets"] if r["ops"] == ["mbconv_k3_e3"])
+    assert row["build"] == str(build) and (build / "model.so").stat().st_mtime_ns == before
+    assert all(r["build"] is None for r in doc["nets"] if r is not row)  # the others were compiled here
+    assert doc["table"]["path"] == str(own.path)
+
+
+def test_validate_refuses_a_second_writer_and_removes_a_killed_ones_libraries(micro_space, micro_logs, quick,
+                                                                              tmp_path):
+    import shutil
+    import subprocess
+    import tempfile
+
+    from tvm_nas.deploy.validate import STAGE_PREFIX
+    from tvm_nas.io import exclusive
+
+    logs = tmp_path / "logs"
+    shutil.copytree(micro_logs, logs)
+    # a validation killed with -9: its staging folder of libraries stays behind, its process is gone
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"{STAGE_PREFIX}{dead.pid}"
+    stale.mkdir(exist_ok=True)
+    (stale / "model.so").write_bytes(b"left behind")
+    args = ("validate", "--space", str(micro_space), "--target", quick, "--nets", "0", "--logs-dir", str(logs),
+            "--out", str(tmp_path / "v"))
+    with exclusive(tmp_path / "v" / "validate.json", "validation"):  # another validation writes this folder
+        r = cli(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "another tvm-nas process" in r.stderr
+    assert not (tmp_path / "v" / "validate.json").exists()
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not stale.exists()
+
+
 # validate measures and hands its rows to the latency model, which fits and decides what is kept beside the table
 def _in_use(model, space, rows, console):
     return model.in_use(space, rows, console.print)
@@ -318,10 +373,11 @@ def test_calibrated_table_predicts_the_affine_map(micro_space, micro_logs, tmp_p
 
 
 def test_builds_are_timed_interleaved_and_their_outputs_checked(micro_space, tmp_path):
-    from tvm_nas.arch import arch_document, write_arch
+    from tvm_nas.arch import arch_document, load_architecture, write_arch
     from tvm_nas.deploy import compile_arch
-    from tvm_nas.deploy.compile import time_builds
+    from tvm_nas.deploy.compile import Built, time_builds
     from tvm_nas.space import load_space
+    from tvm_nas.targets import load_target
 
     quick = str(quick_target(tmp_path))
     space = load_space(str(micro_space))
@@ -330,7 +386,7 @@ def test_builds_are_timed_interleaved_and_their_outputs_checked(micro_space, tmp
         arch = write_arch(tmp_path / f"{name}.arch.json", arch_document(space, ops, None, None))
         m = compile_arch(arch, quick, out=tmp_path / name, untuned=True, measure=False, verify=False)
         assert m["measured_latency_us"] is None
-        builds[name] = (tmp_path / name, arch, None)
+        builds[name] = Built(load_architecture(arch), load_target(quick), None, tmp_path / name)
     got = time_builds(builds, quick)
     for name in builds:
         m = json.loads((tmp_path / name / "manifest.json").read_text())

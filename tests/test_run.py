@@ -95,6 +95,14 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
     assert "Kendall τ" in page and f"{v['kendall_tau']:.2f}" in page
     kinds = {n["kind"] for n in summary["nets"]}
     assert {"searched", "reference", "fastest", "slowest", "matched"} <= kinds
+    # validate loaded the compile stage's libraries (nothing compiled twice) and checked the run's own copy of the
+    # table: whatever it fitted lies in the run folder, never beside the table in --logs-dir
+    vdoc = json.loads((run / "validate" / "validate.json").read_text())
+    assert all(r["build"] for r in vdoc["nets"]), [r["net"] for r in vdoc["nets"] if not r["build"]]
+    from pathlib import Path
+
+    assert Path(vdoc["table"]["path"]).resolve() == (run / state["done"]["profile"]["table"]).resolve()
+    assert not [f.name for f in (logs / quick.stem).iterdir() if "calibration" in f.name or "correction" in f.name]
 
     # a deleted module is noticed on --resume: compile and every stage after it run again, the rest is kept
     module = run / summary["artifacts"]["module"]

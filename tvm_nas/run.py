@@ -246,24 +246,21 @@ class Run:
         from .deploy import compile_arch
         from .deploy.compile import LIBRARY, ONNX_FILE, time_builds
 
-        d = self.state["done"]
         untuned = self.cfg.trials == 0  # a --trials 0 profile has no database: default schedules
-        out = self.dir / "build" / self.target.name
-        searched = (out, self.dir / d["search"]["arch"], self.dir / d["train"]["weights"])
-        compile_arch(searched[1], self.target, weights=searched[2], out=out, trials=0, logs_dir=self.cfg.logs_dir,
-                     measure=False, untuned=untuned, console=self.console)
-        builds = {"searched": searched}
+        table = self.table()
+        builds = self.builds()
+        searched = builds["searched"]
+        compile_arch(searched.arch, self.target, weights=searched.weights, out=searched.build_dir, trials=0,
+                     logs_dir=self.cfg.logs_dir, measure=False, untuned=untuned, console=self.console, table=table)
         partial = self.state.setdefault("compile_partial", {})
-        nets = d["baselines"]["nets"]
         with progress(self.console) as prog:
-            bar = prog.add_task("compiling baselines", total=len(nets), completed=len(partial))
-            for name, net in nets.items():
-                builds[name] = (self._baseline_build(net), self.dir / net["arch"], self.dir / net["weights"])
-                if name in partial:
+            bar = prog.add_task("compiling baselines", total=len(builds) - 1, completed=len(partial))
+            for name, b in builds.items():
+                if name == "searched" or name in partial:
                     continue
-                compile_arch(builds[name][1], self.target, weights=builds[name][2], out=builds[name][0], trials=0,
+                compile_arch(b.arch, self.target, weights=b.weights, out=b.build_dir, trials=0,
                              logs_dir=self.cfg.logs_dir, verify=False, measure=False, untuned=untuned,
-                             console=self.console)
+                             console=self.console, table=table)
                 partial[name] = "built"
                 _save(self.dir, self.state)
                 prog.advance(bar)
@@ -271,42 +268,55 @@ class Run:
         # life is not comparable with the next one alone in another
         measured = time_builds(builds, self.target, console=self.console)
         self.state.pop("compile_partial", None)
+        out = searched.build_dir
         return {"measured_us": measured, "manifest": self.rel(out / "manifest.json"),
                 "module": self.rel(out / LIBRARY), "onnx": self.rel(out / ONNX_FILE)}
+
+    def builds(self) -> dict:
+        """name -> the compile stage's build of the searched net and of each baseline (finished or to be)."""
+        from .arch import load_architecture
+        from .deploy.compile import Built
+
+        d = self.state["done"]
+        out = {"searched": Built(load_architecture(self.dir / d["search"]["arch"]), self.target,
+                                 self.dir / d["train"]["weights"], self.dir / "build" / self.target.name)}
+        for name, net in d["baselines"]["nets"].items():
+            out[name] = Built(load_architecture(self.dir / net["arch"]), self.target, self.dir / net["weights"],
+                              self._baseline_build(net))
+        return out
 
     def _baseline_build(self, net: dict) -> Path:
         return self.dir / "build" / "baselines" / Path(net["arch"]).name.removesuffix(".arch.json")
 
     def _compare(self) -> dict:
         """The searched and the reference net against their peers, reusing the compile stage's builds."""
-        from .arch import load_architecture
         from .deploy import is_host_like, write_rows
-        from .deploy.compare import Built, compare_built
+        from .deploy.compare import compare_built
 
         if not is_host_like(self.target):
             self.console.print(f"[yellow]{self.target.name} is not this machine: PyTorch / ONNX Runtime peers "
                                "are measured on the host only; skipped")
             return {"peers": []}
         d = self.state["done"]
-        built = [Built(load_architecture(self.dir / d["search"]["arch"]), self.target,
-                       self.dir / d["train"]["weights"], self.dir / "build" / self.target.name)]
-        ref = next((n for n in d["baselines"]["nets"].values() if n["kind"] == "reference"), None)
+        builds = self.builds()
+        built = [builds["searched"]]
+        ref = next((name for name, n in d["baselines"]["nets"].items() if n["kind"] == "reference"), None)
         if ref is not None:
-            a = load_architecture(self.dir / ref["arch"])
-            a.label = "reference (mbconv_k3_e6)"
-            built.append(Built(a, self.target, self.dir / ref["weights"], self._baseline_build(ref)))
+            builds[ref].arch.label = "reference (mbconv_k3_e6)"
+            built.append(builds[ref])
         rows = compare_built(built)
         write_rows(rows, self.dir / "compare" / "compare.csv", self.dir / "compare" / "compare.json")
         return {"rows": rows}
 
     def _validate(self) -> dict:
-        """The run's nets (searched and baselines) timed interleaved, against the table's predictions."""
+        """The run's nets (searched and baselines) timed interleaved against the run's own table, reusing the
+        compile stage's builds; a fitted model it earns is written beside that copy, not into --logs-dir."""
         from .deploy.validate import validate
 
-        d = self.state["done"]
-        archs = [self.dir / d["search"]["arch"]] + [self.dir / n["arch"] for n in d["baselines"]["nets"].values()]
-        doc = validate(self.space, self.target, n=0, archs=archs, logs_dir=self.cfg.logs_dir,
-                       out=self.dir / "validate", seed=self.cfg.seed, console=self.console)
+        builds = self.builds()
+        doc = validate(self.space, self.target, n=0, archs=[b.arch.path for b in builds.values()],
+                       logs_dir=self.cfg.logs_dir, out=self.dir / "validate", seed=self.cfg.seed,
+                       console=self.console, model=self.table(), built=list(builds.values()))
         return {"result": self.rel(self.dir / "validate" / "validate.json"), "summary": doc["summary"]}
 
     def _report(self) -> dict:

@@ -7,7 +7,6 @@ import csv
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich import box
@@ -22,7 +21,7 @@ from ..console import fmt_us
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text, read_json
 from ..targets import TargetSpec, load_target
-from .compile import MANIFEST, ONNX_FILE, SCHEMA, check_inputs, compile_arch
+from .compile import MANIFEST, ONNX_FILE, SCHEMA, Built, check_inputs, compile_arch
 from .model import build_network_from_arch, example_input
 from .onnx import ATOL
 from .peers import COOLDOWN_S, DEFAULT_ORDER, Result, not_run_reason, selected_peers, time_with_peers
@@ -75,16 +74,6 @@ def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | o
                 compile_arch(a, spec, w, build, trials, logs_dir, seed=0, untuned=untuned, console=console)
                 built.append(Built(a, spec, w, build))
         return compare_built(built, peers=baselines, which=which, order=order, per_layer=per_layer)
-
-
-@dataclass
-class Built:
-    """A compiled architecture: its build folder holds ``model.onnx`` and ``manifest.json`` (the compile stage's)."""
-
-    arch: Arch
-    spec: TargetSpec
-    weights: str | os.PathLike | None
-    build_dir: Path
 
 
 def compare_built(built: Sequence[Built], peers: bool = True, which: str | Sequence[str] | None = None,

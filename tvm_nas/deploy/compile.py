@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,17 @@ class TaskReport:
                                                         "untuned": self.untuned}}
 
 
+@dataclass
+class Built:
+    """A compiled architecture: its build folder holds ``model.so``, ``model.onnx`` and ``manifest.json`` (what
+    :func:`compile_arch` wrote), built with `weights` (None: the seeded random weights)."""
+
+    arch: Arch
+    spec: TargetSpec
+    weights: str | os.PathLike | None
+    build_dir: Path
+
+
 def has_database(logs_dir: str | os.PathLike, spec: TargetSpec) -> bool:
     return (Path(logs_dir) / spec.name / "database_workload.json").is_file()
 
@@ -57,14 +69,17 @@ def _table(logs_dir, spec: TargetSpec, space: SearchSpace) -> LatencyModel | Non
     return LatencyModel.load(path, space=space, target=spec) if path.is_file() else None
 
 
-def check_inputs(a: Arch, spec: TargetSpec, logs_dir, trials: int, untuned: bool, measure: bool) -> None:
-    """Every check that can fail on bad input, before anything is written."""
+def check_inputs(a: Arch, spec: TargetSpec, logs_dir, trials: int, untuned: bool, measure: bool,
+                 table: LatencyModel | None = None) -> None:
+    """Every check that can fail on bad input, before anything is written (`table`: the model that will predict
+    the net; None: the one under `logs_dir`)."""
     from ..backend.target import is_gpu
 
     if trials < 0:
         raise TvmNasError(f"--trials must be >= 0, got {trials}")
     spec.check_cross_compiler()
-    table = _table(logs_dir, spec, a.space)  # refuses a table of another space definition or target
+    if table is None:
+        table = _table(logs_dir, spec, a.space)  # refuses a table of another space definition or target
     untuned_table = table is not None and table.meta.get("settings", {}).get("trials") == 0
     if not untuned and trials == 0 and not has_database(logs_dir, spec) and not untuned_table:
         raise TvmNasError(
@@ -238,7 +253,27 @@ def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tupl
     return t.to_json(), _how(spec, t, err)
 
 
-def time_builds(builds: dict[str, tuple], target: str | os.PathLike | TargetSpec, seed: int = 0,
+def load_checked(builds: Mapping[str, Built], spec: TargetSpec, sess, seed: int = 0) -> tuple[dict, dict]:
+    """Load the libraries of finished builds on the target and check each one's outputs against PyTorch (one
+    tolerance, :data:`~tvm_nas.deploy.onnx.ATOL`). The one way a built library is loaded for timing: compile's,
+    validate's and the run's.
+
+    Returns:
+        (name -> loaded module, name -> max abs error).
+    """
+    from ..backend import measure
+
+    loaded, errs = {}, {}
+    for name, b in builds.items():
+        x = example_input(b.arch.input_shape, seed)
+        m = measure.load(Path(b.build_dir) / LIBRARY, [x], spec, sess)
+        errs[name] = _check_device_outputs(spec, m.outputs(), torch_forward(
+            build_network_from_arch(b.arch, b.weights, seed), x), f"net '{name}'")
+        loaded[name] = m
+    return loaded, errs
+
+
+def time_builds(builds: Mapping[str, Built], target: str | os.PathLike | TargetSpec, seed: int = 0,
                 console: Console | None = None) -> dict[str, float | None]:
     """Time the modules of several finished builds interleaved and record each figure in its manifest.
 
@@ -246,7 +281,7 @@ def time_builds(builds: dict[str, tuple], target: str | os.PathLike | TargetSpec
     a machine that changes speed between two builds would otherwise show up as a difference between the nets.
 
     Args:
-        builds: name -> (build folder of :func:`compile_arch`, its architecture, its weights or None).
+        builds: name -> a finished build of :func:`compile_arch`.
         target: the target they were built for (local or RPC runner).
         seed: the seed they were built with (random weights and the test input).
 
@@ -259,25 +294,17 @@ def time_builds(builds: dict[str, tuple], target: str | os.PathLike | TargetSpec
     console = console or Console(stderr=True)
     spec = load_target(target)
     why = _unmeasurable(spec)
-    loaded, errs, manifests = {}, {}, {}
+    manifests = {name: read_json(Path(b.build_dir) / MANIFEST, "build manifest") for name, b in builds.items()}
+    loaded, errs = {}, {}
     with measure.target_session(spec) as sess:
-        for name, (out, arch, weights) in builds.items():
-            out = Path(out)
-            manifests[name] = read_json(out / MANIFEST, "build manifest")
-            if why:
-                continue
-            a = load_architecture(arch)
-            x = example_input(a.input_shape, seed)
-            m = measure.load(out / LIBRARY, [x], spec, sess)
-            errs[name] = _check_device_outputs(spec, m.outputs(), torch_forward(
-                build_network_from_arch(a, weights, seed), x), f"net '{name}'")
-            loaded[name] = m
-        if loaded:
+        if not why:
+            loaded, errs = load_checked(builds, spec, sess, seed)
             console.print(f"timing {len(loaded)} modules interleaved on {spec.name}")
         timings = measure.time_loaded(loaded, spec) if loaded else {}
         loaded.clear()
     result = {}
-    for name, (out, _, _) in builds.items():
+    for name, b in builds.items():
+        out = b.build_dir
         t, m = timings.get(name), manifests[name]
         timing = t.to_json() if t else None
         predicted = m.get("predicted_latency_us")
@@ -295,7 +322,7 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
                  weights: str | os.PathLike | None = None, out: str | os.PathLike = "build",
                  trials: int = 0, logs_dir: str | os.PathLike = DEFAULT_LOGS_DIR, frontend: str = "torch",
                  seed: int = 0, measure: bool = True, verify: bool = True, untuned: bool = False,
-                 console: Console | None = None) -> dict:
+                 console: Console | None = None, table: LatencyModel | None = None) -> dict:
     """Compile an architecture for one target into `out/`: ``model.so``, ``model.onnx`` and ``manifest.json``.
 
     Args:
@@ -310,6 +337,7 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
         measure: time the module on the target (locally or through its RPC tracker).
         verify: run the exported library on this machine (host, or qemu for aarch64) against PyTorch.
         untuned: ignore the database and compile TVM's default schedules.
+        table: the latency model that predicts the net (a run's own copy); None: the table under `logs_dir`.
 
     Returns:
         The manifest (also written to ``out/manifest.json``).
@@ -321,7 +349,7 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
     if frontend not in ("torch", "onnx"):
         raise TvmNasError(f"--frontend must be 'torch' or 'onnx', got {frontend!r}")
     a, spec = load_architecture(arch), load_target(target)
-    check_inputs(a, spec, logs_dir, trials, untuned, measure)
+    check_inputs(a, spec, logs_dir, trials, untuned, measure, table)
     model = build_network_from_arch(a, weights, seed)
     out = Path(out)
     tvm_target, gpu = to_tvm_target(spec), is_gpu(spec)
@@ -347,7 +375,7 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
 
         checked = verify_library(lib, spec, x, expected) if verify else {"status": "skipped", "how": "--no-verify"}
         timing, how = _measure(exe, spec, x, expected) if measure else (None, "not measured: --no-measure")
-        table = _table(logs_dir, spec, a.space)
+        table = table if table is not None else _table(logs_dir, spec, a.space)
         predicted = _predict(table, a)
         manifest = _manifest(a, spec, tvm_target, weights, seed, frontend, x, expected, lib, onnx_info, tasks,
                              table, predicted, timing, how, checked, compile_s, tvm_version(), trials, untuned,

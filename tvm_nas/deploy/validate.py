@@ -10,6 +10,7 @@ scatter plot ``validate.png``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import TvmNasError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, exclusive
 from ..profile.model import CALIBRATION, CORRECTION, FITTED, Fitted, chosen, statistics
 from ..timing import format_us
 
@@ -66,7 +67,8 @@ def nets_to_validate(space, model, n: int, archs: Sequence = (), seed: int = 0) 
 
 
 def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | os.PathLike = "tuning_logs",
-             out: str | os.PathLike = "validate", seed: int = 0, console: Console | None = None) -> dict:
+             out: str | os.PathLike = "validate", seed: int = 0, console: Console | None = None,
+             model=None, built: Sequence = ()) -> dict:
     """Predicted against measured latency of compiled nets on a target; see the module docstring.
 
     Args:
@@ -77,23 +79,25 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
         logs_dir: root of the per-target tables and databases (`<logs_dir>/<target>/`).
         out: folder for ``validate.json`` and ``validate.png``.
         seed: seed of the random architectures and their weights.
+        model: the :class:`~tvm_nas.profile.model.LatencyModel` to check, and beside whose table a better fitted
+            model is written (a run passes its own copy); None: the table under `logs_dir`.
+        built: finished builds (:class:`~tvm_nas.deploy.compile.Built`) of nets of this validation: their
+            libraries are loaded, checked and timed as they are, not compiled again.
 
     Returns:
         The result document (also written to ``out/validate.json``).
     """
-    from ..backend import measure, tuning
+    from ..backend import tuning
     from ..backend.target import is_gpu
     from ..profile.model import LatencyModel
     from ..space import load_space
     from ..targets import load_target
-    from ..timing import Protocol
-    from .model import build_network_from_arch, example_input, torch_forward
 
     console = console or Console(stderr=True)
     space, spec = load_space(space), load_target(target)
     if n < 0:
         raise TvmNasError(f"--nets must be >= 0, got {n}")
-    model = LatencyModel.of(space, spec, logs_dir)
+    model = model if model is not None else LatencyModel.of(space, spec, logs_dir)
     if spec.cross_compiler:
         spec.check_cross_compiler()
     if spec.is_rpc:
@@ -110,53 +114,94 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     db = tuning.open_database(work, spec) if (work / "database_workload.json").is_file() else None
     console.print(f"validate [bold]{space.name}[/] on [bold]{spec.name}[/]: {len(nets)} nets, database "
                   f"{'none (default schedules)' if db is None else work}")
-    t0 = time.perf_counter()
-    rows, loaded = [], {}
-    with tempfile.TemporaryDirectory() as tmp, measure.target_session(spec) as sess:
-        for a in nets:
-            net = build_network_from_arch(a, None, seed)
-            x = example_input(a.input_shape, seed)
-            exe, untuned = _compile(net, a, spec, db)
-            lib = measure.export(exe, Path(tmp) / f"{_slug(a.label)}.so", spec)
-            m = measure.load(lib, [x], spec, sess)
-            y = torch_forward(net, x)
-            err = float(np.abs(m.outputs()[0].reshape(y.shape) - y).max())
-            if not err <= 1e-4:
-                raise TvmNasError(f"target '{spec.name}': net '{a.label}' computes wrong outputs (max abs err "
-                                  f"{err:.2e}); the latency of a wrong module means nothing")
-            loaded[a.label] = m
-            rows.append({"net": a.label, "ops": a.ops, "predicted_us": model.predict(space, a.ops, calibrated=False),
-                         "untuned_kernels": untuned, "max_abs_err": err})
-        compile_s = time.perf_counter() - t0
-        console.print(f"compiled {len(nets)} nets in {compile_s:.0f} s; measuring them interleaved")
-        protocol = Protocol.of(spec.evaluator)
-        timings = measure.time_loaded(loaded, spec, protocol=protocol)
-        loaded.clear()
-    for r in rows:
-        t = timings[r["net"]]
-        r.update(measured_us=t.median, measured_q1=t.q1, measured_q3=t.q3, stable=t.stable,
-                 error_pct=100 * (r["predicted_us"] - t.median) / t.median, measurement=t.to_json())
-    summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
-    summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
-    summary["load_avg"] = list(os.getloadavg())
-    # the model decides which fitted model it keeps; the rows get each fit's leave-one-out predictions
-    summary["in_use"] = model.in_use(space, rows, console.print)
-    summary.update(model.learn(rows, summary, console.print))
-    doc = {"schema": SCHEMA, "space": {"name": space.name, "hash": space.hash},
-           "target": {"name": spec.name, "hash": spec.hash, "threads": spec.threads},
-           "table": {"path": str(model.path), "hash": model.hash,
-                     "trials": model.meta.get("settings", {}).get("trials"),
-                     "invocation_us": model.meta.get("invocation", {}).get("median")},
-           "protocol": protocol.to_json(), "where": next(iter(timings.values())).where if timings else None,
-           "compile_seconds": round(compile_s, 1), "summary": summary, "nets": rows}
-    out = Path(out)
-    atomic_write_json(out / RESULT, doc)
-    doc["figure"] = plot(doc, out / FIGURE)
-    atomic_write_json(out / RESULT, doc)
+    # one validation writes a folder and the fitted files beside a table at a time
+    with exclusive(Path(out) / RESULT, "validation"), exclusive(model.path, "latency table's fitted models"):
+        rows, timings, protocol, compile_s = _build_and_time(space, spec, model, nets, built, db, seed, console)
+        for r in rows:
+            t = timings[r["net"]]
+            r.update(measured_us=t.median, measured_q1=t.q1, measured_q3=t.q3, stable=t.stable,
+                     error_pct=100 * (r["predicted_us"] - t.median) / t.median, measurement=t.to_json())
+        summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
+        summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
+        summary["load_avg"] = list(os.getloadavg())
+        # the model decides which fitted model it keeps; the rows get each fit's leave-one-out predictions
+        summary["in_use"] = model.in_use(space, rows, console.print)
+        summary.update(model.learn(rows, summary, console.print))
+        doc = {"schema": SCHEMA, "space": {"name": space.name, "hash": space.hash},
+               "target": {"name": spec.name, "hash": spec.hash, "threads": spec.threads},
+               "table": {"path": str(model.path), "hash": model.hash,
+                         "trials": model.meta.get("settings", {}).get("trials"),
+                         "invocation_us": model.meta.get("invocation", {}).get("median")},
+               "protocol": protocol.to_json(), "where": next(iter(timings.values())).where if timings else None,
+               "compile_seconds": round(compile_s, 1), "summary": summary, "nets": rows}
+        out = Path(out)
+        atomic_write_json(out / RESULT, doc)
+        doc["figure"] = plot(doc, out / FIGURE)
+        atomic_write_json(out / RESULT, doc)
     console.print(result_table(doc))
     console.print(summary_line(doc))
     console.print(f"written: {out / RESULT}, {out / FIGURE}")
     return doc
+
+
+def _build_and_time(space, spec, model, nets, built, db, seed: int, console) -> tuple:
+    """Compile the nets that have no finished build (into a staging folder removed afterwards, or at the next
+    start when this process is killed), load and check every library the one way (:func:`load_checked`), and
+    time them interleaved under the protocol."""
+    from ..backend import measure
+    from ..timing import Protocol
+    from .compile import LIBRARY, Built, load_checked
+    from .model import build_network_from_arch
+
+    by_ops = {tuple(b.arch.ops): b for b in built}
+    builds = {a.label: by_ops[tuple(a.ops)] for a in nets if tuple(a.ops) in by_ops}
+    reused = set(builds)
+    untuned: dict[str, int] = {}
+    t0 = time.perf_counter()
+    stage = _staging_folder()
+    try:
+        with measure.target_session(spec) as sess:
+            for a in nets:
+                if a.label in builds:
+                    continue
+                exe, untuned[a.label] = _compile(build_network_from_arch(a, None, seed), a, spec, db)
+                folder = stage / _slug(a.label)
+                folder.mkdir(parents=True, exist_ok=True)
+                measure.export(exe, folder / LIBRARY, spec)
+                builds[a.label] = Built(a, spec, None, folder)
+            loaded, errs = load_checked(builds, spec, sess, seed)
+            compile_s = time.perf_counter() - t0
+            console.print(f"compiled {len(nets) - len(reused)} nets in {compile_s:.0f} s"
+                          + (f", reused {len(reused)} finished builds" if reused else "")
+                          + "; measuring them interleaved")
+            protocol = Protocol.of(spec.evaluator)
+            timings = measure.time_loaded(loaded, spec, protocol=protocol)
+            loaded.clear()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    rows = [{"net": a.label, "ops": a.ops, "predicted_us": model.predict(space, a.ops, calibrated=False),
+             "untuned_kernels": untuned[a.label] if a.label in untuned else _untuned_in(builds[a.label]),
+             "max_abs_err": errs[a.label], "build": str(builds[a.label].build_dir) if a.label in reused else None}
+            for a in nets]
+    return rows, timings, protocol, compile_s
+
+
+STAGE_PREFIX = "tvm-nas-validate-"
+
+
+def _staging_folder() -> Path:
+    """A fresh folder for this process's libraries; those of validations whose process is gone are removed."""
+    from .compile import _alive
+
+    root = Path(tempfile.gettempdir())
+    for d in root.glob(STAGE_PREFIX + "*"):
+        pid = d.name.removeprefix(STAGE_PREFIX)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+    stage = root / f"{STAGE_PREFIX}{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    return stage
 
 
 def _compile(model, a, spec, db):
@@ -171,6 +216,15 @@ def _compile(model, a, spec, db):
         tasks = tuning.dedup({"net": tuning.extract_tasks(fused, to_tvm_target(spec))})
         untuned = sum(1 for t in tasks.values() if tuning.records(db, t.mod) == 0)
     return build_module(fused, spec, db), untuned
+
+
+def _untuned_in(b) -> int:
+    """Untuned kernels of a finished build, from its manifest."""
+    from ..io import read_json
+    from .compile import MANIFEST
+
+    m = read_json(Path(b.build_dir) / MANIFEST, "build manifest")
+    return int(((m.get("tuning") or {}).get("untuned")) or 0)
 
 
 def _slug(label: str) -> str:
