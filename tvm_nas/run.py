@@ -17,8 +17,9 @@ from rich.console import Console
 from .config import STAGES, RunConfig
 from .console import progress
 from .errors import TvmNasError
-from .io import atomic_write_json, read_json, sha256_file
+from .io import atomic_write_json, sha256_file
 from .profile.model import FITTED, LatencyModel
+from .records import load_run_state, load_validation
 from .specfile import validation_error
 
 STATE = "run.json"
@@ -36,7 +37,7 @@ def start_or_resume(given: dict, out: str | None = None, resume: str | None = No
     console = Console()
     if resume:
         run_dir = Path(resume)
-        state = read_json(run_dir / STATE, "run state")
+        state = load_run_state(run_dir / STATE)  # records.RunState: a damaged run.json is one line
         console.print(f"resuming {run_dir}: done: {', '.join(s for s in STAGES if s in state['done']) or 'nothing'}")
     else:
         try:
@@ -396,7 +397,7 @@ class Run:
         v = self.state["done"].get("validate")
         if not v:
             return {}
-        doc = read_json(self.dir / v["result"], "validation result")
+        doc = load_validation(self.dir / v["result"])  # records.ValidationFile
         used = (doc.get("summary") or {}).get
         return {tuple(r["ops"]): {"measured_us": r["measured_us"], "measured_q1": r["measured_q1"],
                                   "measured_q3": r["measured_q3"], "stable": r["stable"],

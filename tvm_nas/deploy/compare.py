@@ -19,7 +19,8 @@ from ..arch import Arch, load_architecture, reference_arch
 from ..backend.trust import inside
 from ..console import fmt_us
 from ..errors import TvmNasError
-from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text, read_json
+from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text
+from ..records import load_manifest
 from ..targets import TargetSpec, load_target
 from .compile import MANIFEST, ONNX_FILE, SCHEMA, Built, check_inputs, compile_arch
 from .model import build_network_from_arch, example_input
@@ -88,7 +89,7 @@ def compare_built(built: Sequence[Built], peers: bool = True, which: str | Seque
     which = selected_peers(which) if peers else []
     rows: list[dict] = []
     for b in built:
-        m = read_json(Path(b.build_dir) / MANIFEST, "build manifest")
+        m = load_manifest(Path(b.build_dir) / MANIFEST)
         why = not_run_reason(b.spec)
         if peers and why is None:
             rows += _peer_rows(b, m, which, order, cooldown_s)
@@ -117,7 +118,7 @@ def _per_layer(built: Sequence[Built], rows: list[dict], peers: list[str]) -> li
             out.append({"architecture": b.arch.label, "target": b.spec.name, "not_run": why, "rows": []})
             continue
         mine = [r for r in rows if r["architecture"] == b.arch.label and r["target"] == b.spec.name]
-        out.append(per_layer(b.arch, b.spec, b.build_dir, read_json(Path(b.build_dir) / MANIFEST, "build manifest"),
+        out.append(per_layer(b.arch, b.spec, b.build_dir, load_manifest(Path(b.build_dir) / MANIFEST),
                              b.weights, peers, mine))
     return out
 

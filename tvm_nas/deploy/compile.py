@@ -289,12 +289,12 @@ def time_builds(builds: Mapping[str, Built], target: str | os.PathLike | TargetS
         name -> measured median (µs), None for each when the target cannot be timed from here.
     """
     from ..backend import measure
-    from ..io import read_json
+    from ..records import load_manifest
 
     console = console or Console(stderr=True)
     spec = load_target(target)
     why = _unmeasurable(spec)
-    manifests = {name: read_json(Path(b.build_dir) / MANIFEST, "build manifest") for name, b in builds.items()}
+    manifests = {name: load_manifest(Path(b.build_dir) / MANIFEST) for name, b in builds.items()}
     loaded, errs = {}, {}
     with measure.target_session(spec) as sess:
         if not why:

@@ -220,10 +220,10 @@ def _compile(model, a, spec, db):
 
 def _untuned_in(b) -> int:
     """Untuned kernels of a finished build, from its manifest."""
-    from ..io import read_json
+    from ..records import load_manifest
     from .compile import MANIFEST
 
-    m = read_json(Path(b.build_dir) / MANIFEST, "build manifest")
+    m = load_manifest(Path(b.build_dir) / MANIFEST)
     return int(((m.get("tuning") or {}).get("untuned")) or 0)
 
 
