@@ -29,6 +29,7 @@ from ..data import MAX_UNREADABLE, FolderData, ImageData, batches, endless_batch
 from ..errors import TvmNasError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive, read_json
 from ..profile.model import LatencyModel
+from ..records import CheckpointState, check
 from ..space import SearchSpace
 from .derive import derive
 from .distributed import Dist, autocast, grad_scaler, use_global_batchnorm
@@ -363,28 +364,41 @@ class ProxylessSearch:
         atomic_write_text(self.run_dir / LOG, "".join(json.dumps(r) + "\n" for r in self.history_))
 
     def _load_checkpoint(self, path: Path) -> None:
+        """Continue from a checkpoint: loaded tensors-only, its plain fields checked as
+        :class:`~tvm_nas.records.CheckpointState`, its state dicts by what loads them; any problem is one line."""
+        if not path.is_file():
+            raise TvmNasError(f"{path}: not a regular file, so not a checkpoint; delete it to start the run over")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                raise TvmNasError(f"{path}: field 'format': not a checkpoint of this version of tvm-nas; delete "
-                                  "it to start the run over")
-            if json.loads(state["config"]) != self.config.model_dump(mode="json"):
-                raise TvmNasError(f"{path}: field 'config': the checkpoint was written with other settings; "
-                                  f"resume with the run's own {CONFIG}")
-            self.supernet_.load_state_dict(state["supernet"])
-            self.weight_opt_.load_state_dict(state["weight_opt"])
-            self.weight_sched_.load_state_dict(state["weight_sched"])
-            self.arch_opt_.load_state_dict(state["arch_opt"])
-            if self.scaler_ and state["scaler"]:
-                self.scaler_.load_state_dict(state["scaler"])
-            self.baseline_, self.epoch_ = state["baseline"], int(state["epoch"])
-            self.history_ = json.loads(state["history"])
-        except TvmNasError:
-            raise
         except Exception as e:  # noqa: BLE001 - any unreadable or untrusted checkpoint is one clear line
             raise TvmNasError(f"{path}: corrupted checkpoint, or one holding objects other than tensors and plain "
                               f"data, which are never unpickled ({e.__class__.__name__}); delete it to start the run "
                               "over") from e
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise TvmNasError(f"{path}: field 'format': not a checkpoint of this version of tvm-nas; delete "
+                              "it to start the run over")
+        ck = check(path, state, CheckpointState)
+        if ck.config != self.config.model_dump(mode="json"):
+            raise TvmNasError(f"{path}: field 'config': the checkpoint was written with other settings; "
+                              f"resume with the run's own {CONFIG}")
+        if ck.epoch > self.config.epochs:
+            raise TvmNasError(f"{path}: field 'epoch': {ck.epoch} epochs done of the run's {self.config.epochs}; "
+                              "delete it to start the run over")
+        parts = [("supernet", self.supernet_), ("weight_opt", self.weight_opt_), ("weight_sched", self.weight_sched_),
+                 ("arch_opt", self.arch_opt_)] + ([("scaler", self.scaler_)] if self.scaler_ and ck.scaler else [])
+        for field, part in parts:
+            try:
+                part.load_state_dict(state[field])
+            except Exception as e:  # noqa: BLE001 - a state of another shape, or damaged: one line naming it
+                raise TvmNasError(f"{path}: field '{field}': does not fit this search ({e.__class__.__name__}); "
+                                  "delete it to start the run over") from None
+        bad = next((k for k, t in self.supernet_.state_dict().items()
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            raise TvmNasError(f"{path}: field 'supernet.{bad}': not finite (NaN or infinite weights); delete it to "
+                              "start the run over")
+        self.baseline_, self.epoch_ = ck.baseline, ck.epoch
+        self.history_ = json.loads(state["history"])  # checked above, as written (unread fields kept)
 
     # -- display -----------------------------------------------------------------------------------------
     @contextmanager
