@@ -225,16 +225,23 @@ class TimeLedger:
         self.start = time.monotonic()
 
     def _read(self) -> dict:
-        import json
+        """The ledger's entries, checked as :class:`~tvm_nas.records.TimeLedgerFile`. A missing file is an empty
+        ledger; a damaged one is said in one line and the budget starts again (the database is intact): a damaged
+        ledger never stops tuning."""
+        from ..io import read_json
+        from ..records import TimeLedgerFile, check, reason
 
+        if not self.path.exists() and not self.path.is_symlink():
+            return {}
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # missing, or damaged: the budget starts again (the database is intact)
+            data = check(self.path, read_json(self.path, "tuning time ledger"), TimeLedgerFile)
+        except TvmNasError as e:
+            from ..profile.fitted import refuse  # the one-line, once-per-process warning of a refused file
+
+            refuse(self.path, f"{reason(e, self.path)}; not used: the time budget starts again "
+                              "(the tuning database is intact)")
             return {}
-        if not isinstance(data, dict):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("spent_s"), (int, float))
-                and math.isfinite(v["spent_s"]) and v["spent_s"] >= 0}
+        return {k: v.model_dump() for k, v in data.root.items()}
 
     def spent(self) -> float:
         """Seconds spent on these kernels, this run included."""

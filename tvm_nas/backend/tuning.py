@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TvmNasError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
+from ..records import TargetStamp, check, reason
 from . import database as dbfile
 from .target import to_tvm_target
 
@@ -77,17 +78,15 @@ def open_database(work_dir: str | Path, spec, create: bool = True, say: Callable
     stamp = work_dir / "target.json"
     mine = {"name": spec.name, "tvm": str(to_tvm_target(spec))}
     if stamp.is_file():
-        try:
-            theirs = json.loads(stamp.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            theirs = None
-        if not isinstance(theirs, dict) or not isinstance(theirs.get("tvm"), str):
-            raise TvmNasError(f"{stamp}: damaged (expected {{\"name\": ..., \"tvm\": ...}}): it says which target "
-                              f"the database beside it serves; if that is {spec.name!r}, delete {stamp} and it is "
-                              "written again")
-        if theirs.get("tvm") != mine["tvm"]:
+        try:  # records.TargetStamp: {"name": ..., "tvm": ...}, nothing else
+            theirs = check(stamp, read_json(stamp, "target stamp"), TargetStamp)
+        except TvmNasError as e:
+            raise TvmNasError(f"{stamp}: damaged ({reason(e, stamp)}): it says which target the "
+                              f"database beside it serves; if that is {spec.name!r}, delete {stamp} and it is "
+                              "written again") from None
+        if theirs.tvm != mine["tvm"]:
             raise TvmNasError(f"{stamp}: field 'tvm': this tuning database was written for target "
-                              f"{theirs.get('name')!r} ({theirs.get('tvm')}), not {spec.name!r} "
+                              f"{theirs.name!r} ({theirs.tvm}), not {spec.name!r} "
                               f"({mine['tvm']}); a database serves one target only: use another --logs-dir "
                               f"or delete {work_dir}")
     elif not create and not (work_dir / dbfile.WORKLOADS).is_file():
