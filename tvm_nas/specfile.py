@@ -47,6 +47,16 @@ def list_names(kind: str) -> list[str]:
 
 def resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
     """A name in the shipped folder of `kind` or a path to a YAML file."""
+    try:
+        return _resolve(name_or_path, kind)
+    except OSError as e:  # a name longer than the file system takes (a damaged run.json's config, a typo'd option)
+        shown = str(name_or_path)
+        shown = shown if len(shown) <= 80 else shown[:80] + "…"
+        raise TvmNasError(f"{kind} '{shown}': not a name or a path this machine can open "
+                          f"({e.strerror or e.__class__.__name__})") from None
+
+
+def _resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
