@@ -196,6 +196,10 @@ def test_derive_and_load_arch(space, tiny_table, tmp_path, monkeypatch):
              for b in space.blocks()]
     doc = derive(probs, space, table, budget_us=None)
     assert doc["ops"] == [b.candidates[-1] for b in space.blocks()]
+    # linspace(1, 2) over 4 ops is (0.2, 0.27, 0.33, 0.4): close to uniform, so every block is undecided
+    assert doc["derivation"]["undecided_blocks"] == list(range(len(probs)))
+    sharp = [np.eye(len(b.candidates))[0] * 0.7 + 0.3 / len(b.candidates) for b in space.blocks()]
+    assert derive(sharp, space, table)["derivation"]["undecided_blocks"] == []
     fast, _ = table.extremes(space)
     budget = table.predict(space, fast) + 1.0
     doc = derive(probs, space, table, budget_us=budget)

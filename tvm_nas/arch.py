@@ -60,6 +60,9 @@ class Derivation(_Part):
     budget_met: bool | None = None
     budget_feasible: bool | None = None  # False: even the space's fastest net is over budget
     fastest_latency_us: Us | None = None
+    # blocks whose α stayed close to uniform: their op is barely ahead (search.derive.undecided)
+    undecided_blocks: list[Annotated[int, Field(ge=0, lt=MAX_BLOCKS)]] = Field(default_factory=list,
+                                                                               max_length=MAX_BLOCKS)
 
 
 class ArchFile(_Part):

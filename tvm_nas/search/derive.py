@@ -47,6 +47,21 @@ def fit_budget(ops: Sequence[str], probabilities: Sequence[np.ndarray], space: S
     return ops, sorted(changed)
 
 
+UNDECIDED = 0.9  # a block whose α entropy is above this share of the uniform distribution's has not chosen
+
+
+def undecided(probabilities: Sequence[np.ndarray]) -> list[int]:
+    """Blocks whose probabilities are still close to uniform (normalised entropy above :data:`UNDECIDED`): there
+    the most probable op is barely ahead, and the argmax is mostly noise. For a 4-way block, (0.4, 0.2, 0.2,
+    0.2) is undecided (0.96) and (0.5, 0.3, 0.1, 0.1) decided (0.84)."""
+    out = []
+    for i, p in enumerate(probabilities):
+        p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0)
+        if len(p) > 1 and float(-(p * np.log(p)).sum()) / math.log(len(p)) > UNDECIDED:
+            out.append(i)
+    return out
+
+
 def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
            budget_us: float | None = None, enforce_budget: bool = True) -> dict:
     """Derive the final architecture from the architecture probabilities.
@@ -74,5 +89,6 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
                   "budget_us": budget_us, "budget_met": None if budget_us is None else bool(lat <= budget_us),
                   # False: even the fastest net of the space is over budget, so no search could meet it
                   "budget_feasible": None if budget_us is None else bool(fastest_us <= budget_us),
-                  "fastest_latency_us": fastest_us}
+                  "fastest_latency_us": fastest_us,
+                  "undecided_blocks": undecided(probabilities)}
     return arch_document(space, ops, probabilities, table, derivation=derivation)

@@ -344,6 +344,13 @@ class ProxylessSearch:
                          else None}
         self.arch_ = doc
         self.arch_path_ = self.run_dir / ARCH_FILE
+        left = doc["derivation"]["undecided_blocks"]
+        if left and self.console is not None and self.dist.main:
+            self.console.print(
+                f"[yellow]warning: α is still close to uniform in {len(left)} of {len(self.probabilities_)} "
+                f"blocks ({', '.join(str(i) for i in left)}): there the chosen op is barely more probable than the "
+                "others, so the searched net is partly chance; search longer (--epochs) or with a higher "
+                f"--arch-lr (now {self.config.arch_lr:g})")
         if self.dist.main:
             write_arch(self.arch_path_, doc)
 
