@@ -61,7 +61,9 @@ def test_compare_per_layer_on_the_searched_net(host, tiny_host_logs, arch_file, 
     # the kernels alone add up to about the whole net (it also pays the VM's dispatch; the machine is shared)
     net = next(r for r in doc["rows"] if r["runtime"] == "tvm")["measured_us"]
     assert ans["tvm_net_us"] == net
-    assert 0.25 <= sum(r["tvm_us"] for r in rows) / net <= 4.0  # a sane factor: profiler cost, a busy machine
+    # a unit slip (ns or ms for µs) is a factor of 1000; the kernels and the whole net are timed at different
+    # moments, and on a machine busy with other jobs one of them measured 5x the other (a CI run beside training)
+    assert 0.1 <= sum(r["tvm_us"] for r in rows) / net <= 10.0
     with open(tmp_path / "c.per_layer.csv") as f:
         flat = list(csv.DictReader(f))
     assert [r["layer"] for r in flat] == [r["layer"] for r in rows] and float(flat[0]["tvm_us"]) > 0
