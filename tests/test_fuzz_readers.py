@@ -21,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tvm_nas.arch import arch_document, load_arch
+from tvm_nas.arch import arch_document, load_architecture
 from tvm_nas.errors import TvmNasError
 from tvm_nas.profile.calibration import calibration_path
 from tvm_nas.profile.correction import correction_path, fit_correction
@@ -126,7 +126,7 @@ def test_the_valid_documents_are_valid(valid, tmp_path):
     assert table.calibration["scale"] == 1.02 and table.correction is not None
     a = tmp_path / "a.arch.json"
     a.write_text(json.dumps(valid["arch"]))
-    assert load_arch(a)[1] == valid["arch"]["ops"]
+    assert load_architecture(a).ops == valid["arch"]["ops"]
 
 
 # -- mutations ---------------------------------------------------------------------------------------------------
@@ -352,7 +352,8 @@ def test_fuzz_arch_file(valid, tmp_path_factory, data):
     folder, outside = _fresh(tmp_path_factory, "arch")
     path = place(folder, "a.arch.json", raw, data.draw(LINKS), outside)
     try:
-        space, ops, out = load_arch(path)
+        loaded = load_architecture(path)
+        space, ops, out = loaded.space, loaded.ops, loaded.doc
     except TvmNasError as e:
         one_line_naming(e, path)
         return
@@ -379,7 +380,7 @@ def test_json_nested_100000_deep_is_one_line(valid, tmp_path, capsys, reader, ne
     elif reader == "arch":
         path = _write(tmp_path / "a.arch.json", deep)
         with pytest.raises(TvmNasError, match="nested deeper than 32 levels") as e:
-            load_arch(path)
+            load_architecture(path)
         one_line_naming(e.value, path)
     else:  # a damaged calibration is refused in one line; the table predicts its plain sum
         t = _write(tmp_path / "tiny.latency.json", valid["table"])
@@ -617,5 +618,5 @@ def test_arch_file_refusals(valid, tmp_path, edit, field):
     edit(doc)
     path = _write(tmp_path / "a.arch.json", doc)
     with pytest.raises(TvmNasError, match=re.escape(field)) as e:
-        load_arch(path)
+        load_architecture(path)
     one_line_naming(e.value, path)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvm_nas.arch import load_arch, write_arch
+from tvm_nas.arch import load_architecture, write_arch
 from tvm_nas.cli import main as cli_main
 from tvm_nas.data import load_data
 from tvm_nas.errors import TvmNasError
@@ -207,7 +207,8 @@ def test_derive_and_load_arch(space, tiny_table, tmp_path, monkeypatch):
     ops, changed = fit_budget(doc["derivation"]["argmax_ops"], probs, space, table, 1e9)
     assert changed == []
     path = write_arch(tmp_path / "a.arch.json", doc)
-    space2, ops2, doc2 = load_arch(path)
+    a = load_architecture(path)
+    space2, ops2, doc2 = a.space, a.ops, a.doc
     assert space2.hash == space.hash and ops2 == doc["ops"] and doc2["warnings"] == []
     assert doc2["latency_table"]["target"] == "host" and doc2["latency_table"]["hash"] == table.hash
     # a space of that name on disk with another definition: loads from the embedded one, with a warning
@@ -216,7 +217,8 @@ def test_derive_and_load_arch(space, tiny_table, tmp_path, monkeypatch):
     text = (data_dir("search_space") / "tiny.yaml").read_text()
     (home / "search_space" / "tiny.yaml").write_text(text.replace("head: {out: 32}", "head: {out: 40}"))
     monkeypatch.setenv("TVM_NAS_HOME", str(home))
-    space3, _, doc3 = load_arch(path)
+    a = load_architecture(path)
+    space3, doc3 = a.space, a.doc
     assert space3.hash == space.hash and "hash" in doc3["warnings"][0]
 
 
@@ -237,7 +239,7 @@ def test_load_arch_refuses_bad_files(space, tiny_table, tmp_path, edit, match):
     path = tmp_path / "bad.arch.json"
     path.write_text(bad if isinstance(bad, str) else json.dumps(bad))
     with pytest.raises(TvmNasError, match=match) as e:
-        load_arch(path)
+        load_architecture(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 

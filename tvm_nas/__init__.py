@@ -15,7 +15,7 @@ _EXPORTS = {
     "parse_op": ".ops", "Network": ".network",
     "profile": ".profile", "LatencyTable": ".profile", "LatencyModel": ".profile",
     "ProxylessSearch": ".search", "SearchConfig": ".config", "TrainConfig": ".config", "RunConfig": ".config",
-    "load_arch": ".arch", "compile_arch": ".deploy", "compare": ".deploy",
+    "load_architecture": ".arch", "compile_arch": ".deploy", "compare": ".deploy",
     "TvmNasError": ".errors",
 }
 

@@ -1,7 +1,7 @@
 """The architecture file (``*.arch.json``): one model shared by its writer (search, run) and its readers
 (train, compile, compare, validate, report).
 
-The file embeds the full space definition, so :func:`load_arch` rebuilds the exact network with no other file.
+The file embeds the full space definition, so :func:`load_architecture` rebuilds the exact network with no other file.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ REFERENCE_OP = "mbconv_k3_e6"  # the MobileNetV2 shape: every block an MBConv k3
 
 class _Part(BaseModel):
     # a fixed set of fields (an unknown one is a typo or another tool's file); no NaN or infinity. The reader
-    # validates strictly (load_arch: a string where a number belongs is refused); the writer builds it from numbers
+    # validates strictly (load_architecture: a string where a number belongs is refused); the writer builds it
+    # from numbers
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
 
@@ -108,18 +109,51 @@ def write_arch(path: str | os.PathLike, doc: dict | ArchFile) -> Path:
     return atomic_write_json(path, doc.to_json() if isinstance(doc, ArchFile) else doc)
 
 
-def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, list[str], dict]:
-    """Load an architecture file and rebuild its space from the embedded definition.
+def check_ops(space: SearchSpace, ops: Sequence[str], where: str) -> None:
+    """One op per block, each a candidate of its block."""
+    blocks = space.blocks()
+    if len(ops) != len(blocks):
+        raise TvmNasError(f"{where}: field 'ops': {len(ops)} ops for the {len(blocks)} blocks of space "
+                          f"'{space.name}'")
+    for blk, op in zip(blocks, ops, strict=True):
+        parse_op(op, f"{where}: field 'ops[{blk.index}]'")
+        if op not in blk.candidates:
+            raise TvmNasError(f"{where}: field 'ops[{blk.index}]': {op!r} is not a candidate of block "
+                              f"{blk.index} (candidates: {', '.join(blk.candidates)})")
 
-    Returns:
-        ``(space, ops, doc)``; ``doc["warnings"]`` lists non-fatal findings (e.g. a space of the same name on
-        disk now has another definition — the embedded one is used).
+
+# -- a loaded architecture -----------------------------------------------------------------------------------------
+@dataclass
+class Arch:
+    """A loaded architecture: its space, one op per block, the file's content and where it came from."""
+
+    space: SearchSpace
+    ops: list[str]
+    doc: dict
+    path: Path | None = None
+    label: str = ""
+    file: ArchFile | None = None  # the file's content, typed (loaded archs; None for one built in memory)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        r = self.space.input.resolution
+        return (1, self.space.input.channels, r, r)
+
+
+def load_architecture(arch: str | os.PathLike | Arch) -> Arch:
+    """An :class:`Arch` from an ``*.arch.json`` path (or the Arch itself), its space rebuilt from the definition
+    the file embeds, labelled with the file's name.
+
+    ``arch.doc["warnings"]`` lists non-fatal findings (e.g. a space of the same name on disk now has another
+    definition — the embedded one is used).
 
     Raises:
         TvmNasError: missing or corrupted file, unsupported schema, a definition whose hash does not match the
             recorded one, or ops that are not candidates of their blocks.
     """
-    path = Path(path)
+    if isinstance(arch, Arch):
+        return arch
+    path = Path(arch)
     raw = read_json(path, "architecture file")
     if raw.get("schema") != SCHEMA:
         raise TvmNasError(f"{path}: field 'schema': {raw.get('schema')!r} is not supported (expected {SCHEMA})")
@@ -148,46 +182,7 @@ def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, list[str], dict]:
     check_ops(space, doc.ops, str(path))
     out = dict(raw)
     out["warnings"] = warnings
-    return space, list(doc.ops), out
-
-
-def check_ops(space: SearchSpace, ops: Sequence[str], where: str) -> None:
-    """One op per block, each a candidate of its block."""
-    blocks = space.blocks()
-    if len(ops) != len(blocks):
-        raise TvmNasError(f"{where}: field 'ops': {len(ops)} ops for the {len(blocks)} blocks of space "
-                          f"'{space.name}'")
-    for blk, op in zip(blocks, ops, strict=True):
-        parse_op(op, f"{where}: field 'ops[{blk.index}]'")
-        if op not in blk.candidates:
-            raise TvmNasError(f"{where}: field 'ops[{blk.index}]': {op!r} is not a candidate of block "
-                              f"{blk.index} (candidates: {', '.join(blk.candidates)})")
-
-
-# -- a loaded architecture -----------------------------------------------------------------------------------------
-@dataclass
-class Arch:
-    """A loaded architecture: its space, one op per block, the file's content and where it came from."""
-
-    space: SearchSpace
-    ops: list[str]
-    doc: dict
-    path: Path | None = None
-    label: str = ""
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        r = self.space.input.resolution
-        return (1, self.space.input.channels, r, r)
-
-
-def load_architecture(arch: str | os.PathLike | Arch) -> Arch:
-    """An :class:`Arch` from an ``*.arch.json`` path (or the Arch itself)."""
-    if isinstance(arch, Arch):
-        return arch
-    space, ops, doc = load_arch(arch)
-    path = Path(arch)
-    return Arch(space, ops, doc, path, path.name.removesuffix(".json").removesuffix(".arch"))
+    return Arch(space, list(doc.ops), out, path, path.name.removesuffix(".json").removesuffix(".arch"), doc)
 
 
 def reference_ops(space: SearchSpace, op: str = REFERENCE_OP) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .arch import load_arch
+from .arch import load_architecture
 from .config import TrainConfig
 from .data import FolderData, ImageData, batches, check_unreadable, load_data, normalize, train_val_split
 from .errors import TvmNasError
@@ -148,7 +148,8 @@ def train_arch(arch: str | os.PathLike, data_spec: str, config: TrainConfig, out
         The result document (also written to ``out_dir/train.json``) with ``val_accuracy``, ``test_accuracy``
         (None without a test set), and ``accuracy`` / ``accuracy_set`` (:func:`accuracy_fields`).
     """
-    space, ops, doc = load_arch(arch)
+    a = load_architecture(arch)
+    space, ops, doc = a.space, a.ops, a.doc
     data = load_data(data_spec, space, max_samples=config.max_samples, seed=config.seed, workers=workers)
     test = None if test_data is None else load_test_data(test_data, space, data, workers)
     torch.manual_seed(config.seed)
