@@ -26,9 +26,24 @@ def progress(console=None):
                     TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
 
 
-def fmt_us(v: float | None) -> str:
-    """A latency in µs with one decimal (``171.3``), or ``n/a``."""
-    return NA if v is None or not math.isfinite(v) else f"{v:,.1f}"
+def fmt_us(v: float | None, unit: str = "", sign: bool = False) -> str:
+    """A latency in µs with one decimal (``171.3``; ``171.3 µs`` with ``unit="µs"``; ``+2.1`` with `sign`), or
+    ``n/a``."""
+    if v is None or not math.isfinite(v):
+        return NA
+    return (f"{v:+,.1f}" if sign else f"{v:,.1f}") + (f" {unit}" if unit else "")
+
+
+def fmt_timing(median: float | None, q1: float | None = None, q3: float | None = None, stable: bool | None = True,
+               unit: str = "") -> str:
+    """A measured latency with its interquartile range, as every output shows it: ``171.3 (IQR 170.1–172.9)``,
+    ``UNSTABLE`` after it when the protocol's rounds disagreed; or ``n/a``."""
+    if median is None or not math.isfinite(median):
+        return NA
+    s = fmt_us(median, unit)
+    if q1 is not None and q3 is not None:
+        s += f" (IQR {fmt_us(q1)}–{fmt_us(q3)})"
+    return s if stable is not False else s + " UNSTABLE"
 
 
 def fmt_spread(median: float | None, iqr: float | None) -> str:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .console import fmt_timing
+
 Sampler = Callable[[], "list[float] | np.ndarray"]
 
 
@@ -95,7 +97,7 @@ class Timing:
 
     def label(self) -> str:
         """``123.4 µs (IQR 120.1–125.0)``, with ``UNSTABLE`` appended when the rounds disagreed."""
-        return format_us(self.median, self.q1, self.q3, self.stable)
+        return fmt_timing(self.median, self.q1, self.q3, self.stable, unit="µs")
 
     @classmethod
     def from_samples(cls, rounds: list[np.ndarray], number: int, where: str, tolerance: float,
@@ -109,16 +111,6 @@ class Timing:
                 where, len(rounds), True, meds, load, skip)
         t.stable = t.spread <= tolerance
         return t
-
-
-def format_us(median: float | None, q1: float | None = None, q3: float | None = None, stable: bool = True) -> str:
-    """A latency with its spread, as every output shows it."""
-    if median is None:
-        return "—"
-    s = f"{median:,.1f} µs"
-    if q1 is not None and q3 is not None:
-        s += f" (IQR {q1:,.1f}–{q3:,.1f})"
-    return s if stable else s + " UNSTABLE"
 
 
 def interleave(samplers: dict[str, Sampler], protocol: Protocol = Protocol(), where: dict[str, str] | None = None,

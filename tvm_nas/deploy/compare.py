@@ -17,7 +17,7 @@ from rich.text import Text
 
 from ..arch import Arch, load_architecture, reference_arch
 from ..backend.trust import inside
-from ..console import fmt_us
+from ..console import fmt_timing, fmt_us
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text
 from ..records import load_manifest
@@ -195,16 +195,12 @@ def compare_table(rows: list[dict]) -> RenderableType:
             continue
         # free text and the figures with their spread wrap (at spaces); names and ratios keep their width
         t.add_column(c, justify=j, overflow="fold", no_wrap=c not in ("net", "target", "meas", "check"),
-                     min_width=17 if c == "meas" else None)  # "(1,112.3–1,419.9)" on one line
+                     min_width=21 if c == "meas" else None)  # "(IQR 1,112.3–1,419.9)" on one line
     for r in rows:
         if r["measured_us"] is None and r.get("setting"):
             meas = r["setting"].split(":", 1)[0]  # not installed / not run on <target> / failed
         else:
-            meas = fmt_us(r["measured_us"])
-        if r.get("measured_q1_us") is not None:
-            meas += f" ({fmt_us(r['measured_q1_us'])}–{fmt_us(r['measured_q3_us'])})"
-        if r.get("stable") is False:
-            meas += " UNSTABLE"
+            meas = fmt_timing(r["measured_us"], r.get("measured_q1_us"), r.get("measured_q3_us"), r.get("stable"))
         t.add_row(r["architecture"], *([] if one else [r["target"]]), r["runtime"], fmt_us(r["predicted_us"]),
                   meas, _ratio(r["measured_over_predicted"]), _ratio(r["vs_tvm"]), r.get("check") or "—")
     settings = _settings_table(rows, one)

@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 
 from ..arch import Arch, load_architecture
-from ..console import over_budget
+from ..console import NA, fmt_timing, fmt_us, over_budget
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, sha256_file
 from ..profile.model import LatencyModel, chosen
@@ -456,19 +456,15 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
     }
 
 
-def _fmt(v: float | None, unit: str = "µs") -> str:
-    return "—" if v is None else f"{v:,.1f} {unit}"
-
-
 def _summary(m: dict) -> str:
     p, ms, r = m["predicted_latency_us"], m["measured_latency_us"], m["measured_over_predicted"]
     ratio = f"{r:.2f}×" if r else "—"
     t = m["measurement"]
-    spread = "" if ms is None else f" (IQR {t['q1']:,.1f}–{t['q3']:,.1f}{'' if t['stable'] else ', UNSTABLE'})"
+    measured = fmt_timing(ms, t.get("q1"), t.get("q3"), t.get("stable"), unit="µs") if ms is not None else NA
     lt = m.get("latency_table") or {}
     fitted = chosen(lt)
     how = fitted.label if fitted else "table"
-    return (f"{m['target']['name']}: predicted {_fmt(p)} ({how}) vs measured {_fmt(ms)}{spread} → ratio {ratio}; "
+    return (f"{m['target']['name']}: predicted {fmt_us(p, 'µs')} ({how}) vs measured {measured} → ratio {ratio}; "
             f"verification {m['verification']['status']} ({m['verification']['how']})") + over_budget(
         ms, t.get("q1") if ms is not None else None, (m.get("architecture") or {}).get("budget_us"))
 

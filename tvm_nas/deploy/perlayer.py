@@ -434,7 +434,7 @@ def per_layer_table(answers: Sequence[dict]) -> RenderableType:
             t.add_column(c, justify=j, no_wrap=True)
         for r in ans["rows"]:
             tvm = fmt_us(r["tvm_us"]) + ("" if r["tvm_stable"] is not False else " *")
-            loss = "—" if r["loss_us"] is None else f"{r['loss_us']:+,.1f}"
+            loss = fmt_us(r["loss_us"], sign=True)
             t.add_row(r["layer"], r["op"], str(len(r["kernels"])), tvm, fmt_us(r["predicted_us"]),
                       *(fmt_us(r[f"{p}_us"]) for p in peers), loss)
         net = ans.get("tvm_net_us")

@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ..console import progress
+from ..console import NA, fmt_us, progress
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, exclusive
 from ..ops import build_op, prepare_for_deploy
@@ -266,8 +266,8 @@ def summary_table(table: LatencyTable, space: SearchSpace) -> Table:
         if e is None:
             continue
         c, h, w = k.in_shape
-        iqr = f"{e['q1']:.1f}–{e['q3']:.1f}" if "q1" in e else "—"
+        iqr = f"{fmt_us(e['q1'])}–{fmt_us(e['q3'])}" if "q1" in e else NA
         flag = "" if e.get("stable", True) else " *"
-        t.add_row(k.op, f"{c}×{h}×{w}", str(k.out_channels), str(k.stride), f"{e['median']:.1f}{flag}", iqr,
+        t.add_row(k.op, f"{c}×{h}×{w}", str(k.out_channels), str(k.stride), f"{fmt_us(e['median'])}{flag}", iqr,
                   str(e.get("trials", 0)))
     return t
