@@ -155,6 +155,27 @@ def exclusive(path: str | os.PathLike, what: str):
         lock.release()
 
 
+def remove_orphans(root: Path, prefix: str, mine: bool = False) -> None:
+    """Remove the folders ``root/<prefix><pid>`` of processes that are gone (killed, or the machine went down), and
+    with `mine` this process's own."""
+    import shutil
+
+    for d in root.glob(prefix + "*"):
+        pid = d.name.removeprefix(prefix)
+        if pid.isdigit() and (mine and int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
 def check_output(path: str | os.PathLike | None, flag: str, inputs=(), force: bool = True) -> None:
     """Refuse, before any long work, an output file that would overwrite an input, that is a folder, whose
     folder is a file or cannot be written, or (without ``force``) that already exists.

@@ -22,7 +22,7 @@ from rich.console import Console
 from ..arch import Arch, load_architecture
 from ..console import NA, fmt_timing, fmt_us, over_budget
 from ..errors import TvmNasError
-from ..io import DEFAULT_LOGS_DIR, atomic_write_json, sha256_file
+from ..io import DEFAULT_LOGS_DIR, atomic_write_json, remove_orphans, sha256_file
 from ..profile.model import LatencyModel, chosen
 from ..profile.table import table_path
 from ..space import SearchSpace
@@ -358,7 +358,7 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
 
     # everything is built in a staging folder and moved in at the end: a crash never leaves a new library beside
     # an old manifest
-    _remove_stale_stages(out)
+    remove_orphans(out, ".build-", mine=True)  # staging folders of builds whose process is gone
     stage = out / f".build-{os.getpid()}"
     try:
         t0 = time.perf_counter()
@@ -387,24 +387,6 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
     return manifest
 
 
-def _remove_stale_stages(out: Path) -> None:
-    """Staging folders left by builds whose process is gone (killed, or the machine went down)."""
-    for d in out.glob(".build-*"):
-        pid = d.name.removeprefix(".build-")
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
-
-
 def _install(stage: Path, out: Path, files: tuple[str, ...], manifest: dict) -> None:
     """Move a finished build into `out`: the old manifest goes first and the new one comes last, so at every
     moment the folder's manifest (if any) describes the files beside it."""
@@ -415,10 +397,8 @@ def _install(stage: Path, out: Path, files: tuple[str, ...], manifest: dict) -> 
 
 
 def _predict(table: LatencyModel | None, a: Arch) -> float | None:
-    if table is None:
-        return None
     try:
-        return table.predict(a.space, a.ops)
+        return None if table is None else table.predict(a.space, a.ops)
     except TvmNasError:
         return None  # an op the profile has not measured
 
