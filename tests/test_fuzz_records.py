@@ -1,4 +1,4 @@
-"""The records tvm-nas writes for itself and reads back later (`tvm_nas/records.py`): a run's `run.json`, a build's
+"""The records tvm-nas writes for itself and reads back later (`tvm_nas/records/`): a run's `run.json`, a build's
 `manifest.json`, a validation's `validate.json`, a search checkpoint, the tuning time ledger and a tuning database's
 `target.json`, fed damaged and hostile files. Each reader returns a valid record (that what reads it next can use)
 or raises one line of TvmNasError naming the file, never another exception; each refusal once through the real
@@ -45,13 +45,14 @@ from test_fuzz_readers import (
 
 from tvm_nas.arch import arch_document, reference_ops, write_arch
 from tvm_nas.backend.budget import TimeLedger
-from tvm_nas.config import STAGES, RunConfig
+from tvm_nas.config import RunConfig
 from tvm_nas.errors import TvmNasError
 from tvm_nas.io import sha256_file
 from tvm_nas.profile.calibration import calibration_path
 from tvm_nas.profile.model import LatencyModel, statistics
-from tvm_nas.records import load_manifest, load_run_state, load_validation
+from tvm_nas.records import load_manifest, load_validation
 from tvm_nas.space import load_space
+from tvm_nas.stages import BY_NAME, STAGES, load_run_state
 from tvm_nas.targets import load_target
 from tvm_nas.timing import Protocol, Timing
 
@@ -144,21 +145,21 @@ def _stage_results(space, table: LatencyModel, validation: dict) -> dict:
     """Each stage's result as `run.py` records it, for the files `run_folder` writes."""
     from tvm_nas.deploy.compare import _row
     from tvm_nas.deploy.peers import Result
-    from tvm_nas.run import _accuracies
+    from tvm_nas.stages import accuracies as _accuracies
 
     fast, slow = table.extremes(space)
     lo, hi = table.predict(space, fast), table.predict(space, slow)
     ops = all_nets(space)[5]
     acc = _accuracies({"val_accuracy": 0.61, "test_accuracy": 0.58})
     nets = {}
-    for name, kind, net_ops in (("mobilenetv2 (all k3_e6)", "reference", reference_ops(space)),
+    for name, kind, net_ops in (("reference (mbconv_k3_e6)", "reference", reference_ops(space)),
                                 ("fastest", "fastest", fast), ("matched-1", "matched", all_nets(space)[7])):
         slug = name.split(" ")[0]
         nets[name] = {"kind": kind, "ops": net_ops, "arch": f"baselines/{slug}.arch.json", **acc,
                       "weights": f"baselines/{slug}/model.pt", "predicted_us": table.predict(space, net_ops)}
     timed = Result("tvm", "TVM 0.27.0, default schedules (no database), 1 thread", _timing(80.0), 2e-8)
     peer = Result("pytorch", "PyTorch 2.9 eager, 1 thread", _timing(120.0), 1e-7)
-    label = SimpleNamespace(label="final")
+    label = SimpleNamespace(label="searched")
     spec = SimpleNamespace(name="host")
     rows = [_row(label, spec, timed, 70.0, timed.timing.to_json(), 80.0, "alternate", ["tvm", "pytorch"]),
             _row(label, spec, peer, None, peer.timing.to_json(), 80.0, "alternate", ["tvm", "pytorch"])]
@@ -184,7 +185,6 @@ def run_folder(root: Path, valid: Docs, through: str = "report") -> Path:
     table, the architectures, the searched net's weights and manifest, `validate.json`); no library: nothing that
     reads this folder here loads one."""
     from tvm_nas.network import Network
-    from tvm_nas.run import _artifacts
 
     space = valid["space"]
     table_doc_ = copy.deepcopy(valid["table"])
@@ -206,7 +206,7 @@ def run_folder(root: Path, valid: Docs, through: str = "report") -> Path:
     done = {}
     for stage in STAGES[:STAGES.index(through) + 1]:
         r = {"seconds": 1.5, **results[stage]}
-        r["artifacts"] = {rel: sha256_file(root / rel) for rel in _artifacts(stage, r) if (root / rel).is_file()}
+        r["artifacts"] = {rel: sha256_file(root / rel) for rel in BY_NAME[stage].outputs(r) if (root / rel).is_file()}
         done[stage] = r
     cfg = RunConfig(**RUN_CONFIG, logs_dir=str(root / "logs")).model_dump(mode="json")
     (root / "run.json").write_text(json.dumps({"schema": 1, "config": cfg, "done": done, "created": "20260101-000000"},
@@ -307,7 +307,8 @@ def _file(data, doc: dict, focus: str, tmp_path_factory, name: str) -> tuple[Pat
 @given(data=st.data())
 def test_fuzz_run_json(valid, tmp_path_factory, data):
     """`run --resume` reads run.json, builds its Run and checks each stage's files: one line, or a usable state."""
-    from tvm_nas.run import Run, _accuracies, _artifacts, _peers
+    from tvm_nas.run import Run, _peers
+    from tvm_nas.stages import accuracies as _accuracies
 
     folder, path = _file(data, valid["run"], "run", tmp_path_factory, "run.json")
     try:
@@ -318,7 +319,7 @@ def test_fuzz_run_json(valid, tmp_path_factory, data):
     d = copy.deepcopy(state["done"])
     assert set(d) == set(STAGES[:len(d)])
     for stage, result in d.items():  # what the run and its report read of each finished stage
-        assert all(not Path(f).is_absolute() and ".." not in Path(f).parts for f in _artifacts(stage, result))
+        assert all(not Path(f).is_absolute() and ".." not in Path(f).parts for f in BY_NAME[stage].outputs(result))
     _peers(d.get("compare", {}).get("rows", []))
     for n in [d.get("train", {}), *d.get("baselines", {}).get("nets", {}).values()]:
         _accuracies(n)
@@ -372,15 +373,16 @@ def test_fuzz_validate_json(valid, tmp_path_factory, data):
     from tvm_nas.run import Run
 
     folder, path = _file(data, valid["validation"], "validation", tmp_path_factory, "validate.json")
-    fake = SimpleNamespace(state={"done": {"validate": {"result": path.name}}}, dir=folder)
+    fake = SimpleNamespace(done={"validate": {"result": path.name}}, dir=folder)
     try:
         nets = Run._validated(fake)  # the reader's own call site in run.py
     except TvmNasError as e:
         one_line_naming(e, path)
         return
-    for r in nets.values():
-        assert all(math.isfinite(r[k]) and r[k] >= 0 for k in ("measured_us", "measured_q1", "measured_q3"))
-        assert r["measured_us"] > 0 and isinstance(r["stable"], bool)
+    for r in nets.values():  # by the run's name of each net: one timing, its summary fields
+        t = r["measured"]
+        assert all(math.isfinite(t[k]) and t[k] >= 0 for k in ("median", "q1", "q3"))
+        assert t["median"] > 0 and isinstance(t["stable"], bool)
         assert all(r.get(k) is None or math.isfinite(r[k]) for k in ("calibrated_us", "corrected_us"))
 
 

@@ -112,10 +112,6 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
-# the stages of `tvm-nas run`, in order; each leaves its result in the run directory
-STAGES = ("profile", "search", "train", "baselines", "compile", "compare", "validate", "report")
-
-
 class RunConfig(BaseModel):
     """Settings of ``tvm-nas run`` (kept in the run's ``run.json``; ``--resume`` reuses them unchanged).
 

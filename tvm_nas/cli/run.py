@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import DEVICES, STAGES, RunConfig
+from ..config import DEVICES, RunConfig
+from ..stages import STAGES
 
 _HELP = {"space": "search space", "target": "hardware target", "data": "builtin | imagefolder:PATH | cifar10:PATH",
          "logs_dir": "per-target tuning databases and tables", "seed": "seed of everything random"}

@@ -20,10 +20,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..console import fmt_timing, fmt_us
 from ..errors import TvmNasError
-from ..io import atomic_write_json, exclusive
+from ..io import atomic_write_json, exclusive, remove_orphans
 from ..profile.model import CALIBRATION, CORRECTION, FITTED, Fitted, chosen, statistics
-from ..timing import format_us
 
 SCHEMA = 1
 RESULT, FIGURE = "validate.json", "validate.png"
@@ -35,11 +35,16 @@ def random_archs(space, n: int, seed: int = 0) -> list[list[str]]:
     return [[b.candidates[int(rng.integers(len(b.candidates)))] for b in space.blocks()] for _ in range(n)]
 
 
-def nets_to_validate(space, model, n: int, archs: Sequence = (), seed: int = 0) -> list:
+def nets_to_validate(space, model, n: int, archs: Sequence = (), seed: int = 0) -> tuple[list, dict[str, list[str]]]:
     """The nets of a validation: `n` random ones, the fastest and slowest under the latency model, the reference,
-    `archs`.
+    `archs` (paths, or :class:`~tvm_nas.arch.Arch` objects whose ``label`` names their row: a run passes its own
+    names).
 
-    Duplicated architectures are kept once (the first label wins).
+    A net given twice is measured once, at its first place, under the name of the first of `archs` that has it
+    (else its first name).
+
+    Returns:
+        ``(nets, aliases)``: the nets, and for each net's name its other names.
     """
     from ..arch import Arch, arch_document, load_architecture, reference_arch
 
@@ -50,20 +55,28 @@ def nets_to_validate(space, model, n: int, archs: Sequence = (), seed: int = 0) 
         nets.append(reference_arch(space))
     except TvmNasError:
         pass  # a space whose blocks do not all offer the reference op
+    given = []
     for a in archs:
         a = load_architecture(a)
         if a.space.hash != space.hash:
             raise TvmNasError(f"{a.path}: field 'space': architecture of space '{a.space.name}' (hash "
                               f"{a.space.hash}), not '{space.name}' (hash {space.hash})")
-        nets.append(a)
+        given.append(a)
+    nets += given
     nets += [Arch(space, ops, arch_document(space, ops, None, None), None, f"random-{i}")
              for i, ops in enumerate(random_archs(space, n, seed))]
-    seen, out = set(), []
+    names: dict[tuple, list[str]] = {}
+    for a in [*given, *nets]:
+        if a.label not in names.setdefault(tuple(a.ops), []):
+            names[tuple(a.ops)].append(a.label)
+    seen, out, aliases = set(), [], {}
     for a in nets:
         if tuple(a.ops) not in seen:
             seen.add(tuple(a.ops))
-            out.append(a)
-    return out
+            first, *others = names[tuple(a.ops)]
+            out.append(Arch(a.space, a.ops, a.doc, a.path, first, a.file))
+            aliases[first] = others
+    return out, aliases
 
 
 def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | os.PathLike = "tuning_logs",
@@ -75,7 +88,8 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
         space: a space name or path.
         target: a target name or path (local or RPC runner).
         n: random architectures to add to the fastest, slowest and reference nets.
-        archs: further ``*.arch.json`` files (e.g. a searched net).
+        archs: further ``*.arch.json`` files (e.g. a searched net), or :class:`~tvm_nas.arch.Arch` objects whose
+            ``label`` names their row.
         logs_dir: root of the per-target tables and databases (`<logs_dir>/<target>/`).
         out: folder for ``validate.json`` and ``validate.png``.
         seed: seed of the random architectures and their weights.
@@ -109,7 +123,7 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
 
         if not cuda_device_present():
             raise TvmNasError(f"target '{spec.name}': no CUDA device here to measure on; use its RPC runner")
-    nets = nets_to_validate(space, model, n, archs, seed)
+    nets, aliases = nets_to_validate(space, model, n, archs, seed)
     work = Path(logs_dir) / spec.name
     db = tuning.open_database(work, spec) if (work / "database_workload.json").is_file() else None
     console.print(f"validate [bold]{space.name}[/] on [bold]{spec.name}[/]: {len(nets)} nets, database "
@@ -121,6 +135,8 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
             t = timings[r["net"]]
             r.update(measured_us=t.median, measured_q1=t.q1, measured_q3=t.q3, stable=t.stable,
                      error_pct=100 * (r["predicted_us"] - t.median) / t.median, measurement=t.to_json())
+            if aliases.get(r["net"]):  # the same net under other names (a run's searched net may be its fastest)
+                r["aliases"] = aliases[r["net"]]
         summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
         summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
         summary["load_avg"] = list(os.getloadavg())
@@ -191,13 +207,8 @@ STAGE_PREFIX = "tvm-nas-validate-"
 
 def _staging_folder() -> Path:
     """A fresh folder for this process's libraries; those of validations whose process is gone are removed."""
-    from .compile import _alive
-
     root = Path(tempfile.gettempdir())
-    for d in root.glob(STAGE_PREFIX + "*"):
-        pid = d.name.removeprefix(STAGE_PREFIX)
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
+    remove_orphans(root, STAGE_PREFIX)
     stage = root / f"{STAGE_PREFIX}{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -275,8 +286,8 @@ def result_table(doc: dict) -> Table:
         t.add_column(c, justify="left" if c == "net" else "right")
     for r in doc["nets"]:
         fits = [r.get(f.row) for f in shown]
-        t.add_row(r["net"], f"{r['predicted_us']:,.1f}", *("—" if v is None else f"{v:,.1f}" for v in fits),
-                  format_us(r["measured_us"], r["measured_q1"], r["measured_q3"], r["stable"]).replace(" µs", ""),
+        t.add_row(r["net"], fmt_us(r["predicted_us"]), *(fmt_us(v) for v in fits),
+                  fmt_timing(r["measured_us"], r["measured_q1"], r["measured_q3"], r["stable"]),
                   f"{r['error_pct']:+.1f}", str(r["untuned_kernels"]))
     return t
 

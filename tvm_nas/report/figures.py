@@ -179,7 +179,7 @@ def plot_latency_table(s: RunSummary, path: Path) -> str | None:
     vmax = max(finite) if finite else 1.0
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            text = "–" if not math.isfinite(v) else fmt_us(v)
+            text = fmt_us(v)
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if math.isfinite(v) and v > 0.6 * vmax else "black")
         if i < len(chosen) and chosen[i] in cols:
@@ -265,8 +265,8 @@ def plot_predicted_measured(s: RunSummary, path: Path) -> str | None:
     lim = (max(0.0, lo - pad), hi + pad)
     ax.plot(lim, lim, color="#555", ls="--", lw=1, label="measured = predicted")
     for n in nets:  # interquartile range of the interleaved measurement
-        if n.measured_q1 is not None and n.measured_q3 is not None:
-            ax.plot([x(n)] * 2, [n.measured_q1, n.measured_q3], color="#888", lw=1)
+        if n.measured.q1 is not None and n.measured.q3 is not None:
+            ax.plot([x(n)] * 2, [n.measured.q1, n.measured.q3], color="#888", lw=1)
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_aspect("equal")

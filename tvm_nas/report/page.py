@@ -16,7 +16,17 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from ..console import NA, fmt_accuracy, fmt_pct, fmt_ratio, fmt_seconds, fmt_size, fmt_us, over_budget
+from ..console import (
+    NA,
+    fmt_accuracy,
+    fmt_pct,
+    fmt_ratio,
+    fmt_seconds,
+    fmt_size,
+    fmt_timing,
+    fmt_us,
+    over_budget,
+)
 from ..io import atomic_write_text
 from . import figures
 from .summary import RunSummary, load_summary
@@ -80,7 +90,7 @@ def _header(s: RunSummary) -> str:
                                                          if s.arch and s.arch.budget_note else "")],
         ["predicted latency", f"{fmt_us(s.predicted_us)} µs"],
         ["measured latency", f"{fmt_us(net.measured_us if net else None)} µs" + (
-            f" <b>{_e(over_budget(net.measured_us, net.measured_q1, s.budget_us).lstrip('; '))}</b>" if net else "")],
+            f" <b>{_e(over_budget(net.measured_us, _q1(net), s.budget_us).lstrip('; '))}</b>" if net else "")],
         ["accuracy", fmt_accuracy(net.accuracy if net else None, net.accuracy_set if net else None)],
     ]
     rk = s.ranking
@@ -120,6 +130,11 @@ def _arch_table(s: RunSummary) -> str:
     return _table(["block", "input → output channels", "chosen op", "probability", "latency (µs)"], rows, num_from=3)
 
 
+def _q1(n) -> float | None:
+    """The lower quartile of a net's measured latency, when known."""
+    return None if n.measured is None else n.measured.q1
+
+
 def _nets_table(s: RunSummary) -> str:
     if not s.nets:
         return "<p class='note'>No nets in summary.json.</p>"
@@ -128,11 +143,8 @@ def _nets_table(s: RunSummary) -> str:
         err = NA
         if n.measured_us is not None and n.predicted_us:
             err = f"{100 * (n.measured_us - n.predicted_us) / n.predicted_us:+.1f}%"
-        meas = fmt_us(n.measured_us)
-        if n.measured_q1 is not None and n.measured_q3 is not None:
-            meas += f" ({fmt_us(n.measured_q1)}–{fmt_us(n.measured_q3)})"
-        if n.stable is False:
-            meas += " UNSTABLE"
+        t = n.measured
+        meas = NA if t is None else fmt_timing(t.median, t.q1, t.q3, t.stable)
         rows.append([_e(n.name), _e(n.kind), fmt_pct(n.accuracy), fmt_pct(n.supernet_accuracy),
                      fmt_us(n.predicted_us), _e(meas), err])
     sets = {n.accuracy_set for n in s.nets if n.accuracy is not None}
@@ -271,7 +283,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
 
 def _ranking_note(s: RunSummary) -> str:
     net = s.searched
-    out = over_budget(net.measured_us, net.measured_q1, s.budget_us) if net else ""
+    out = over_budget(net.measured_us, _q1(net), s.budget_us) if net else ""
     rk = s.ranking
     if rk is None:
         return out

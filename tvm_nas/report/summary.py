@@ -83,6 +83,17 @@ class TableInfo(_Part):
     fixed_us: float | None = None
 
 
+class TimingInfo(_Part):
+    """One timing, by the same fields everywhere in the summary: median, quartiles, whether the rounds agreed, and
+    how many rounds it took (None where the figure came without them)."""
+
+    median: float
+    q1: float | None = None
+    q3: float | None = None
+    stable: bool | None = None
+    rounds: int | None = None
+
+
 class NetInfo(_Part):
     name: str
     kind: str = "random"
@@ -93,13 +104,25 @@ class NetInfo(_Part):
     test_accuracy: float | None = None
     supernet_accuracy: float | None = None  # validation accuracy with the supernet's shared weights
     predicted_us: float | None = None
-    measured_us: float | None = None
-    measured_q1: float | None = None
-    measured_q3: float | None = None
-    stable: bool | None = None
+    measured: TimingInfo | None = None  # validate's interleaved timing, else the compile stage's median
     compile_measured_us: float | None = None
     calibrated_us: float | None = None  # the validate stage's calibrated prediction (fitted on the other nets)
     corrected_us: float | None = None  # the validate stage's learned correction (fitted on the other nets)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_timing(cls, data):
+        """Summaries written before the timing had its own fields: ``measured_us``, ``measured_q1``, ``_q3`` and
+        ``stable`` beside the net's other fields."""
+        if isinstance(data, dict) and "measured" not in data and data.get("measured_us") is not None:
+            data = {**data, "measured": {"median": data["measured_us"], "q1": data.get("measured_q1"),
+                                         "q3": data.get("measured_q3"), "stable": data.get("stable")}}
+        return data
+
+    @property
+    def measured_us(self) -> float | None:
+        """The measured median (``measured.median``), or None."""
+        return None if self.measured is None else self.measured.median
 
 
 class ValidationInfo(_Part):
