@@ -95,5 +95,5 @@ def over_budget(measured: float | None, q1: float | None, budget: float | None) 
     the budget); then one sentence saying so."""
     if measured is None or budget is None or not (q1 if q1 is not None else measured) > budget:
         return ""
-    return (f"; MEASURED OVER BUDGET: {measured:,.1f} µs (lower quartile {q1 if q1 is not None else measured:,.1f}) "
-            f"> budget {budget:,.1f} µs")
+    return (f"; MEASURED OVER BUDGET: {fmt_us(measured, 'µs')} (lower quartile "
+            f"{fmt_us(q1 if q1 is not None else measured)}) > budget {fmt_us(budget, 'µs')}")

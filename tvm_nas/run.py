@@ -17,7 +17,7 @@ from .config import RunConfig
 from .errors import TvmNasError
 from .io import atomic_write_json, sha256_file
 from .profile.model import FITTED, LatencyModel
-from .records import load_validation
+from .records import ValidationFile, load_record
 from .specfile import validation_error
 from .stages import MATCH, PIPELINE, STAGES, accuracies, load_run_state
 
@@ -237,14 +237,13 @@ class Run:
         v = self.done.get("validate")
         if not v:
             return {}
-        doc = load_validation(self.dir / v["result"])  # records.ValidationFile
-        used = (doc.get("summary") or {}).get
+        doc = load_record(self.dir / v["result"], ValidationFile, "validation result")[0]
+        used = {f.row for f in FITTED if getattr(getattr(doc.summary, f.key), "better", False)}
         out = {}
-        for r in doc["nets"]:
-            fields = {"measured": timing(r["measurement"]),
-                      **{f.row: r.get(f.row) if (used(f.key) or {}).get("better") else None
-                         for f in reversed(FITTED)}}
-            for name in (r["net"], *(r.get("aliases") or ())):  # a net validate timed once under several names
+        for r in doc.nets:
+            fields = {"measured": {k: getattr(r.measurement, k) for k in TIMING},
+                      **{f.row: getattr(r, f.row) if f.row in used else None for f in reversed(FITTED)}}
+            for name in (r.net, *(r.aliases or ())):  # a net validate timed once under several names
                 out[name] = fields
         return out
 
@@ -255,11 +254,6 @@ class Run:
 
 
 TIMING = ("median", "q1", "q3", "stable", "rounds")  # a timing's fields in the summary
-
-
-def timing(t: dict) -> dict:
-    """The summary's fields of a timing (:class:`~tvm_nas.timing.Timing` as its ``to_json`` writes it)."""
-    return {k: t.get(k) for k in TIMING}
 
 
 def _median(us: float | None) -> dict | None:

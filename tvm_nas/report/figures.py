@@ -190,7 +190,7 @@ def plot_latency_table(s: RunSummary, path: Path) -> str | None:
                   [f"#{b.index} {b.in_channels}→{b.out_channels} {b.in_hw}x{b.in_hw}" + (" s2" if b.stride == 2 else "")
                    for b in blocks], fontsize=8)
     fig.colorbar(im, ax=ax, label="latency (µs)", fraction=0.04)
-    fixed = f"; fixed layers {fmt_us(t.fixed_us)} µs" if t.fixed_us is not None else ""
+    fixed = f"; fixed layers {fmt_us(t.fixed_us, 'µs')}" if t.fixed_us is not None else ""
     ax.set_title(f"Latency table on {s.target.name} (µs{fixed}); chosen op outlined", fontsize=10)
     _save(fig, path)
     return None
@@ -231,7 +231,7 @@ def plot_accuracy_latency(s: RunSummary, path: Path) -> str | None:
                 color="#555555", lw=1.2, zorder=2, label="ground-truth front")
     _scatter_nets(ax, nets, xy)
     if s.budget_us is not None:
-        ax.axvline(s.budget_us, color="#d62728", ls="--", lw=1.2, label=f"budget {fmt_us(s.budget_us)} µs")
+        ax.axvline(s.budget_us, color="#d62728", ls="--", lw=1.2, label=f"budget {fmt_us(s.budget_us, 'µs')}")
     ax.set_xlabel("latency (µs): filled = measured with TVM, hollow = predicted from the table")
     test = {n.accuracy_set for n in nets} == {"test"}
     ax.set_ylabel("test accuracy (%)" if test else "accuracy (%): validation split, not held out")

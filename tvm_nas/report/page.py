@@ -86,10 +86,10 @@ def _header(s: RunSummary) -> str:
                   f"{_e('x'.join(map(str, s.space.input)) or NA)}, {len(s.space.blocks)} searchable blocks)</span>"],
         ["target", f"{_e(s.target.name)}" + (f" <span class='small'><code>{_e(tvm_text)}</code></span>"
                                              if tvm_text else "")],
-        ["latency budget", f"{fmt_us(s.budget_us)} µs" + (f" <b>({_e(s.arch.budget_note)})</b>"
-                                                         if s.arch and s.arch.budget_note else "")],
-        ["predicted latency", f"{fmt_us(s.predicted_us)} µs"],
-        ["measured latency", f"{fmt_us(net.measured_us if net else None)} µs" + (
+        ["latency budget", fmt_us(s.budget_us, "µs") + (f" <b>({_e(s.arch.budget_note)})</b>"
+                                                        if s.arch and s.arch.budget_note else "")],
+        ["predicted latency", fmt_us(s.predicted_us, "µs")],
+        ["measured latency", fmt_us(net.measured_us if net else None, "µs") + (
             f" <b>{_e(over_budget(net.measured_us, _q1(net), s.budget_us).lstrip('; '))}</b>" if net else "")],
         ["accuracy", fmt_accuracy(net.accuracy if net else None, net.accuracy_set if net else None)],
     ]
@@ -307,10 +307,10 @@ def terminal_summary(run_dir: str | os.PathLike):
     run_dir = Path(run_dir)
     s = load_summary(run_dir)
     net = s.searched
-    caption = (f"{s.space.name} on {s.target.name}: predicted {fmt_us(s.predicted_us)} µs, measured "
-               f"{fmt_us(net.measured_us if net else None)} µs, accuracy "
+    caption = (f"{s.space.name} on {s.target.name}: predicted {fmt_us(s.predicted_us, 'µs')}, measured "
+               f"{fmt_us(net.measured_us if net else None, 'µs')}, accuracy "
                f"{fmt_accuracy(net.accuracy if net else None, net.accuracy_set if net else None)}, "
-               f"budget {fmt_us(s.budget_us)} µs" + (f" ({s.arch.budget_note})" if s.arch and s.arch.budget_note
+               f"budget {fmt_us(s.budget_us, 'µs')}" + (f" ({s.arch.budget_note})" if s.arch and s.arch.budget_note
                                                      else "") + _ranking_note(s))
     table = Table(title=f"tvm-nas run: {run_dir}", caption=caption)
     table.add_column("artifact", style="bold")
