@@ -59,7 +59,10 @@ def main() -> None:
     ap.add_argument("--logs-dir", default=str(ROOT / "tuning_logs"))
     ap.add_argument("--peers", help="comma-separated runtimes (default: every one installed)")
     ap.add_argument("--out", help="default bench/results/peers-<space>-<net>.json")
+    ap.add_argument("--report", metavar="FILE", help="print (and rewrite) the report of a finished results file")
     args = ap.parse_args()
+    if args.report:
+        return reprint(Path(args.report))
 
     from rich.console import Console
 
@@ -102,6 +105,16 @@ def main() -> None:
     print(f"written: {out}")
 
 
+def reprint(path: Path) -> None:
+    """The report of a finished results file, written again by this version of the bench."""
+    from tvm_nas.io import atomic_write_json, read_json
+
+    doc = read_json(path, "peers bench")
+    doc["report"] = report(doc)
+    print(doc["report"])
+    atomic_write_json(path, doc)
+
+
 def timed(rows: list[dict]) -> dict[str, dict]:
     """runtime -> row, with TVM's module called from Python as the peers are (``tvm-python``): the like-for-like
     figure for the ratios, since each peer's figure includes one Python call per run and TVM's own loop does
@@ -130,6 +143,27 @@ def summary_line(run: dict) -> str:
             + " ".join(f"{v:.2f}" for v in run["load"]))
 
 
+def swapped(rankings: list[tuple]) -> str:
+    """The pairs of runtimes whose order differs between two rankings."""
+    if len(rankings) < 2:
+        return ""
+    a, b = rankings[0], rankings[1]
+    pairs = [f"{x}/{y}" for i, x in enumerate(a) for y in a[i + 1:] if x in b and y in b and b.index(x) > b.index(y)]
+    return f" (swapped: {', '.join(pairs)})" if pairs else ""
+
+
+def tvm_place(runs: list[dict]) -> str:
+    """TVM's module called from Python against the fastest peer, per order: the like-for-like answer."""
+    out = []
+    for r in runs:
+        t = timed(r["rows"])
+        best = fastest_peer(r["rows"])
+        mine = "tvm-python" if "tvm-python" in t else "tvm"
+        if best and mine in t:
+            out.append(f"{r['order']}: TVM {t[mine]['measured_us'] / t[best]['measured_us']:.2f}× {best}")
+    return ", ".join(out)
+
+
 def report(doc: dict) -> str:
     """Per thread count: each runtime's median over both orders, its ratio to the fastest peer, and whether the
     orders agree on the ranking."""
@@ -146,7 +180,8 @@ def report(doc: dict) -> str:
         peers = [k for k in names if not k.startswith("tvm")]  # tvm-python is TVM too
         best = peers[0] if peers else None
         lines.append(f"  {threads} thread(s), orders {'/'.join(r['order'] for r in runs)}: ranking "
-                     f"{'the same in both' if len(set(rankings)) == 1 else 'DIFFERS between orders'}")
+                     f"{'the same in both' if len(set(rankings)) == 1 else 'DIFFERS between orders'}"
+                     + swapped(rankings) + "; " + tvm_place(runs))
         for k in names:
             spread = [timed(r["rows"])[k] for r in runs if k in timed(r["rows"])]
             iqr = f"{min(s['measured_q1_us'] for s in spread):,.1f}–{max(s['measured_q3_us'] for s in spread):,.1f}"
