@@ -53,6 +53,8 @@ VARIANTS = {
     "default": {},
     "arch-lr-1e-3": {"arch_lr": 1e-3},  # the ProxylessNAS code's α learning rate
     "arch-lr-1e-2": {"arch_lr": 1e-2},
+    # no pull towards faster ops once the expected net meets the budget (the run's default α rate, 0.02)
+    "hinge": {"loss": "hinge"},
 }
 
 

@@ -145,6 +145,18 @@ def test_expected_latency_and_loss_forms(space, tiny_table):
         latency_loss(ce, e, 0.5, "add")
 
 
+def test_hinge_pulls_only_while_the_expected_net_is_over_budget():
+    ce = torch.tensor(2.0)
+    for budget, over in ((40.0, True), (60.0, False)):
+        lat = torch.tensor(50.0, requires_grad=True)
+        loss, d = latency_loss(ce, lat, budget, "hinge", lam=0.5)
+        loss.backward()
+        assert float(loss.detach()) == pytest.approx(2.0 + (0.5 * (50.0 / budget - 1) if over else 0.0))
+        assert (float(lat.grad) > 0) is over and float(lat.grad) >= 0 and d["latency_term"] >= 0
+    with pytest.raises(TvmNasError, match="--loss"):
+        latency_loss(ce, torch.tensor(50.0), 40.0, "hinges")
+
+
 def test_tight_budget_derives_a_faster_net(space, tiny_table, data, tmp_path):
     table = LatencyTable.load(tiny_table, space=space, target_name="host")
     fast, slow = table.extremes(space)

@@ -58,7 +58,7 @@ class SearchConfig(BaseModel):
     arch_every: int = Field(default=1, ge=1, description="one round of architecture steps after this many "
                                                          "weight steps")
     arch_steps: int = Field(default=1, ge=1, description="architecture steps per round")
-    loss: Literal["mul", "add"] = "mul"
+    loss: Literal["mul", "add", "hinge"] = "mul"
     mul_a: float = Field(default=0.2, gt=0)
     mul_b: float = Field(default=0.3, gt=0)
     add_lambda: float = Field(default=1.0, ge=0)
@@ -140,7 +140,7 @@ class RunConfig(BaseModel):
     train_epochs: int = Field(default=6, ge=1, description="training epochs of each net")
     arch_lr: float = Field(default=0.02, gt=0, description="Adam learning rate of α (a short run needs α to move "
                                                            "faster than the paper's 1e-3 over 90 epochs)")
-    loss: Literal["mul", "add"] = "add"
+    loss: Literal["mul", "add", "hinge"] = "add"
     seed: int = 0
     max_samples: int | None = Field(default=None, ge=2, description="use at most this many images of --data, a "
                                                                           "seeded subset (default all)")

@@ -18,7 +18,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
             text += f" (default {f.default})"
         kw = {"dest": name, "default": None, "help": text}
         if name == "loss":
-            kw["choices"] = ["mul", "add"]
+            kw["choices"] = ["mul", "add", "hinge"]
         elif name == "device":
             kw["choices"] = list(DEVICES)
         elif f.annotation not in (str, str | None):

@@ -51,7 +51,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         if name == "arch_update":
             kw["choices"] = ["gradient", "reinforce"]
         elif name == "loss":
-            kw["choices"] = ["mul", "add"]
+            kw["choices"] = ["mul", "add", "hinge"]
         else:
             kw["type"] = int if f.annotation in (int, int | None) else float
         p.add_argument(flag, **kw)

@@ -17,7 +17,7 @@ from ..errors import TvmNasError
 from ..profile.model import LatencyModel
 from ..space import SearchSpace
 
-LOSS_FORMS = ("mul", "add")
+LOSS_FORMS = ("mul", "add", "hinge")
 
 
 class ExpectedLatency:
@@ -64,8 +64,12 @@ def latency_loss(ce: torch.Tensor, expected_us: torch.Tensor, budget_us: float, 
         ce: cross-entropy loss.
         expected_us: E[LAT] in µs (differentiable).
         budget_us: the latency budget T in µs.
-        form: ``"mul"``: ``CE · a · (log E[LAT] / log T)^b`` (ProxylessNAS; logs of µs), or
-            ``"add"``: ``CE + λ · E[LAT] / T``.
+        form: ``"mul"``: ``CE · a · (log E[LAT] / log T)^b`` (ProxylessNAS; logs of µs),
+            ``"add"``: ``CE + λ · E[LAT] / T``, or
+            ``"hinge"``: ``CE + λ · max(0, E[LAT] / T − 1)``: no pull towards faster ops once the expected net
+            meets the budget, so the cross entropy alone chooses among the nets under it (with Adam, whose steps
+            do not shrink with the gradient, the other two forms keep pushing α towards the cheapest ops however
+            small their latency gradient is).
         a, b: the multiplicative form's scale and exponent.
         lam: the additive form's weight λ.
 
@@ -80,6 +84,9 @@ def latency_loss(ce: torch.Tensor, expected_us: torch.Tensor, budget_us: float, 
         loss = ce * term
     elif form == "add":
         term = lam * expected_us / budget_us
+        loss = ce + term
+    elif form == "hinge":
+        term = lam * torch.relu(expected_us / budget_us - 1.0)
         loss = ce + term
     else:
         raise TvmNasError(f"--loss: unknown loss form {form!r}; accepted: {', '.join(LOSS_FORMS)}")
