@@ -100,3 +100,24 @@ def test_no_output_overwrites_an_input_or_is_lost_after_the_work(tmp_path):
             "--force", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (out / "model.pt").read_bytes() != b"earlier result" and os.path.getsize(out / "train.json") > 0
+
+
+@pytest.mark.parametrize("command", ["compile", "run"])
+def test_a_cache_that_is_a_file_or_unwritable_is_one_line_before_any_work(command, tmp_path, monkeypatch):
+    """The per-user cache records every library the product builds (backend/trust.py): a TVM_NAS_CACHE that is a
+    file, or under a file, is named in one line before anything is compiled or trained (every command that builds
+    or loads a library checks it first; two of them run here)."""
+    from tvm_nas.cli import BUILDS_LIBRARIES
+
+    assert set(BUILDS_LIBRARIES) == {"compile", "compare", "validate", "run"}
+    cached = tmp_path / "cache-file"
+    cached.write_text("not a folder")
+    args = {"compile": ["--arch", "missing.arch.json", "--target", "host"],
+            "compare": ["--arch", "missing.arch.json", "--target", "host"],
+            "validate": ["--space", "tiny", "--target", "host"], "run": []}[command]
+    for where in (cached, cached / "below"):
+        monkeypatch.setenv("TVM_NAS_CACHE", str(where))
+        r = cli(command, *args, cwd=tmp_path, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "TVM_NAS_CACHE" in r.stderr and "Traceback" not in r.stderr
+    assert cached.read_text() == "not a folder" and not (tmp_path / "runs").exists()

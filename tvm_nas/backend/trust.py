@@ -26,11 +26,9 @@ TRUST_ENV = "TVM_NAS_TRUST_LIBRARIES"
 def _registry() -> Path:
     from .aarch64 import cache_dir
 
-    root = Path(os.environ.get("TVM_NAS_CACHE", Path.home() / ".cache" / "tvm-nas"))
-    if root.exists() and not root.is_dir():
-        raise TvmNasError(f"TVM_NAS_CACHE={root}: not a folder (the per-user cache of tvm-nas)")
+    root = cache_dir()  # one line when the cache is a file or cannot be written
     try:
-        d = cache_dir() / "built"
+        d = root / "built"
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TvmNasError(f"{root}: cannot write the per-user cache ({e.strerror}); set TVM_NAS_CACHE to a "

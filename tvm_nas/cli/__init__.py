@@ -108,12 +108,20 @@ def _fix_runtime_threads(args) -> None:
         set_runtime_threads(load_target(target))
 
 
+# commands that build or load compiled libraries, whose digests live in the per-user cache (backend/trust.py)
+BUILDS_LIBRARIES = ("compile", "compare", "validate", "run")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that restart themselves (--nproc)
     _quiet_third_parties()
     try:
         check_bounds(args)
+        if args.command in BUILDS_LIBRARIES:  # their libraries are recorded in the per-user cache: check it first
+            from ..backend.aarch64 import cache_dir
+
+            cache_dir()
         _fix_runtime_threads(args)
         return int(args.func(args) or 0)
     except TvmNasError as e:
