@@ -116,3 +116,16 @@ def test_compare_table_reads_whole_at_80_columns():
     for word in ("net", "runtime", "pred", "meas/pred", "vs tvm", "tvm-untuned", "onnxruntime", "x86-64-v2",
                  "1,416.0", "0.74x"):
         assert word in text, word
+
+
+@pytest.mark.parametrize("kind", ["space", "target"])
+def test_yaml_integer_of_thousands_of_digits_is_one_line(kind, tmp_path):
+    """A YAML integer past Python's 4,300-digit limit gave a ValueError traceback from inside the YAML loader (the
+    JSON readers already refused it); now it is a YAML error, one line naming the file and the line."""
+    bad = tmp_path / f"{kind}.yaml"
+    bad.write_text("name: x\nnum_classes: " + "9" * 100_000 + "\n")
+    args = ["--space", str(bad), "--target", "host"] if kind == "space" else ["--space", "tiny", "--target", str(bad)]
+    r = cli("profile", *args, "--trials", "0", "--logs-dir", str(tmp_path / "logs"), cwd=tmp_path, timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err[-2000:]
+    assert str(bad) in err and "line 2" in err and "100000 digits" in err, err

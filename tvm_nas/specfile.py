@@ -120,6 +120,18 @@ class StrictLoader(yaml.SafeLoader):
                     continue  # an unhashable key: the base constructor says so
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node):
+        """An integer of thousands of digits (Python's int() refuses it with a ValueError) is a YAML error."""
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} digits is not a number tvm-nas reads",
+                node.start_mark) from None
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+
 
 def load_yaml(path: Path) -> dict:
     """A YAML mapping read with :class:`StrictLoader`; any problem is one line naming the file."""
