@@ -129,3 +129,26 @@ def test_yaml_integer_of_thousands_of_digits_is_one_line(kind, tmp_path):
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err[-2000:]
     assert str(bad) in err and "line 2" in err and "100000 digits" in err, err
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04garbage" * 10, "pickle"])
+def test_unreadable_weights_are_one_line_without_torch_warnings(content, tmp_path):
+    """torch.load printed its own pickle-protocol UserWarning (two lines) above the refusal, and the refusal ended in
+    torch's advice to load the file unsafely; now the refusal alone, one line naming the file."""
+    import pickle
+
+    from conftest import write_tiny_arch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(pickle.dumps({"w": Payload()}, protocol=4) if content == "pickle" else content)
+    arch = write_tiny_arch(tmp_path / "a.arch.json")
+    r = cli("compile", "--arch", str(arch), "--weights", str(weights), "--target", "host", "--untuned",
+            "--no-measure", "--out", str(tmp_path / "b"), cwd=tmp_path, timeout=180)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "Warning" not in err, err[-2000:]
+    assert str(weights) in err and "weights_only" in err and "Re-running" not in err, err
+    assert not (tmp_path / "PWNED").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,9 +26,13 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     if not path.is_file():
         raise TvmNasError(f"{path}: weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol warning on a file it then refuses: the
+            warnings.simplefilter("ignore")  # refusal is the one line said
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, unsupported globals, truncated files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        if msg.startswith("Weights only load failed"):  # then torch's advice to load it unsafely: not ours to give
+            msg = "damaged, or holding objects other than tensors and plain data, which are never unpickled"
         raise TvmNasError(f"{path}: not a weights file torch.load(weights_only=True) can read ({msg[:160]})") from None
     for k in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(k), dict):

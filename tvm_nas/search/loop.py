@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -376,7 +377,9 @@ class ProxylessSearch:
         if not path.is_file():
             raise TvmNasError(f"{path}: not a regular file, so not a checkpoint; delete it to start the run over")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol warning on a file it then refuses: the
+                warnings.simplefilter("ignore")  # refusal is the one line said
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable or untrusted checkpoint is one clear line
             raise TvmNasError(f"{path}: corrupted checkpoint, or one holding objects other than tensors and plain "
                               f"data, which are never unpickled ({e.__class__.__name__}); delete it to start the run "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def load_supernet(space: SearchSpace, path: str | os.PathLike) -> Supernet:
     if not path.is_file():
         raise TvmNasError(f"{path}: search checkpoint not found (a search run directory holds {CHECKPOINT})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["supernet"]  # never run a pickle
+        with warnings.catch_warnings():  # torch's pickle-protocol warning on a file it then refuses: the
+            warnings.simplefilter("ignore")  # refusal is the one line said
+            state = torch.load(path, map_location="cpu", weights_only=True)["supernet"]  # never run a pickle
         net = Supernet(space)
         net.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - unreadable or from another space: one line
