@@ -51,8 +51,9 @@ SHORT_EPOCHS = 2
 # search settings under test; "default" is what `tvm-nas run` uses
 VARIANTS = {
     "default": {},
-    "arch-lr-1e-3": {"arch_lr": 1e-3},  # the ProxylessNAS code's α learning rate
-    "arch-lr-1e-2": {"arch_lr": 1e-2},
+    # the additive loss the run used before (CE + E[LAT]/T), at two α rates: 1e-3 the ProxylessNAS code's
+    "arch-lr-1e-3": {"arch_lr": 1e-3, "loss": "add"},
+    "arch-lr-1e-2": {"arch_lr": 1e-2, "loss": "add"},
     # no pull towards faster ops once the expected net meets the budget (the run's default α rate, 0.02)
     "hinge": {"loss": "hinge"},
 }
