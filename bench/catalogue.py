@@ -606,7 +606,8 @@ def build_catalogue() -> None:
     # an artifact deleted or edited: that stage runs again (the table here is reused from the logs dir: cheap)
     case("run.json/artifact_deleted_reruns", "file:run.json", rresume,
          chain(BASE, cp("R"), rm("R/table/tiny.latency.json")),
-         expect="ok", may_change=("R/run.json",), check=lambda d, r: None if (d / "R/table/tiny.latency.json").exists()
+         expect="ok", may_change=("R/run.json", "L/quick/tiny.latency.json"),  # the table: 'updated' only
+         check=lambda d, r: None if (d / "R/table/tiny.latency.json").exists()
          else "the deleted table was not made again")
 
     # --- validate.json and manifest.json: read by run's later stages; here by hand-made runs is too costly, so
@@ -775,8 +776,14 @@ def build_catalogue() -> None:
     case("option/search_resume_no_out", "option", ["search", "--resume"], BASE, ("--out", "--resume"))
     case("option/data_unknown_kind", "option", srch[:-len(SHORT_SEARCH)] + ["--data", "mnist:x", "--quiet"], BASE,
          ("--data", "mnist"))
-    case("option/run_resume_and_space", "option", ["run", "--resume", "R", "--space", "proxyless-cifar"],
-         chain(BASE, cp("R")), ("--space", "--resume"), expect="either")
+    # a resumed run keeps its own settings: one given again, and different, is refused or said, not ignored
+    case("option/run_resume_and_other_space", "option",
+         ["run", "--resume", "R", "--space", "proxyless-cifar", "--stop-after", "profile"], chain(BASE, cp("R")),
+         ("--space",), timeout=60)
+    case("option/run_resume_stop_after_a_done_stage", "option", ["run", "--resume", "R", "--stop-after", "profile"],
+         chain(BASE, cp("R")), ("profile",), expect="either", timeout=60, may_change=("R/run.json",),
+         check=lambda d, r: None if list(json.loads((d / "R/run.json").read_text())["done"]) == ["profile"]
+         else "ran past the stage --stop-after names")
 
     # --- interruption: kill a short command, then the same command must finish without losing finished work -----
     qprof = ["profile", "--space", "tiny", "--target", "quick.yaml", "--trials", "0", "--logs-dir", "P"]

@@ -152,3 +152,24 @@ def test_unreadable_weights_are_one_line_without_torch_warnings(content, tmp_pat
     assert r.returncode == 2 and len(err.splitlines()) == 1 and "Warning" not in err, err[-2000:]
     assert str(weights) in err and "weights_only" in err and "Re-running" not in err, err
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_search_resume_without_its_checkpoint_keeps_the_finished_epochs(tiny_table, tmp_path):
+    """`search --resume` on a run whose checkpoint.pt was deleted (or is a link loop) started over from epoch 0,
+    exit 0, replacing the finished run's log and architecture; now refused in one line naming the checkpoint."""
+    logs = tiny_table.parent.parent
+    run = tmp_path / "run"
+    r = cli("search", "--space", "tiny", "--target", "host", "--logs-dir", str(logs), "--latency-ms", "1", "--out",
+            str(run), "--epochs", "2", "--warmup-epochs", "1", "--max-samples", "60", "--quiet", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    kept = {p.name: p.read_bytes() for p in (run / "final.arch.json", run / "log.jsonl")}
+    ckpt = run / "checkpoint.pt"
+    ckpt.unlink()
+    for damage in ("deleted", "loop"):
+        if damage == "loop":
+            ckpt.symlink_to("other.pt")
+            (run / "other.pt").symlink_to("checkpoint.pt")
+        r = cli("search", "--resume", "--out", str(run), "--quiet", timeout=300)
+        err = r.stderr.strip()
+        assert r.returncode == 2 and len(err.splitlines()) == 1 and str(ckpt) in err, (damage, err[-2000:])
+        assert {n: (run / n).read_bytes() for n in kept} == kept, damage

@@ -309,7 +309,13 @@ class ProxylessSearch:
         main = self.dist.main
         with exclusive(ckpt, "search run") if main else nullcontext():
             self.setup()
-            if ckpt.exists():
+            log = self.run_dir / LOG
+            if resume and not ckpt.exists() and not ckpt.is_symlink() and log.is_file() and log.stat().st_size:
+                # epochs were checkpointed (the log is written with each checkpoint): starting over would replace
+                # them and the finished run's files
+                raise TvmNasError(f"{ckpt}: not found, yet {log} records finished epochs: the checkpoint was moved "
+                                  "or deleted; put it back to continue, or start a new run in another --out")
+            if ckpt.exists() or ckpt.is_symlink():  # a dangling or looping link is refused as not a regular file
                 if not resume:
                     raise TvmNasError(f"{self.run_dir}: a search run is already there; add --resume to "
                                       "continue it or choose another --out")
