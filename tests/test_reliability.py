@@ -173,3 +173,31 @@ def test_search_resume_without_its_checkpoint_keeps_the_finished_epochs(tiny_tab
         err = r.stderr.strip()
         assert r.returncode == 2 and len(err.splitlines()) == 1 and str(ckpt) in err, (damage, err[-2000:])
         assert {n: (run / n).read_bytes() for n in kept} == kept, damage
+
+
+@pytest.mark.parametrize("argv", [
+    "compile --arch a.arch.json --target host --out {bad}",
+    "compare --arch a.arch.json --target host --out {bad}",
+    "train --arch a.arch.json --out {bad}",
+    "validate --space tiny --target host --nets 0 --out {bad}",
+    "run --out {bad}",
+    "search --space tiny --target host --latency-ms 1 --out {bad}",
+    "profile --space tiny --target host --trials 0 --logs-dir {bad}",
+])
+@pytest.mark.parametrize("bad", ["afile", "afile/below", "/proc/tvm-nas-no-such/out", "loop"])
+def test_output_folder_that_is_a_file_or_unwritable_is_one_line_before_any_work(argv, bad, tmp_path):
+    """compile, compare, train, validate, run and profile died with a NotADirectoryError, FileExistsError or
+    FileNotFoundError traceback (compare after its measurements) when the output folder was a file, under a file or
+    could not be written; now every command's --out (and profile's --logs-dir) is checked first, in one line."""
+    from conftest import write_tiny_arch
+
+    write_tiny_arch(tmp_path / "a.arch.json")
+    (tmp_path / "afile").write_text("kept")
+    (tmp_path / "loop").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop")
+    r = cli(*argv.format(bad=bad).split(), cwd=tmp_path, timeout=120)
+    err = r.stderr.strip()
+    flag = "--logs-dir" if argv.startswith("profile") else "--out"
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err[-2000:]
+    assert f"{flag} {bad}:" in err, err
+    assert (tmp_path / "afile").read_text() == "kept" and not list(tmp_path.glob(".tvm-nas-probe-*"))

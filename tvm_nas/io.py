@@ -201,7 +201,40 @@ def check_output(path: str | os.PathLike | None, flag: str, inputs=(), force: bo
         parent = parent.parent
     if not parent.is_dir():
         raise TvmNasError(f"{flag} {p}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TvmNasError(f"{flag} {p}: cannot write in {parent}")
+    why = _cannot_write_in(parent)
+    if why:
+        raise TvmNasError(f"{flag} {p}: cannot write in {parent} ({why})")
     if not force and p.exists():
         raise TvmNasError(f"{flag} {p}: exists already; add --force to replace it")
+
+
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why nothing can be created in `folder`, or None. Tried, not asked: os.access says yes to root in a read-only
+    mount or under /proc, where the write would fail after the work."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".tvm-nas-probe-", dir=folder)
+    except OSError as e:
+        return e.strerror or e.__class__.__name__
+    os.rmdir(probe)
+    return None
+
+
+def check_output_dir(path: str | os.PathLike | None, flag: str) -> None:
+    """Refuse, before any work, an output folder that is a file, lies under a file, is a dangling or looping link,
+    or cannot be written: one line naming the option (the work's results would be lost at the end, in a
+    traceback)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise TvmNasError(f"{flag} {p}: is a link to nothing (or a loop of links), not a folder")
+    if p.exists() and not p.is_dir():
+        raise TvmNasError(f"{flag} {p}: is a file, not a folder")
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TvmNasError(f"{flag} {p}: {parent} is a file, not a folder")
+    why = _cannot_write_in(parent)
+    if why:
+        raise TvmNasError(f"{flag} {p}: cannot write in {parent} ({why})")

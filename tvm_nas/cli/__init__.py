@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_third_parties()
     try:
         check_bounds(args)
+        from ..io import check_output_dir
+
+        check_output_dir(getattr(args, "out", None), "--out")  # every command's --out is a folder it writes
+        if args.command == "profile":
+            check_output_dir(args.logs_dir, "--logs-dir")
         if args.command in BUILDS_LIBRARIES:  # their libraries are recorded in the per-user cache: check it first
             from ..backend.aarch64 import cache_dir
 
