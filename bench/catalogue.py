@@ -730,7 +730,8 @@ def build_catalogue() -> None:
             "--no-measure", "--out", "b"]
     cmpr = ["compare", "--arch", "a.arch.json", "--target", "quick.yaml", "--logs-dir", "L", "--untuned"]
     val = ["validate", "--space", "tiny", "--target", "quick.yaml", "--logs-dir", "L", "--out", "v"]
-    run_ = ["run", "--target", "quick.yaml", "--logs-dir", "L", "--out", "r", "--stop-after", "profile"]
+    run_ = ["run", "--target", "quick.yaml", "--logs-dir", "L", "--trials", "0", "--out", "r", "--stop-after",
+            "profile"]
     opts = [
         (prof, "--seed", ["-1", "18446744073709551617", "1.5"]), (prof, "--jobs", ["0", "100000"]),
         (prof, "--trials", ["-3", "1e8", "99999999999"]), (prof, "--batch", ["0", "5000"]),

@@ -201,3 +201,20 @@ def test_output_folder_that_is_a_file_or_unwritable_is_one_line_before_any_work(
     assert r.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err[-2000:]
     assert f"{flag} {bad}:" in err, err
     assert (tmp_path / "afile").read_text() == "kept" and not list(tmp_path.glob(".tvm-nas-probe-*"))
+
+
+@pytest.mark.parametrize("argv", [
+    "train --arch a.arch.json --lr inf",
+    "search --space tiny --target host --latency-ms 1 --weight-lr inf",
+    "search --space tiny --target host --latency-ms 1 --arch-lr=-inf",
+    "search --space tiny --target host --latency-ms 1 --mul-b inf",
+    "run --arch-lr nan",
+])
+def test_an_infinite_rate_or_weight_is_one_line_before_any_work(argv, tmp_path):
+    """`--weight-lr inf`, `--arch-lr inf`, `--mul-b inf` ran the search until torch.multinomial died with a
+    traceback; `train --lr inf` trained a net of NaNs, exit 0. Every number option must be finite."""
+    r = cli(*argv.split(), cwd=tmp_path, timeout=120)
+    err = r.stderr.strip()
+    flag = argv.split()[-2] if "=" not in argv.split()[-1] else argv.split()[-1].split("=")[0]
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and f"{flag}: must be a finite number" in err, err
+    assert not list(tmp_path.iterdir())

@@ -62,6 +62,9 @@ def check_bounds(args: argparse.Namespace) -> None:
     """Refuse a numeric option outside its range (:data:`BOUNDS`) or not finite, in one line naming it."""
     import math
 
+    for name, v in vars(args).items():  # every number option (--lr, --arch-lr, --mul-b, ...): inf or NaN is no rate
+        if isinstance(v, float) and not math.isfinite(v) and name != "latency_ms":
+            raise TvmNasError(f"--{name.replace('_', '-')}: must be a finite number, got {v}")
     for name, (lo, hi) in BOUNDS.items():
         v = getattr(args, name, None)
         if v is None or isinstance(v, bool) or not isinstance(v, int | float):
