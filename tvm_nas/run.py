@@ -19,7 +19,7 @@ from .io import atomic_write_json, sha256_file
 from .profile.model import FITTED, LatencyModel
 from .records import ValidationFile, load_record
 from .specfile import validation_error
-from .stages import MATCH, PIPELINE, STAGES, accuracies, load_run_state
+from .stages import MATCH, PIPELINE, accuracies, load_run_state
 
 STATE = "run.json"
 
@@ -35,7 +35,8 @@ def start_or_resume(given: dict, out: str | None = None, resume: str | None = No
     if resume:
         run_dir = Path(resume)
         state = load_run_state(run_dir / STATE)  # stages.RunState: a damaged run.json is one line
-        console.print(f"resuming {run_dir}: done: {', '.join(s for s in STAGES if s in state['done']) or 'nothing'}")
+        done = [s.name for s in PIPELINE if s.name in state["done"]]
+        console.print(f"resuming {run_dir}: done: {', '.join(done) or 'nothing'}")
     else:
         try:
             config = RunConfig(**given)
@@ -110,14 +111,15 @@ class Run:
     def _check_artifacts(self) -> None:
         """Redo the first finished stage whose files are missing or changed, and every stage after it."""
         done = self.done
-        for i, stage in enumerate(STAGES):
+        names = [s.name for s in PIPELINE]
+        for i, stage in enumerate(names):
             if stage not in done:
                 continue
             for rel, digest in done[stage].get("artifacts", {}).items():
                 p = self.dir / rel
                 what = "missing" if not p.is_file() else "changed" if sha256_file(p) != digest else None
                 if what:
-                    redo = [s for s in STAGES[i:] if s in done]
+                    redo = [s for s in names[i:] if s in done]
                     self.console.print(f"[yellow]{p}: {what} since stage '{stage}' wrote it; redoing "
                                        f"{', '.join(redo)}")
                     for s in redo:
@@ -209,7 +211,8 @@ class Run:
             "ground_truth": self._ground_truth(),
             "peers": _peers(d.get("compare", {}).get("rows", [])),
             "validation": self._validation(),
-            "stages": [{"name": s, "seconds": d[s]["seconds"], "status": "done"} for s in STAGES if s in d],
+            "stages": [{"name": s.name, "seconds": d[s.name]["seconds"], "status": "done"} for s in PIPELINE
+                       if s.name in d],
             # every file a stage declares, the report's page included (written by the stage now running)
             "artifacts": {what: rel for s in PIPELINE for rel, what in
                           s.outputs(d.get(s.name) or {}).items() if what},

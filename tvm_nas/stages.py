@@ -234,8 +234,8 @@ class Compare(Stage):
     """The searched and the reference net against their peers, reusing the compile stage's builds."""
 
     name = "compare"
-    needs = ("compile",)
-    files = {"csv": "comparison", "json": ""}
+    needs = ("search", "train", "baselines", "compile")
+    files = {"csv_file": "comparison", "json_file": ""}
     record = records.CompareDone
 
     def run(self, ctx) -> dict:
@@ -252,11 +252,11 @@ class Compare(Stage):
         rows = compare_built(built)
         csv, js = ctx.dir / "compare" / "compare.csv", ctx.dir / "compare" / "compare.json"
         write_rows(rows, csv, js)
-        return {"rows": rows, "csv": ctx.rel(csv), "json": ctx.rel(js)}
+        return {"rows": rows, "csv_file": ctx.rel(csv), "json_file": ctx.rel(js)}
 
     @classmethod
     def outputs(cls, result: dict) -> dict[str, str]:
-        if "csv" not in result and result.get("rows"):  # recorded before the stage named its files
+        if "csv_file" not in result and result.get("rows"):  # recorded before the stage named its files
             return {"compare/compare.csv": "comparison", "compare/compare.json": ""}
         return super().outputs(result)
 
@@ -266,7 +266,7 @@ class Validate(Stage):
     stage's builds; a fitted model it earns is written beside that copy, not into --logs-dir."""
 
     name = "validate"
-    needs = ("compile",)
+    needs = ("profile", "search", "train", "baselines", "compile")
     files = {"result": "validation"}
     record = records.ValidateDone
 

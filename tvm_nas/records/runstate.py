@@ -110,6 +110,8 @@ class _CompareRow(_Open):
 
 class CompareDone(StageDone):
     rows: list[_CompareRow] = Field(default_factory=list)
+    csv_file: RunPath | None = None  # absent in runs written before the stage named its files
+    json_file: RunPath | None = None
     peers: list[Any] = Field(default_factory=list)
 
 
