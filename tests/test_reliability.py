@@ -218,3 +218,12 @@ def test_an_infinite_rate_or_weight_is_one_line_before_any_work(argv, tmp_path):
     flag = argv.split()[-2] if "=" not in argv.split()[-1] else argv.split()[-1].split("=")[0]
     assert r.returncode == 2 and len(err.splitlines()) == 1 and f"{flag}: must be a finite number" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_run_refuses_warmup_epochs_not_below_epochs_before_its_profile(tmp_path):
+    """`run --epochs 2 --warmup-epochs 8` profiled first, then stopped at its search stage (or, with
+    --stop-after profile, exit 0 with a run that cannot continue); now refused at once, as `search` does."""
+    r = cli("run", "--epochs", "2", "--warmup-epochs", "8", "--out", str(tmp_path / "r"), cwd=tmp_path, timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "--warmup-epochs" in err, err
+    assert not (tmp_path / "r").exists()

@@ -151,6 +151,14 @@ class RunConfig(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="where search and training run "
                                                                               "(auto: cuda when torch sees a GPU)")
 
+    @model_validator(mode="after")
+    def _warmup_below_epochs(self):
+        """Said when the run starts, not at its search stage after the profile (as `search` does)."""
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"{self.warmup_epochs} warm-up epochs of {self.epochs} leave no architecture step: "
+                             "give fewer --warmup-epochs than --epochs")
+        return self
+
     def search(self, budget_us: float) -> SearchConfig:
         return SearchConfig(latency_budget_us=budget_us, epochs=self.epochs, warmup_epochs=self.warmup_epochs,
                             arch_lr=self.arch_lr, loss=self.loss, seed=self.seed, max_samples=self.max_samples)
