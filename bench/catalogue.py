@@ -148,7 +148,7 @@ class Case:
     env: dict = field(default_factory=dict)
     timeout: int = 120
     interrupt: tuple[float | str, int] | None = None  # (seconds or a file to wait for, signal): first run killed
-    then: list[str] | None = None  # after the interrupt: this command must succeed
+    then: list[str] | Callable[[Path], list[str]] | None = None  # after the interrupt: this must succeed
     then_check: Callable[[Path, subprocess.CompletedProcess], str | None] | None = None
 
 
@@ -799,7 +799,9 @@ def build_catalogue() -> None:
         tag = "after_first_epoch" if isinstance(when, str) else f"{int(when)}s"
         # killed before the first epoch's checkpoint (and config.json) exist: nothing to resume, the same command
         # again starts it
-        again = ["search", "--resume", "--out", "run", "--quiet"] if isinstance(when, str) else longer
+        def again(d: Path, when=when) -> list[str]:  # the same command, with --resume once a checkpoint exists
+            resumed = ["search", "--resume", "--out", "run", "--quiet"]
+            return resumed if isinstance(when, str) or (d / "run/checkpoint.pt").exists() else longer
         case(f"interrupt/search_{sig.name}_{tag}", "interrupt", longer, BASE, interrupt=(when, sig),
              then=again, then_check=search_finished(4),
              may_change=("run/checkpoint.pt", "run/log.jsonl", "run/config.json"), timeout=400)
@@ -1039,11 +1041,12 @@ def run_case(c: Case, fx: Path, keep: bool) -> dict:
             elif "Traceback" in err:
                 verdict, why = "bad", "traceback on interrupt: " + err.strip().splitlines()[-1]
             else:
-                rc, out, err, s2 = run_one(c, c.then, d, env, c.timeout)
+                then = c.then(d) if callable(c.then) else c.then
+                rc, out, err, s2 = run_one(c, then, d, env, c.timeout)
                 secs += s2
-                row["then"] = "tvm-nas " + " ".join(c.then)
+                row["then"] = "tvm-nas " + " ".join(then)
                 row["first_exit"] = first[0]
-                verdict, why = classify(Case(c.id, c.group, c.then, expect="ok", check=c.then_check,
+                verdict, why = classify(Case(c.id, c.group, then, expect="ok", check=c.then_check,
                                              timeout=c.timeout), d, rc, err)
         else:
             verdict, why = classify(c, d, rc, err)
