@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from .fitted import read_fitted
-from .table import PLAUSIBLE_US, _Record
+from .fitted import FittedRecord, read_fitted
+from .table import PLAUSIBLE_US
 
 
 def calibration_path(table: str | os.PathLike) -> Path:
@@ -31,7 +31,7 @@ def calibration_path(table: str | os.PathLike) -> Path:
 SCALE_RANGE = (0.01, 100.0)
 
 
-class CalibrationFile(_Record):
+class CalibrationFile(FittedRecord):
     """The calibration beside a table (docs/formats.md). Only ``scale``, ``offset_us`` and ``table_hash`` are
     required (a calibration written by hand is used like validate's); every field is typed and bounded."""
 
@@ -44,13 +44,6 @@ class CalibrationFile(_Record):
     loo_worst_abs_error_pct: float = Field(default=None, ge=0)
     additive_median_abs_error_pct: float = Field(default=None, ge=0)
     additive_worst_abs_error_pct: float = Field(default=None, ge=0)
-    forms: dict[str, dict[str, Any]] = None
-    leave_one_out: dict[str, Any] = None
-    better: bool = None
-    load_avg: list[float] = None
-    fitted: str = None
-    unstable_nets: int = Field(default=None, ge=0)
-    trained_on: list[list[str]] = None
 
 
 def load_calibration(path: Path, table_hash: str) -> dict | None:

@@ -30,8 +30,7 @@ from pydantic import Field, field_validator
 
 from ..errors import TvmNasError
 from ..io import parse_json
-from .fitted import read_fitted, refuse
-from .table import _Record
+from .fitted import FittedRecord, read_fitted, refuse
 
 SCHEMA = 1
 MODEL = "xgboost-ratio"
@@ -137,7 +136,7 @@ def fit_correction(ops: Sequence[Sequence[str]], predicted, measured, baseline: 
             "better": bool(s["qualifies"] or o["qualifies"]), "booster": booster.save_raw(raw_format="json").decode()}
 
 
-class CorrectionFile(_Record):
+class CorrectionFile(FittedRecord):
     """The correction beside a table (docs/formats.md), as :func:`fit_correction` and validate write it. The fields
     its readers use are required; every field is typed and bounded."""
 
@@ -152,13 +151,6 @@ class CorrectionFile(_Record):
     loo_median_abs_error_pct: float = Field(ge=0)
     loo_worst_abs_error_pct: float = Field(ge=0)
     baseline: dict[str, Any] = None
-    forms: dict[str, dict[str, Any]] = None
-    leave_one_out: dict[str, Any] = None
-    better: bool = None
-    load_avg: list[float] = None
-    fitted: str = None
-    unstable_nets: int = Field(default=None, ge=0)
-    trained_on: list[list[str]] = None
 
     @field_validator("features")
     @classmethod

@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import TvmNasError
 from ..io import read_json
 from ..specfile import validation_error
+from .table import _Record
 
 _said: set[str] = set()
+
+
+class FittedRecord(_Record):
+    """What validate records of every fit it writes beside a table (calibration, correction): how each form scored
+    leave-one-out, whether it beat the plain sum, and the machine's state and the nets it was fitted on."""
+
+    forms: dict[str, dict[str, Any]] = None
+    leave_one_out: dict[str, Any] = None
+    better: bool = None
+    load_avg: list[float] = None
+    fitted: str = None
+    unstable_nets: int = Field(default=None, ge=0)
+    trained_on: list[list[str]] = None
 
 
 def refuse(path, why: str) -> None:
