@@ -27,12 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from nasbench import load  # noqa: E402  (the load average, as every bench prints it)
 
 ORDERS = ("forward", "reverse")
-
-
-def load() -> str:
-    return "load " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def with_threads(spec_path: Path, threads: int, folder: Path) -> Path:

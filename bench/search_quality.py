@@ -180,15 +180,19 @@ def shared_random(path: Path, space, table, data, budget: float, seed: int, imag
     from tvm_nas.io import read_json
 
     tag = f"{name}/{images}"
+
+    def done() -> dict:
+        return read_json(path, "random search") if path.exists() else {"schema": 1, "space": space.name, "runs": {}}
+
     with FileLock(str(path) + ".lock"):
-        done = read_json(path, "random search") if path.exists() else {"schema": 1, "space": space.name, "runs": {}}
-    if tag in done["runs"]:
-        return done["runs"][tag]
+        before = done()["runs"].get(tag)
+    if before is not None:
+        return before
     out = random_search(space, table, data, budget, seed, images, gt)
     with FileLock(str(path) + ".lock"):
-        done = read_json(path, "random search") if path.exists() else {"schema": 1, "space": space.name, "runs": {}}
-        done["runs"][tag] = out
-        save(path, done, commit, f"bench/search_quality: {space.name} random search {tag}: regret {out['regret']}")
+        now = done()
+        now["runs"][tag] = out
+        save(path, now, commit, f"bench/search_quality: {space.name} random search {tag}: regret {out['regret']}")
     return out
 
 

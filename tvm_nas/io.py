@@ -196,7 +196,14 @@ def check_output(path: str | os.PathLike | None, flag: str, inputs=(), force: bo
                               "another file")
     if p.is_dir():
         raise TvmNasError(f"{flag} {p}: is a folder; give a file name")
-    parent = p.parent
+    _writable_ancestor(p, p.parent, flag)
+    if not force and p.exists():
+        raise TvmNasError(f"{flag} {p}: exists already; add --force to replace it")
+
+
+def _writable_ancestor(p: Path, start: Path, flag: str) -> None:
+    """The nearest existing folder from `start` up, where `p` would be created, must be a folder we can write in."""
+    parent = start
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
@@ -204,8 +211,6 @@ def check_output(path: str | os.PathLike | None, flag: str, inputs=(), force: bo
     why = _cannot_write_in(parent)
     if why:
         raise TvmNasError(f"{flag} {p}: cannot write in {parent} ({why})")
-    if not force and p.exists():
-        raise TvmNasError(f"{flag} {p}: exists already; add --force to replace it")
 
 
 def _cannot_write_in(folder: Path) -> str | None:
@@ -230,11 +235,4 @@ def check_output_dir(path: str | os.PathLike | None, flag: str) -> None:
         raise TvmNasError(f"{flag} {p}: is a link to nothing (or a loop of links), not a folder")
     if p.exists() and not p.is_dir():
         raise TvmNasError(f"{flag} {p}: is a file, not a folder")
-    parent = p
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TvmNasError(f"{flag} {p}: {parent} is a file, not a folder")
-    why = _cannot_write_in(parent)
-    if why:
-        raise TvmNasError(f"{flag} {p}: cannot write in {parent} ({why})")
+    _writable_ancestor(p, p, flag)

@@ -30,19 +30,11 @@ APT_HINT = "apt-get install -y g++-aarch64-linux-gnu qemu-user"
 def cache_dir() -> Path:
     """The per-user cache (``TVM_NAS_CACHE``, default ``~/.cache/tvm-nas``), created on first use; one line
     naming the variable when it is a file or cannot be written."""
-    from ..errors import TvmNasError
+    from ..io import check_output_dir
 
     d = Path(os.environ.get("TVM_NAS_CACHE", Path.home() / ".cache" / "tvm-nas"))
-    if d.exists() and not d.is_dir():
-        raise TvmNasError(f"TVM_NAS_CACHE={d}: not a folder (the per-user cache of tvm-nas); point it at a folder")
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TvmNasError(f"TVM_NAS_CACHE={d}: cannot create the per-user cache ({e.strerror}); set TVM_NAS_CACHE "
-                          "to a writable folder") from None
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise TvmNasError(f"TVM_NAS_CACHE={d}: the per-user cache is not writable; set TVM_NAS_CACHE to a writable "
-                          "folder")
+    check_output_dir(d, "TVM_NAS_CACHE")  # a file, under a file, a dangling link, not writable: one line
+    d.mkdir(parents=True, exist_ok=True)
     return d
 
 
