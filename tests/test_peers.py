@@ -3,9 +3,12 @@ of a target the peers cannot run on. The real runtimes are timed in test_deploy.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from tvm_nas.errors import TvmNasError
@@ -73,30 +76,49 @@ def test_a_blocked_module_counts_as_not_installed(monkeypatch):
     assert not installed("no_such_runtime_xyz")
 
 
+class _Aarch64Target:
+    """What compile's manifest writer reads of a `tvm.target.Target` (so that no TVM is imported here)."""
+
+    kind = SimpleNamespace(name="llvm")
+    attrs = {"mtriple": "aarch64-linux-gnu"}
+
+    def __str__(self) -> str:
+        return json.dumps({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "keys": ["arm_cpu", "cpu"]})
+
+
 def test_a_board_lists_its_peers_as_not_run_never_with_host_figures(tmp_path):
     """An RPC board's row keeps its own (manifest) figure; the peers would run on this host, so they are listed as
     not run there, with the reason, and no figure."""
-    import json
-
     from rich.console import Console
 
     from tvm_nas.arch import arch_document, load_architecture, write_arch
     from tvm_nas.deploy import compare_table
     from tvm_nas.deploy.compare import Built, compare_built
+    from tvm_nas.deploy.compile import TaskReport, _manifest
     from tvm_nas.deploy.peers import PEER_NAMES
     from tvm_nas.space import load_space
     from tvm_nas.specfile import data_dir
     from tvm_nas.targets import load_target
+    from tvm_nas.timing import Timing
 
     build = tmp_path / "build"
     build.mkdir()
-    (build / "manifest.json").write_text(json.dumps({
-        "tvm_version": "0.27", "tuning": {"database": "logs/rpi4b"}, "predicted_latency_us": 900.0,
-        "verification": {"status": "passed", "max_abs_err": 2e-6}, "measured_latency_us": 1000.0,
-        "measurement": {"median": 1000.0, "q1": 990.0, "q3": 1010.0, "stable": True}}))
     ops = ["mbconv_k5_e3", "zero", "mbconv_k3_e3"]
     arch = load_architecture(write_arch(tmp_path / "a.arch.json", arch_document(load_space("tiny"), ops, None, None)))
-    rows = compare_built([Built(arch, load_target(data_dir("targets") / "rpi4b.yaml"), None, build)])
+    board = load_target(data_dir("targets") / "rpi4b.yaml")
+    lib = build / "model.so"
+    lib.write_bytes(b"\x7fELF stand-in")  # never loaded: the board's row keeps the manifest's figure
+    timing = Timing(1000.0, 990.0, 1010.0, 1000.0, 8.0, 985.0, 15, 5, "rpc rpi4b", 3, True, [1000.0] * 3, 1.0, 0)
+    tvm_target = _Aarch64Target()
+    onnx = {"file": "model.onnx", "sha256": "0" * 64, "opset": 20, "max_abs_err": 3e-8}
+    tasks = TaskReport(total=3, reused=["a#1"], tuned=[], untuned=["b#2", "c#3"])
+    checked = {"status": "passed", "how": "on rpi4b over RPC", "max_abs_err": 2e-6}
+    x, y = np.zeros((1, 3, 16, 16), np.float32), np.zeros((1, 10), np.float32)
+    doc = _manifest(arch, board, tvm_target, None, 0, "torch", x, y, lib, onnx, tasks, None, 900.0, timing.to_json(),
+                    "time_evaluator on rpi4b over RPC", checked, 3.0, "0.27.0", 0, False, tmp_path / "logs")
+    doc["tuning"]["database"] = "logs/rpi4b"  # as if tuned for the board (its database is not needed here)
+    (build / "manifest.json").write_text(json.dumps(doc))
+    rows = compare_built([Built(arch, board, None, build)])
     by = {r["runtime"]: r for r in rows}
     assert list(by) == ["tvm", "tvm-untuned", *PEER_NAMES]
     assert by["tvm"]["measured_us"] == 1000.0 and by["tvm"]["check"] == "ok"

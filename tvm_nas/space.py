@@ -10,14 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .errors import TvmNasError
 from .io import sha256_json
 from .ops import parse_op
-from .specfile import check_name, list_names, load_spec
+from .specfile import MAX_BLOCKS, check_name, list_names, load_spec
 
 # bounds that keep a typo from asking TVM for a terabyte tensor; far above any real CNN search space
 MAX_RESOLUTION = 4096
 MAX_CHANNELS = 8192  # of every layer as built, after width_mult
 MAX_WIDTH_MULT = 16.0
 MAX_STAGES = 64
-MAX_BLOCKS = 256  # searchable blocks of the whole space (proxyless-imagenet has 21)
 MAX_CANDIDATES = 64
 MAX_KERNEL = 31  # MBConv kernels of real spaces are 3-7
 MAX_EXPAND = 32  # and expansions 1-6

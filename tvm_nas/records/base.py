@@ -19,8 +19,7 @@ from pydantic import (
 
 from ..errors import TvmNasError
 from ..io import read_json
-from ..space import MAX_BLOCKS
-from ..specfile import validation_error
+from ..specfile import MAX_BLOCKS, validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
