@@ -163,6 +163,16 @@ def test_search_resume_without_its_checkpoint_keeps_the_finished_epochs(tiny_tab
             str(run), "--epochs", "2", "--warmup-epochs", "1", "--max-samples", "60", "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     kept = {p.name: p.read_bytes() for p in (run / "final.arch.json", run / "log.jsonl")}
+    # config.json's settings exactly as written: an epoch count of "2" resumed silently as 2
+    config = run / "config.json"
+    written = config.read_text()
+    doc = json.loads(written)
+    doc["search"]["epochs"] = str(doc["search"]["epochs"])
+    config.write_text(json.dumps(doc))
+    r = cli("search", "--resume", "--out", str(run), "--quiet", timeout=300)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and f"{config}: field 'search.epochs'" in err, err
+    config.write_text(written)
     ckpt = run / "checkpoint.pt"
     ckpt.unlink()
     for damage in ("deleted", "loop"):
@@ -227,3 +237,46 @@ def test_run_refuses_warmup_epochs_not_below_epochs_before_its_profile(tmp_path)
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and "--warmup-epochs" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_compare_peers_are_checked_before_any_build(tmp_path):
+    """`compare --peers nosuchpeer` without --baselines built and timed the net, exit 0, the option ignored; an
+    unknown peer name, or --peers with nothing to choose peers for, is one line before any build."""
+    from conftest import write_tiny_arch
+
+    write_tiny_arch(tmp_path / "a.arch.json")
+    for extra, said in ((["--peers", "nosuchpeer"], "--peers nosuchpeer: chooses the peers of --baselines"),
+                        (["--baselines", "--peers", "pytorch,nosuchpeer"], "unknown peer(s) nosuchpeer")):
+        r = cli("compare", "--arch", "a.arch.json", "--target", "host", "--untuned", "--out", "b", *extra,
+                cwd=tmp_path, timeout=120)
+        err = r.stderr.strip()
+        assert r.returncode == 2 and len(err.splitlines()) == 1 and said in err, err
+        assert not (tmp_path / "b").exists()
+
+
+def test_validate_names_an_architecture_of_another_space_first(tmp_path):
+    """`validate --space mini --arch a.arch.json` (a tiny-space net) said only that mini had no table; the
+    architecture that cannot be validated there is named first."""
+    from conftest import write_tiny_arch
+
+    write_tiny_arch(tmp_path / "a.arch.json")
+    r = cli("validate", "--space", "proxyless-cifar", "--target", "host", "--logs-dir", str(tmp_path / "L"),
+            "--arch", "a.arch.json", "--out", "v", cwd=tmp_path, timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "a.arch.json: field 'space'" in err, err
+
+
+def test_training_on_a_folder_of_only_unreadable_images_is_one_line(tmp_path):
+    """A folder whose every image is unreadable streamed into training, and torch warned about a scheduler step
+    before any optimizer step before the refusal: three lines where one was due."""
+    from conftest import photo_folders, write_tiny_arch
+
+    write_tiny_arch(tmp_path / "a.arch.json")
+    train, _ = photo_folders(tmp_path / "p", train=6, test=1, size=16, classes=2)
+    for p in train.rglob("*.png"):
+        p.write_bytes(b"not a png")
+    r = cli("train", "--arch", "a.arch.json", "--data", f"imagefolder:{train}", "--epochs", "1", "--quiet", "--out",
+            "t", cwd=tmp_path, timeout=300)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "Warning" not in err, err
+    assert "could not be read" in err, err

@@ -38,6 +38,15 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
             assert state["done"][s]["seconds"] == sec
         seconds[stage] = state["done"][stage]["seconds"]
         output[stage] = r.stdout
+    # a resumed run keeps its settings: one given again must be the same (the loop gave the same ones), and
+    # stopping after a finished stage runs nothing
+    before = (run / "run.json").read_bytes()
+    r = cli("run", "--resume", str(run), "--stop-after", "profile", timeout=300)
+    assert r.returncode == 0 and "already done" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    r = cli("run", "--resume", str(run), "--space", "proxyless-cifar", "--stop-after", "profile", timeout=300)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "--space proxyless-cifar" in err, err
+    assert (run / "run.json").read_bytes() == before
     # the profile stage found every op of the copied table: nothing measured again
     assert re.search(r"(\d+) unique,\s+\1\s+already\s+measured", output["profile"]), output["profile"][-2000:]
 

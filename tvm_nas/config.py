@@ -66,6 +66,10 @@ class SearchConfig(BaseModel):
     reinforce_nets: int = Field(default=4, ge=1)
     reinforce_baseline_decay: float = Field(default=0.99, ge=0, lt=1)
     enforce_budget: bool = True
+    weight_sampling: Literal["alpha", "uniform"] = Field(
+        default="alpha", description="the path each weight step trains after the warm-up: drawn from α "
+                                     "(ProxylessNAS), or uniformly, so every candidate keeps training and the "
+                                     "shared weights judge them alike")
     # execution settings that change the numbers (so --resume keeps them)
     threads: int = Field(default=0, ge=0, description="torch CPU threads per process (0: torch's choice)")
     precision: Literal["fp32", "bf16", "fp16"] = Field(

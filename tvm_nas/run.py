@@ -35,6 +35,7 @@ def start_or_resume(given: dict, out: str | None = None, resume: str | None = No
     if resume:
         run_dir = Path(resume)
         state = load_run_state(run_dir / STATE)  # stages.RunState: a damaged run.json is one line
+        _refuse_other_settings(run_dir, state["config"], given, out)
         done = [s.name for s in PIPELINE if s.name in state["done"]]
         console.print(f"resuming {run_dir}: done: {', '.join(done) or 'nothing'}")
     else:
@@ -51,6 +52,17 @@ def start_or_resume(given: dict, out: str | None = None, resume: str | None = No
         _save(run_dir, state)
     Run(run_dir, state, console).go(stop_after=stop_after)
     return run_dir
+
+
+def _refuse_other_settings(run_dir: Path, kept: dict, given: dict, out: str | None) -> None:
+    """A resumed run keeps the settings it started with: a setting given again must equal the kept one, or the
+    run would silently go on with the old one (or mix two)."""
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        raise TvmNasError(f"--out {out}: a resumed run stays in its own folder {run_dir}; give only --resume")
+    for k, v in given.items():
+        if k in kept and kept[k] != v:
+            raise TvmNasError(f"--{k.replace('_', '-')} {v}: {run_dir / STATE} was started with {k} = {kept[k]!r}, "
+                              "and a resumed run keeps its settings; start a new run (--out) to change it")
 
 
 def _save(run_dir: Path, state: dict) -> None:
@@ -85,6 +97,10 @@ class Run:
 
         torch.set_num_threads(self.cfg.threads)
         self._check_artifacts()
+        if stop_after in self.done:
+            self.console.print(f"stage '{stop_after}' is already done; nothing to run (continue with: "
+                               f"tvm-nas run --resume {self.dir})")
+            return
         t_all = time.perf_counter()
         for i, stage in enumerate(PIPELINE, 1):
             if stage.name in self.done:

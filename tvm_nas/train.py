@@ -80,9 +80,9 @@ def train_network(model: torch.nn.Module, data: ImageData | FolderData, config: 
                 loss.backward()
                 opt.step()
             losses.append(loss.item())
-        sched.step()
-        if epoch == 0:
+        if epoch == 0:  # before the scheduler's step: no optimizer step was taken on unreadable data
             check_unreadable(data, seen)
+        sched.step()
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                   "val_accuracy": accuracy(model, data, val_idx, config.precision)}
         history.append(record)

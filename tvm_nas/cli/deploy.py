@@ -96,7 +96,10 @@ def run_compare(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     from ..deploy.peers import COOLDOWN_S, selected_peers
 
-    peers = selected_peers(args.peers) if args.baselines else []
+    if args.peers is not None and not (args.baselines or args.per_layer):
+        raise TvmNasError(f"--peers {args.peers}: chooses the peers of --baselines or --per-layer; give one of them")
+    checked = selected_peers(args.peers)  # an unknown name is refused now, before the builds
+    peers = checked if args.baselines else []
     per_layer = [] if args.per_layer else None
     rows = compare(args.arch, args.target, baselines=args.baselines, logs_dir=args.logs_dir, trials=args.trials,
                    out=args.out, weights=args.weights, untuned=args.untuned, console=console,

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..config import DEVICES, PRECISIONS, SearchConfig, budget_us_from_ms
+from ..console import fmt_us
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR
 
@@ -41,7 +42,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     for name in ("epochs", "warmup_epochs", "batch_size", "seed", "val_fraction", "max_samples", "weight_lr",
                  "momentum", "weight_decay", "label_smoothing", "arch_update", "arch_lr", "arch_every",
                  "arch_steps", "loss", "mul_a", "mul_b", "add_lambda", "reinforce_w", "reinforce_nets",
-                 "reinforce_baseline_decay"):
+                 "reinforce_baseline_decay", "weight_sampling"):
         f = _FIELDS[name]
         flag = "--" + name.replace("_", "-")
         kw = {"default": f.default, "dest": name, "help": f"(default {f.default})"}
@@ -52,6 +53,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
             kw["choices"] = ["gradient", "reinforce"]
         elif name == "loss":
             kw["choices"] = ["mul", "add", "hinge"]
+        elif name == "weight_sampling":
+            kw["choices"] = ["alpha", "uniform"]
+            kw["help"] = f"{f.description} (default {f.default})"
         else:
             kw["type"] = int if f.annotation in (int, int | None) else float
         p.add_argument(flag, **kw)
@@ -141,6 +145,13 @@ def _search(args: argparse.Namespace, dist) -> int:
         except (KeyError, TypeError, ValidationError) as e:
             raise TvmNasError(f"{run_dir / CONFIG}: corrupted search run config "
                               f"({e.__class__.__name__})") from e
+        # strict: each setting exactly as this version writes it (an epoch count of "2" is a hand edit, not a run)
+        written = config.model_dump(mode="json")
+        odd = next((k for k in saved["search"] if saved["search"][k] != written.get(k)
+                    or type(saved["search"][k]) is not type(written.get(k))), None)
+        if odd is not None:
+            raise TvmNasError(f"{run_dir / CONFIG}: field 'search.{odd}': {saved['search'][odd]!r} is not a value "
+                              f"this version writes (expected {written.get(odd)!r}); start a new run")
         before = saved.get("runtime", {})
         if console and before and before != {"device": dist.device.type, "processes": dist.world}:
             console.print(f"note: the run started on {before.get('processes')} {before.get('device')} process(es), "
@@ -178,7 +189,8 @@ def _search(args: argparse.Namespace, dist) -> int:
     fast, slow = (table.predict(space, ops) for ops in table.extremes(space))
     if console:
         console.print(f"search {space.name} on {table.target.get('name')}: budget "
-                      f"{config.latency_budget_us:.1f} µs (space range {fast:.1f} – {slow:.1f} µs), data "
+                      f"{fmt_us(config.latency_budget_us, 'µs')} (space range {fmt_us(fast)} – "
+                      f"{fmt_us(slow, 'µs')}), data "
                       f"{data.spec} ({len(data)} samples) on {dist.world} {dist.device.type} process(es) "
                       f"-> {run_dir}")
     if config.latency_budget_us < fast and dist.main and not args.resume:  # said when the run started
@@ -191,15 +203,15 @@ def _search(args: argparse.Namespace, dist) -> int:
         return 0
     arch = search.arch_
     over = "" if arch["derivation"]["budget_met"] else " OVER BUDGET"
-    line = (f"{search.arch_path_}: {' '.join(arch['ops'])} predicted {arch['predicted_latency_us']:.1f} µs "
-            f"(budget {config.latency_budget_us:.1f} µs){over}")
+    line = (f"{search.arch_path_}: {' '.join(arch['ops'])} predicted {fmt_us(arch['predicted_latency_us'], 'µs')} "
+            f"(budget {fmt_us(config.latency_budget_us, 'µs')}){over}")
     if data.skipped:
         line += f"; {data.skipped} unreadable images skipped (e.g. {data.bad_examples[0]})"
     if console:
         console.print(line)
         if arch["derivation"]["changed_blocks"]:
             d = arch["derivation"]
-            console.print(f"note: the most probable net ({d['argmax_latency_us']:.1f} µs) was over budget; "
+            console.print(f"note: the most probable net ({fmt_us(d['argmax_latency_us'], 'µs')}) was over budget; "
                           f"blocks {d['changed_blocks']} were swapped for faster ops")
     else:
         print(line)

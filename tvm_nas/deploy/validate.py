@@ -35,6 +35,20 @@ def random_archs(space, n: int, seed: int = 0) -> list[list[str]]:
     return [[b.candidates[int(rng.integers(len(b.candidates)))] for b in space.blocks()] for _ in range(n)]
 
 
+def of_space(space, archs: Sequence) -> list:
+    """`archs` (paths or :class:`~tvm_nas.arch.Arch` objects) loaded, each checked to be of `space`."""
+    from ..arch import load_architecture
+
+    given = []
+    for a in archs:
+        a = load_architecture(a)
+        if a.space.hash != space.hash:
+            raise TvmNasError(f"{a.path}: field 'space': architecture of space '{a.space.name}' (hash "
+                              f"{a.space.hash}), not '{space.name}' (hash {space.hash})")
+        given.append(a)
+    return given
+
+
 def nets_to_validate(space, model, n: int, archs: Sequence = (), seed: int = 0) -> tuple[list, dict[str, list[str]]]:
     """The nets of a validation: `n` random ones, the fastest and slowest under the latency model, the reference,
     `archs` (paths, or :class:`~tvm_nas.arch.Arch` objects whose ``label`` names their row: a run passes its own
@@ -46,7 +60,7 @@ def nets_to_validate(space, model, n: int, archs: Sequence = (), seed: int = 0) 
     Returns:
         ``(nets, aliases)``: the nets, and for each net's name its other names.
     """
-    from ..arch import Arch, arch_document, load_architecture, reference_arch
+    from ..arch import Arch, arch_document, reference_arch
 
     fast, slow = model.extremes(space)
     nets = [Arch(space, fast, arch_document(space, fast, None, None), None, "fastest"),
@@ -55,13 +69,7 @@ def nets_to_validate(space, model, n: int, archs: Sequence = (), seed: int = 0) 
         nets.append(reference_arch(space))
     except TvmNasError:
         pass  # a space whose blocks do not all offer the reference op
-    given = []
-    for a in archs:
-        a = load_architecture(a)
-        if a.space.hash != space.hash:
-            raise TvmNasError(f"{a.path}: field 'space': architecture of space '{a.space.name}' (hash "
-                              f"{a.space.hash}), not '{space.name}' (hash {space.hash})")
-        given.append(a)
+    given = of_space(space, archs)
     nets += given
     nets += [Arch(space, ops, arch_document(space, ops, None, None), None, f"random-{i}")
              for i, ops in enumerate(random_archs(space, n, seed))]
@@ -111,6 +119,7 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     space, spec = load_space(space), load_target(target)
     if n < 0:
         raise TvmNasError(f"--nets must be >= 0, got {n}")
+    of_space(space, archs)  # an architecture of another space is named before its table is looked for
     model = model if model is not None else LatencyModel.of(space, spec, logs_dir)
     if spec.cross_compiler:
         spec.check_cross_compiler()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..arch import write_arch
 from ..config import SearchConfig
+from ..console import fmt_us
 from ..data import MAX_UNREADABLE, FolderData, ImageData, batches, endless_batches, normalize, train_val_split
 from ..errors import TvmNasError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive, read_json
@@ -252,7 +253,8 @@ class ProxylessSearch:
         for step, (x, y) in enumerate(batches(self.data, self.train_idx_, cfg.batch_size, cfg.seed, epoch,
                                               drop_last=True, train=True, rank=dist.rank, world=dist.world,
                                               raw=True)):
-            loss, acc = self.weight_step(*self._to_device(x, y), uniform=warm)
+            loss, acc = self.weight_step(*self._to_device(x, y),
+                                         uniform=warm or cfg.weight_sampling == "uniform")
             if len(y):
                 loss_sum, correct, seen = loss_sum + loss * len(y), correct + acc * len(y), seen + len(y)
             if not warm and (step + 1) % cfg.arch_every == 0:
@@ -263,7 +265,6 @@ class ProxylessSearch:
         if progress:
             progress.remove_task(task)
         train_seconds = time.perf_counter() - t0
-        self.weight_sched_.step()
         loss_sum, correct, seen, skipped = dist.sum([loss_sum, correct, seen, self.data.skipped - skipped0])
         if seen == 0:
             raise TvmNasError(f"--data {self.data.spec}: no training image could be read "
@@ -272,6 +273,7 @@ class ProxylessSearch:
             raise TvmNasError(f"--data {self.data.spec}: {int(skipped)} of {int(skipped + seen)} images could not be "
                               f"read in epoch {epoch + 1} (more than {MAX_UNREADABLE:.0%}; e.g. "
                               f"{', '.join(self.data.bad_examples[:2]) or 'none listed'}); repair or remove them")
+        self.weight_sched_.step()  # after the checks: no optimizer step was taken on unreadable data
         net = self.supernet_
         probs = [p.detach().cpu() for p in net.probs()]
         record = {
@@ -434,7 +436,7 @@ class ProxylessSearch:
         self.console.print(
             f"epoch {r['epoch']:>3}/{self.config.epochs} {r['phase']:<6} loss {r['train_loss']:.3f} "
             f"train acc {r['train_accuracy']:.3f} val acc {r['val_accuracy']:.3f} "
-            f"E[LAT] {r['expected_latency_us']:.1f} µs (budget {self.config.latency_budget_us:.1f}) "
+            f"E[LAT] {fmt_us(r['expected_latency_us'], 'µs')} (budget {fmt_us(self.config.latency_budget_us)}) "
             f"ops {' '.join(r['ops'])}")
 
 
