@@ -20,7 +20,7 @@ from tvm_nas.errors import TvmNasError
 from tvm_nas.profile.model import LatencyModel as LatencyTable  # the table and what validate fitted to it
 from tvm_nas.profile.table import table_path
 from tvm_nas.search import ARCH_FILE, ProxylessSearch, SearchConfig, Supernet
-from tvm_nas.search.derive import derive, fit_budget
+from tvm_nas.search.derive import derive, derive_by_shared_weights, fit_budget, most_probable
 from tvm_nas.search.loss import ExpectedLatency, latency_loss, pair_probs
 from tvm_nas.space import load_space
 from tvm_nas.specfile import data_dir
@@ -232,6 +232,68 @@ def test_derive_and_load_arch(space, tiny_table, tmp_path, monkeypatch):
     a = load_architecture(path)
     space3, doc3 = a.space, a.doc
     assert space3.hash == space.hash and "hash" in doc3["warnings"][0]
+
+
+def test_most_probable_nets_meeting_a_budget_in_order(space, tiny_table):
+    """The k most probable nets under α that meet the budget, against brute force over the whole space."""
+    import itertools
+
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    rng = np.random.default_rng(0)
+    probs = [rng.dirichlet(np.ones(len(b.candidates))) for b in space.blocks()]
+    fast, slow = table.extremes(space)
+    budget = 0.5 * (table.predict(space, fast) + table.predict(space, slow))
+
+    def logp(ops):
+        return sum(np.log(p[b.candidates.index(o)]) for b, p, o in zip(space.blocks(), probs, ops, strict=True))
+    every = [list(ops) for ops in itertools.product(*(b.candidates for b in space.blocks()))]
+    meeting = sorted((ops for ops in every if table.predict(space, ops) <= budget), key=logp, reverse=True)
+    assert most_probable(probs, space, table, budget, 5) == meeting[:5]
+    assert most_probable(probs, space, table, None, 3) == sorted(every, key=logp, reverse=True)[:3]
+    assert most_probable(probs, space, table, 0.5 * table.predict(space, fast), 5) == []
+
+
+def test_derivation_by_shared_weights_keeps_the_best_scored_candidate(space, tiny_table, tmp_path):
+    """Of the most probable nets meeting the budget (and the argmax net), the one the scorer rates highest; the
+    candidates and their scores are recorded in the arch file, which loads."""
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    probs = [np.linspace(1, 2, len(b.candidates)) / np.linspace(1, 2, len(b.candidates)).sum()
+             for b in space.blocks()]
+    fast, slow = table.extremes(space)
+    budget = 0.5 * (table.predict(space, fast) + table.predict(space, slow))
+    seen = {}
+
+    def score(nets):  # a made-up judge: prefers nets with more `zero` blocks, then fewer parameters' worth of ops
+        seen.update(nets)
+        return {k: 0.1 * ops.count("zero") + 0.001 * len(" ".join(ops)) for k, ops in nets.items()}
+    doc = derive_by_shared_weights(probs, space, table, budget, 4, score)
+    cands = doc["derivation"]["candidates"]
+    assert 4 <= len(cands) <= 5 and [c["ops"] for c in cands] == list(seen.values())
+    best = max(cands, key=lambda c: c["shared_val_accuracy"])
+    assert doc["ops"] == best["ops"] and doc["predicted_latency_us"] <= budget and doc["derivation"]["budget_met"]
+    assert derive(probs, space, table, budget)["ops"] in [c["ops"] for c in cands]
+    assert "shared-weight" in doc["derivation"]["rule"]
+    assert load_architecture(write_arch(tmp_path / "s.arch.json", doc)).ops == doc["ops"]
+
+
+def test_search_with_uniform_weights_and_shared_derivation(space, tiny_table, data, tmp_path):
+    """`weight_sampling="uniform"` trains every candidate after the warm-up; `derive="shared"` keeps the candidate
+    the supernet scores best on the search's validation split, with its figures in the arch file."""
+    from tvm_nas.search.ranking import supernet_accuracies
+
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    fast, slow = table.extremes(space)
+    budget = 0.5 * (table.predict(space, fast) + table.predict(space, slow))
+    s = _search(space, tiny_table, data, tmp_path / "u", latency_budget_us=budget, loss="hinge", epochs=3,
+                warmup_epochs=1, weight_sampling="uniform", derive="shared", derive_candidates=3).fit()
+    d = s.arch_["derivation"]
+    assert d["budget_met"] and 3 <= len(d["candidates"]) <= 4
+    again = supernet_accuracies(s.supernet_, s.data, {str(i): c["ops"] for i, c in enumerate(d["candidates"])},
+                                s.config.val_fraction, s.config.seed, s.config.batch_size)
+    assert [again[str(i)] for i in range(len(d["candidates"]))] == [c["shared_val_accuracy"]
+                                                                     for c in d["candidates"]]
+    assert s.arch_["ops"] == max(d["candidates"], key=lambda c: c["shared_val_accuracy"])["ops"]
+    assert json.loads((tmp_path / "u" / ARCH_FILE).read_text())["derivation"]["candidates"] == d["candidates"]
 
 
 @pytest.mark.parametrize("edit, match", [

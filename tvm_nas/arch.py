@@ -51,6 +51,11 @@ class TableRef(_Part):
     path: str | None = None
 
 
+class Candidate(_Part):
+    ops: list[str] = Field(max_length=MAX_BLOCKS)
+    shared_val_accuracy: Annotated[float, Field(ge=0, le=1)]
+
+
 class Derivation(_Part):
     rule: str
     argmax_ops: list[str] = Field(max_length=MAX_BLOCKS)
@@ -64,6 +69,8 @@ class Derivation(_Part):
     # blocks whose α stayed close to uniform: their op is barely ahead (search.derive.undecided)
     undecided_blocks: list[Annotated[int, Field(ge=0, lt=MAX_BLOCKS)]] = Field(default_factory=list,
                                                                                max_length=MAX_BLOCKS)
+    # a derivation by shared weights (search.derive.derive_by_shared_weights): the nets it chose among
+    candidates: list[Candidate] | None = Field(default=None, max_length=4096)
 
 
 class ArchFile(_Part):

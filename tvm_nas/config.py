@@ -70,6 +70,13 @@ class SearchConfig(BaseModel):
         default="alpha", description="the path each weight step trains after the warm-up: drawn from α "
                                      "(ProxylessNAS), or uniformly, so every candidate keeps training and the "
                                      "shared weights judge them alike")
+    derive: Literal["argmax", "shared"] = Field(
+        default="argmax", description="the net kept at the end: the most probable op per block (ProxylessNAS's "
+                                      "path-level pruning, then fitted to the budget), or of the most probable "
+                                      "nets meeting the budget the one the shared weights score best on the "
+                                      "validation split")
+    derive_candidates: int = Field(default=8, ge=1, le=4096, description="nets the shared-weight derivation "
+                                                                           "chooses among")
     # execution settings that change the numbers (so --resume keeps them)
     threads: int = Field(default=0, ge=0, description="torch CPU threads per process (0: torch's choice)")
     precision: Literal["fp32", "bf16", "fp16"] = Field(

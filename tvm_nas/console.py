@@ -11,8 +11,9 @@ import math
 NA = "n/a"
 
 
-def progress(console=None):
-    """The progress display of long stages: bar, done/total, elapsed time and an ETA."""
+def progress(console=None, transient: bool = False):
+    """The progress display of long stages: bar, done/total, elapsed time and an ETA (`transient`: erased when
+    done)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -23,7 +24,7 @@ def progress(console=None):
     )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=transient)
 
 
 def fmt_us(v: float | None, unit: str = "", sign: bool = False) -> str:

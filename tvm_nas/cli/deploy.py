@@ -106,7 +106,7 @@ def run_compare(args: argparse.Namespace) -> int:
                    peers=peers if args.baselines else args.peers, order=args.order, per_layer=per_layer)
     Console().print(compare_table(rows))
     if per_layer is not None:
-        from ..deploy.perlayer import per_layer_table
+        from ..deploy.perlayer_view import per_layer_table
 
         Console().print(per_layer_table(per_layer))
     meta = {"archs": args.arch, "targets": args.target, "trials": args.trials, "baselines": args.baselines,

@@ -42,10 +42,11 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     for name in ("epochs", "warmup_epochs", "batch_size", "seed", "val_fraction", "max_samples", "weight_lr",
                  "momentum", "weight_decay", "label_smoothing", "arch_update", "arch_lr", "arch_every",
                  "arch_steps", "loss", "mul_a", "mul_b", "add_lambda", "reinforce_w", "reinforce_nets",
-                 "reinforce_baseline_decay", "weight_sampling"):
+                 "reinforce_baseline_decay", "weight_sampling", "derive", "derive_candidates"):
         f = _FIELDS[name]
         flag = "--" + name.replace("_", "-")
-        kw = {"default": f.default, "dest": name, "help": f"(default {f.default})"}
+        kw = {"default": f.default, "dest": name,
+              "help": (f"{f.description} " if f.description else "") + f"(default {f.default})"}
         if name == "warmup_epochs":
             kw.update(default=None, help="weight-only epochs before α is trained (default a third of --epochs, at "
                                          "most 3)")
@@ -53,9 +54,8 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
             kw["choices"] = ["gradient", "reinforce"]
         elif name == "loss":
             kw["choices"] = ["mul", "add", "hinge"]
-        elif name == "weight_sampling":
-            kw["choices"] = ["alpha", "uniform"]
-            kw["help"] = f"{f.description} (default {f.default})"
+        elif name in ("weight_sampling", "derive"):
+            kw["choices"] = list(f.annotation.__args__)
         else:
             kw["type"] = int if f.annotation in (int, int | None) else float
         p.add_argument(flag, **kw)

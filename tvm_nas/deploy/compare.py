@@ -255,7 +255,8 @@ def write_rows(rows: list[dict], csv_path: str | os.PathLike | None = None,
         _write_csv(csv_path, rows, COLUMNS)
         written.append(Path(csv_path))
         if per_layer is not None:
-            from .perlayer import CSV_COLUMNS, csv_rows
+            from .perlayer import CSV_COLUMNS
+            from .perlayer_view import csv_rows
 
             p = Path(csv_path)
             written.append(_write_csv(p.with_name(f"{p.stem}.per_layer.csv"), csv_rows(per_layer), CSV_COLUMNS))

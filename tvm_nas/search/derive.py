@@ -92,3 +92,60 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
                   "fastest_latency_us": fastest_us,
                   "undecided_blocks": undecided(probabilities)}
     return arch_document(space, ops, probabilities, table, derivation=derivation)
+
+
+BEAM = 256  # partial nets kept per block by :func:`most_probable`
+
+
+def most_probable(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
+                  budget_us: float | None, k: int) -> list[list[str]]:
+    """The `k` most probable nets under α (by the sum of their ops' log-probabilities) whose predicted latency
+    meets `budget_us` (all nets when None), most probable first.
+
+    A beam of :data:`BEAM` partial nets per block; a partial net is dropped early only when even its fastest
+    completion, by the table's per-op sum, is a quarter over the budget (the final check is the model's own
+    prediction, which a learned correction may move by some percent)."""
+    blocks = space.blocks()
+    lat = table.block_matrix(space)
+    fixed = table.fixed_latency(space)
+    rest = [float(sum(v.min() for v in lat[i:])) for i in range(len(blocks) + 1)]  # fastest completion
+    beam: list[tuple[float, float, list[int]]] = [(0.0, fixed, [])]
+    for i, p in enumerate(probabilities):
+        logp = np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0))
+        grown = [(lp + logp[j], us + lat[i][j], idx + [j]) for lp, us, idx in beam for j in range(len(logp))
+                 if budget_us is None or us + lat[i][j] + rest[i + 1] <= 1.25 * budget_us]
+        beam = sorted(grown, key=lambda t: -t[0])[:BEAM]
+    out = []
+    for _, _, idx in beam:
+        ops = [b.candidates[j] for b, j in zip(blocks, idx, strict=True)]
+        if budget_us is None or table.predict(space, ops) <= budget_us:
+            out.append(ops)
+        if len(out) == k:
+            break
+    return out
+
+
+def derive_by_shared_weights(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
+                             budget_us: float | None, k: int, score) -> dict:
+    """Derive the net as :func:`derive` does, then let the supernet choose: of the `k` most probable nets that
+    meet the budget (:func:`most_probable`), plus the net :func:`derive` keeps, the one whose validation accuracy
+    with the shared weights (`score`: ``{label: ops} -> {label: accuracy}``) is highest.
+
+    α alone ranks the nets by how they helped the supernet during the search; the shared weights judge each
+    candidate whole, on the search's validation split, with its batch-norm statistics re-estimated."""
+    doc = derive(probabilities, space, table, budget_us, True)
+    kept = doc["ops"]
+    cands = most_probable(probabilities, space, table, budget_us, k)
+    if kept not in cands:
+        cands.append(list(kept))
+    acc = score({f"c{i}": ops for i, ops in enumerate(cands)})
+    best = max(range(len(cands)), key=lambda i: (acc[f"c{i}"], -i))  # ties: the more probable
+    ops = cands[best]
+    derivation = {**doc["derivation"],
+                  "rule": f"the {len(cands)} most probable nets meeting the budget, best by shared-weight "
+                          "validation accuracy",
+                  "candidates": [{"ops": c, "shared_val_accuracy": acc[f"c{i}"]} for i, c in enumerate(cands)]}
+    lat = table.predict(space, ops)
+    if budget_us is not None:
+        derivation["budget_met"] = bool(lat <= budget_us)
+    return arch_document(space, ops, probabilities, table, derivation=derivation)

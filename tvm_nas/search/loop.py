@@ -18,6 +18,7 @@ import json
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +28,17 @@ import torch.nn.functional as F
 from ..arch import write_arch
 from ..config import SearchConfig
 from ..console import fmt_us
+from ..console import progress as progress_bar
 from ..data import MAX_UNREADABLE, FolderData, ImageData, batches, endless_batches, normalize, train_val_split
 from ..errors import TvmNasError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive, read_json
 from ..profile.model import LatencyModel
 from ..records import CheckpointState, check
 from ..space import SearchSpace
-from .derive import derive
+from .derive import derive, derive_by_shared_weights
 from .distributed import Dist, autocast, grad_scaler, use_global_batchnorm
 from .loss import ExpectedLatency, latency_loss, pair_probs, reinforce_reward
+from .ranking import supernet_accuracies
 from .supernet import Supernet, entropy
 
 CHECKPOINT = "checkpoint.pt"
@@ -344,8 +347,14 @@ class ProxylessSearch:
 
     def _derive(self) -> None:
         self.probabilities_ = [p.detach().cpu().numpy().astype(np.float64) for p in self.supernet_.probs()]
-        doc = derive(self.probabilities_, self.space, self.table, self.config.latency_budget_us,
-                     self.config.enforce_budget)
+        cfg = self.config
+        if cfg.derive == "shared" and cfg.enforce_budget:  # the candidates scored on the search's own split
+            score = partial(supernet_accuracies, self.supernet_, self.data, val_fraction=cfg.val_fraction,
+                            seed=cfg.seed, batch_size=cfg.batch_size)
+            doc = derive_by_shared_weights(self.probabilities_, self.space, self.table, cfg.latency_budget_us,
+                                           cfg.derive_candidates, score)
+        else:
+            doc = derive(self.probabilities_, self.space, self.table, cfg.latency_budget_us, cfg.enforce_budget)
         doc["search"] = {**self.config.model_dump(mode="json"), "data": self.data.describe(),
                          "run_dir": str(self.run_dir), "checkpoint": str(self.run_dir / CHECKPOINT),
                          "runtime": {"device": self.dist.device.type, "processes": self.dist.world},
@@ -419,16 +428,8 @@ class ProxylessSearch:
         self.history_ = json.loads(state["history"])  # checked above, as written (unread fields kept)
 
     # -- display -----------------------------------------------------------------------------------------
-    @contextmanager
     def _progress(self):
-        if self.console is None:
-            yield None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=True) as progress:
-            yield progress
+        return nullcontext() if self.console is None else progress_bar(self.console, transient=True)
 
     def _print_epoch(self, r: dict) -> None:
         if self.console is None:

@@ -60,6 +60,7 @@ def supernet_accuracies(net: Supernet, data: ImageData | FolderData, nets: Mappi
     kept mix every path, and score no single net fairly (the usual practice of one-shot NAS evaluation).
     """
     train_idx, val_idx = train_val_split(len(data), val_fraction, seed)
+    device = next(net.parameters()).device
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for m in norms}
@@ -75,12 +76,12 @@ def supernet_accuracies(net: Supernet, data: ImageData | FolderData, nets: Mappi
                 if i >= bn_batches:
                     break
                 if len(x):
-                    net(normalize(x))
+                    net(normalize(x.to(device)))
             net.eval()
             correct = n = 0
             for x, y in batches(data, val_idx, 256, raw=True):
                 if len(y):
-                    correct += int((net(normalize(x)).argmax(1) == y).sum())
+                    correct += int((net(normalize(x.to(device))).argmax(1).cpu() == y).sum())
                     n += len(y)
             if n == 0:
                 raise TvmNasError(f"--data {data.spec}: no validation image could be read")
