@@ -54,10 +54,10 @@ FIXED_BUDGETS = {"tiny-cifar": ((0.25, 29.172), (0.5, 37.398), (0.75, 45.624))}
 VARIANTS = {
     "default": {},
     # the additive loss the run used before (CE + E[LAT]/T), at two α rates: 1e-3 the ProxylessNAS code's
-    "arch-lr-1e-3": {"arch_lr": 1e-3, "loss": "add"},
-    "arch-lr-1e-2": {"arch_lr": 1e-2, "loss": "add"},
+    "arch-lr-1e-3": {"arch_lr": 1e-3, "loss": "add", "weight_sampling": "alpha"},
+    "arch-lr-1e-2": {"arch_lr": 1e-2, "loss": "add", "weight_sampling": "alpha"},
     # no pull towards faster ops once the expected net meets the budget (the run's default α rate, 0.02)
-    "hinge": {"loss": "hinge"},
+    "hinge": {"loss": "hinge", "weight_sampling": "alpha"},
     # against the collapse onto `zero`: weight steps train every candidate alike (not the paths α favours), or
     # half the epochs are warm-up before α moves
     "hinge-uniform": {"loss": "hinge", "weight_sampling": "uniform"},
@@ -65,7 +65,7 @@ VARIANTS = {
     # net under the budget is usually beaten by a slower one that still meets it), with every candidate trained
     "mul-uniform": {"loss": "mul", "weight_sampling": "uniform"},
     # the hinge again, against the re-tuned table, keeping what scores derivations by shared weights
-    "hinge-rerun": {"loss": "hinge"},
+    "hinge-rerun": {"loss": "hinge", "weight_sampling": "alpha"},
     "hinge-warmup4": {"loss": "hinge", "warmup_epochs": 4},
 }
 

@@ -17,8 +17,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         if "(default" not in text:
             text += f" (default {f.default})"
         kw = {"dest": name, "default": None, "help": text}
-        if name == "loss":
-            kw["choices"] = ["mul", "add", "hinge"]
+        if name in ("loss", "weight_sampling"):
+            kw["choices"] = list(f.annotation.__args__)
         elif name == "device":
             kw["choices"] = list(DEVICES)
         elif f.annotation not in (str, str | None):
