@@ -58,15 +58,13 @@ VARIANTS = {
     "arch-lr-1e-2": {"arch_lr": 1e-2, "loss": "add", "weight_sampling": "alpha"},
     # no pull towards faster ops once the expected net meets the budget (the run's default α rate, 0.02)
     "hinge": {"loss": "hinge", "weight_sampling": "alpha"},
-    # against the collapse onto `zero`: weight steps train every candidate alike (not the paths α favours), or
-    # half the epochs are warm-up before α moves
+    # against the collapse onto `zero`: weight steps train every candidate alike (not the paths α favours)
     "hinge-uniform": {"loss": "hinge", "weight_sampling": "uniform"},
     # the multiplicative form pulls the expected net towards the budget from below too (on this ground truth a
     # net under the budget is usually beaten by a slower one that still meets it), with every candidate trained
     "mul-uniform": {"loss": "mul", "weight_sampling": "uniform"},
     # the hinge again, against the re-tuned table, keeping what scores derivations by shared weights
     "hinge-rerun": {"loss": "hinge", "weight_sampling": "alpha"},
-    "hinge-warmup4": {"loss": "hinge", "warmup_epochs": 4},
 }
 
 
@@ -200,7 +198,7 @@ def one_search(space, table, data, config, gt: dict, budget: float, frac: float,
     return entry
 
 
-def shared_pick(entry: dict, space, table, gt: dict, k: int) -> list[str]:
+def shared_pick(entry: dict, space, table, k: int) -> list[str]:
     """The net the product's derivation by shared weights (``--derive shared``) keeps with `k` candidates, from the
     shared-weight accuracies the search recorded for every net."""
     import numpy as np
@@ -219,7 +217,7 @@ def score_shared(entry: dict, space, table, gt: dict) -> None:
     if "shared" not in entry:
         return
     for name, k in (("shared_top3", 3), ("shared_top8", 8), ("shared_all", len(gt))):
-        entry[name] = score(shared_pick(entry, space, table, gt, k), entry["budget_us"], gt, space)
+        entry[name] = score(shared_pick(entry, space, table, k), entry["budget_us"], gt, space)
 
 
 def shared_random(path: Path, space, table, data, budget: float, seed: int, images: int, gt: dict, name: str,
