@@ -455,6 +455,28 @@ def test_budget_below_the_fastest_net_is_marked(space, tiny_table):
     assert ok["budget_feasible"] is True
 
 
+def test_the_derived_net_keeps_a_margin_for_the_tables_error(space, tiny_table):
+    """A net predicted just under the budget is measured over it as often as not: the derivation fits the net to
+    the budget less the margin, and says so."""
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    _, slow = table.extremes(space)
+    t_slow = table.predict(space, slow)
+    sharp = [np.where(np.array(b.candidates) == op, 0.9, 0.1 / (len(b.candidates) - 1))
+             for b, op in zip(space.blocks(), slow, strict=True)]
+    budget = t_slow * 1.01  # the most probable net is 1% under the budget
+    plain = derive(sharp, space, table, budget_us=budget)
+    assert plain["ops"] == slow and plain["derivation"]["changed_blocks"] == []
+    kept = derive(sharp, space, table, budget_us=budget, margin_pct=5.0)
+    d = kept["derivation"]
+    assert kept["ops"] != slow and d["changed_blocks"] and d["argmax_ops"] == slow
+    assert d["budget_margin_pct"] == 5.0 and d["target_us"] == pytest.approx(budget * 0.95)
+    assert kept["predicted_latency_us"] <= budget * 0.95 and d["budget_met"] is True
+    # the search's settings carry it, and the run passes its own on
+    assert SearchConfig(latency_budget_us=100.0).budget_margin == 3.0
+    from tvm_nas.config import RunConfig
+    assert RunConfig(budget_margin=7.5).search(100.0).budget_margin == 7.5
+
+
 def test_cli_train_bad_inputs(space, tiny_table, tmp_path, capsys):
     table = LatencyTable.load(tiny_table, space=space, target_name="host")
     arch = write_arch(tmp_path / "a.arch.json", derive([np.ones(len(b.candidates)) for b in space.blocks()],

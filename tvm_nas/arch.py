@@ -64,6 +64,9 @@ class Derivation(_Part):
                                                                              max_length=MAX_BLOCKS)
     budget_us: Us | None = None
     budget_met: bool | None = None
+    # the share of the budget kept for the table's error, and the latency the net was fitted to (budget less it)
+    budget_margin_pct: Annotated[float, Field(ge=0, lt=100)] | None = None
+    target_us: Us | None = None
     budget_feasible: bool | None = None  # False: even the space's fastest net is over budget
     fastest_latency_us: Us | None = None
     # blocks whose α stayed close to uniform: their op is barely ahead (search.derive.undecided)

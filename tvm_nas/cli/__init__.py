@@ -54,7 +54,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "workers": (0, 256), "trials": (0, 10_000_000), "epochs": (1, 100_000), "warmup_epochs": (0, 100_000),
     "train_epochs": (1, 100_000), "batch_size": (1, 1_000_000), "batch": (1, 4096), "max_samples": (2, 10**9),
     "arch_every": (1, 1_000_000), "arch_steps": (1, 1_000_000), "reinforce_nets": (1, 10_000),
-    "latency_ms": (0.001, 1e9),
+    "latency_ms": (0.001, 1e9), "budget_margin": (0, 50),
 }
 
 

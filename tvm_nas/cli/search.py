@@ -42,7 +42,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     for name in ("epochs", "warmup_epochs", "batch_size", "seed", "val_fraction", "max_samples", "weight_lr",
                  "momentum", "weight_decay", "label_smoothing", "arch_update", "arch_lr", "arch_every",
                  "arch_steps", "loss", "mul_a", "mul_b", "add_lambda", "reinforce_w", "reinforce_nets",
-                 "reinforce_baseline_decay", "weight_sampling", "derive", "derive_candidates"):
+                 "reinforce_baseline_decay", "weight_sampling", "derive", "derive_candidates", "budget_margin"):
         f = _FIELDS[name]
         flag = "--" + name.replace("_", "-")
         kw = {"default": f.default, "dest": name,
@@ -203,15 +203,18 @@ def _search(args: argparse.Namespace, dist) -> int:
         return 0
     arch = search.arch_
     over = "" if arch["derivation"]["budget_met"] else " OVER BUDGET"
+    margin = f", fitted to {fmt_us(arch['derivation']['target_us'])} with a {config.budget_margin:g}% margin" \
+        if config.enforce_budget and config.budget_margin else ""
     line = (f"{search.arch_path_}: {' '.join(arch['ops'])} predicted {fmt_us(arch['predicted_latency_us'], 'µs')} "
-            f"(budget {fmt_us(config.latency_budget_us, 'µs')}){over}")
+            f"(budget {fmt_us(config.latency_budget_us, 'µs')}{margin}){over}")
     if data.skipped:
         line += f"; {data.skipped} unreadable images skipped (e.g. {data.bad_examples[0]})"
     if console:
         console.print(line)
         if arch["derivation"]["changed_blocks"]:
             d = arch["derivation"]
-            console.print(f"note: the most probable net ({fmt_us(d['argmax_latency_us'], 'µs')}) was over budget; "
+            console.print(f"note: the most probable net ({fmt_us(d['argmax_latency_us'], 'µs')}) was over "
+                          f"{fmt_us(d['target_us'], 'µs')} (the budget less the margin); "
                           f"blocks {d['changed_blocks']} were swapped for faster ops")
     else:
         print(line)

@@ -62,8 +62,13 @@ def undecided(probabilities: Sequence[np.ndarray]) -> list[int]:
     return out
 
 
+def target_us(budget_us: float | None, margin_pct: float) -> float | None:
+    """The latency the derived net is fitted to: the budget less the margin kept for the table's error."""
+    return None if budget_us is None else budget_us * (1.0 - margin_pct / 100.0)
+
+
 def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
-           budget_us: float | None = None, enforce_budget: bool = True) -> dict:
+           budget_us: float | None = None, enforce_budget: bool = True, margin_pct: float = 0.0) -> dict:
     """Derive the final architecture from the architecture probabilities.
 
     Args:
@@ -71,8 +76,11 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
         space: the search space.
         table: the latency table searched against.
         budget_us: the latency budget (µs), or None.
-        enforce_budget: if the pruned net is over budget, swap in faster ops (see :func:`fit_budget`); the
-            ``derivation`` field records the pure argmax net and what was changed.
+        enforce_budget: if the pruned net is predicted over the budget less `margin_pct` percent, swap in faster
+            ops until it is not (see :func:`fit_budget`); the ``derivation`` field records the pure argmax net and
+            what was changed.
+        margin_pct: share of the budget kept for the table's error, so that a net predicted at the budget is not
+            measured over it (a table predicts a net within some percent, either side).
 
     Returns:
         The architecture document (see :func:`arch_document`) without search settings.
@@ -80,13 +88,15 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
     argmax_ops = prune(probabilities, space)
     argmax_lat = table.predict(space, argmax_ops)
     ops, changed = argmax_ops, []
+    target = target_us(budget_us, margin_pct)
     if budget_us is not None and enforce_budget:
-        ops, changed = fit_budget(argmax_ops, probabilities, space, table, budget_us)
+        ops, changed = fit_budget(argmax_ops, probabilities, space, table, target)
     lat = table.predict(space, ops)
     fastest_us = table.predict(space, table.extremes(space)[0])
     derivation = {"rule": "argmax" if not changed else "argmax, then fit to budget",
                   "argmax_ops": argmax_ops, "argmax_latency_us": argmax_lat, "changed_blocks": changed,
                   "budget_us": budget_us, "budget_met": None if budget_us is None else bool(lat <= budget_us),
+                  "budget_margin_pct": None if budget_us is None else margin_pct, "target_us": target,
                   # False: even the fastest net of the space is over budget, so no search could meet it
                   "budget_feasible": None if budget_us is None else bool(fastest_us <= budget_us),
                   "fastest_latency_us": fastest_us,
@@ -126,16 +136,16 @@ def most_probable(probabilities: Sequence[np.ndarray], space: SearchSpace, table
 
 
 def derive_by_shared_weights(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
-                             budget_us: float | None, k: int, score) -> dict:
+                             budget_us: float | None, k: int, score, margin_pct: float = 0.0) -> dict:
     """Derive the net as :func:`derive` does, then let the supernet choose: of the `k` most probable nets that
-    meet the budget (:func:`most_probable`), plus the net :func:`derive` keeps, the one whose validation accuracy
-    with the shared weights (`score`: ``{label: ops} -> {label: accuracy}``) is highest.
+    meet the budget less the margin (:func:`most_probable`), plus the net :func:`derive` keeps, the one whose
+    validation accuracy with the shared weights (`score`: ``{label: ops} -> {label: accuracy}``) is highest.
 
     α alone ranks the nets by how they helped the supernet during the search; the shared weights judge each
     candidate whole, on the search's validation split, with its batch-norm statistics re-estimated."""
-    doc = derive(probabilities, space, table, budget_us, True)
+    doc = derive(probabilities, space, table, budget_us, True, margin_pct)
     kept = doc["ops"]
-    cands = most_probable(probabilities, space, table, budget_us, k)
+    cands = most_probable(probabilities, space, table, target_us(budget_us, margin_pct), k)
     if kept not in cands:
         cands.append(list(kept))
     acc = score({f"c{i}": ops for i, ops in enumerate(cands)})

@@ -352,9 +352,10 @@ class ProxylessSearch:
             score = partial(supernet_accuracies, self.supernet_, self.data, val_fraction=cfg.val_fraction,
                             seed=cfg.seed, batch_size=cfg.batch_size)
             doc = derive_by_shared_weights(self.probabilities_, self.space, self.table, cfg.latency_budget_us,
-                                           cfg.derive_candidates, score)
+                                           cfg.derive_candidates, score, cfg.budget_margin)
         else:
-            doc = derive(self.probabilities_, self.space, self.table, cfg.latency_budget_us, cfg.enforce_budget)
+            doc = derive(self.probabilities_, self.space, self.table, cfg.latency_budget_us, cfg.enforce_budget,
+                         cfg.budget_margin)
         doc["search"] = {**self.config.model_dump(mode="json"), "data": self.data.describe(),
                          "run_dir": str(self.run_dir), "checkpoint": str(self.run_dir / CHECKPOINT),
                          "runtime": {"device": self.dist.device.type, "processes": self.dist.world},
