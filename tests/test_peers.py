@@ -130,3 +130,22 @@ def test_a_board_lists_its_peers_as_not_run_never_with_host_figures(tmp_path):
     console.print(compare_table(rows))
     text = console.export_text()
     assert "not run on rpi4b" in text and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_executorchs_native_chatter_is_dropped_and_everything_else_passed_on(capfd):
+    """ExecuTorch's C++ runtime writes its CPU probing straight to file descriptor 2 (past Python's logging):
+    those lines go, anything else written there, by C or Python, still reaches the user, and so does an error."""
+    import os
+
+    from tvm_nas.deploy.peers import _EXECUTORCH_CHATTER, _native_stderr_without
+
+    with _native_stderr_without(_EXECUTORCH_CHATTER):
+        os.write(2, b"[cpuinfo_utils.cpp:87] Failed to open midr file /sys/devices/soc0/image_version\n")
+        os.write(2, b"[threadpool.cpp:66] Resetting threadpool to 1 threads.\n")
+        os.write(2, b"E 12:00 xnnpack: a real failure\n")
+        print("from python", file=sys.stderr)
+    with pytest.raises(RuntimeError, match="boom"), _native_stderr_without(_EXECUTORCH_CHATTER):
+        os.write(2, b"said before the error\n")
+        raise RuntimeError("boom")
+    err = capfd.readouterr().err
+    assert err.splitlines() == ["E 12:00 xnnpack: a real failure", "from python", "said before the error"]

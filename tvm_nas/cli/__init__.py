@@ -98,6 +98,10 @@ def _quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export internals
     for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):  # "torchvision is not installed"
         logging.getLogger(name).setLevel(logging.ERROR)
+    # ExecuTorch's import of torchao: "Failed to load ..._C_cutlass_90a.abi3.so" (CUDA kernels on a CPU machine), and
+    # torch's "<enum 'KernelPreference'> is an Enum subclass ..." deprecation it triggers
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _fix_runtime_threads(args) -> None:

@@ -20,10 +20,13 @@ target, or whose compilation fails gets a row saying so instead of a figure. ``$
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import operator
 import os
 import platform
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -227,7 +230,38 @@ def _openvino(c: _Context) -> list[_Candidate]:
     return out
 
 
+# what ExecuTorch's C++ runtime writes straight to the process's stderr when its thread pool starts: how it probed
+# the CPU ("[cpuinfo_utils.cpp:87] Failed to open midr file ...") and "[threadpool.cpp:66] Resetting threadpool"
+_EXECUTORCH_CHATTER = ("[cpuinfo_utils.cpp:", "[threadpool.cpp:")
+
+
+@contextlib.contextmanager
+def _native_stderr_without(chatter: Sequence[str]):
+    """Run the block with file descriptor 2 captured, then pass on every line that does not start with one of
+    `chatter`: native libraries write there directly, past Python's logging and warnings filters."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode(errors="replace").splitlines()
+                    if not line.startswith(tuple(chatter))]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
 def _executorch(c: _Context) -> list[_Candidate]:
+    with _native_stderr_without(_EXECUTORCH_CHATTER):
+        return _executorch_prepare(c)
+
+
+def _executorch_prepare(c: _Context) -> list[_Candidate]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     from executorch.extension.pybindings import portable_lib
