@@ -36,6 +36,12 @@ CASES = [
     ("run --threads 0", "--threads"),
     ("run --latency-ms inf", "--latency-ms"),
     ("run --max-samples 1", "--max-samples"),
+    ("run --time-budget 5x", "--time-budget"),
+    ("run --time-budget=-5m", "--time-budget"),
+    ("run --trials 0 --time-budget 10m", "--time-budget"),
+    ("run --epochs 3 --warmup-epochs 3", "--warmup-epochs"),
+    ("run --budget-margin 51", "--budget-margin"),
+    ("search --space tiny --target host --latency-ms 1 --budget-margin -1", "--budget-margin"),
     ("compare --arch a.arch.json --target host --nonsense", "unrecognized arguments"),
 ]
 

@@ -69,6 +69,22 @@ def test_time_budget_profile_resumed_keeps_its_curve(micro_space, tmp_path):
     _assert_complete(again, space)
     assert again.meta["timing"]["tune_curve"] == curve
     assert again.meta["timing"]["tune_trials"] == table.meta["timing"]["tune_trials"]  # nothing tuned
+    # `tvm-nas run --time-budget` with the same value profiles with the same settings: the table is reused as it is
+    # (with its default --trials the run would have measured it again under other settings)
+    def measured():  # what was measured (the profile notes when it last looked at the table)
+        d = json.loads(path.read_text())
+        d.pop("updated")
+        return d
+
+    before = measured()
+    r = cli("run", "--space", str(micro_space), "--target", quick, "--logs-dir", str(tmp_path), "--time-budget", "15s",
+            "--out", str(tmp_path / "run"), "--stop-after", "profile", timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = " ".join(r.stdout.split())
+    assert "other settings" not in out and "5 unique, 5 already measured" in out, out[-2000:]
+    assert measured() == before
+    run_cfg = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert run_cfg["time_budget"] == "15s" and run_cfg["trials"] is None
 
 
 def test_profile_through_rpc(micro_space, rpc_target, tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import TvmNasError
 
@@ -128,6 +128,9 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
+DEFAULT_RUN_TRIALS = 64  # the default run's tuning: about a minute per task on two cores
+
+
 class RunConfig(BaseModel):
     """Settings of ``tvm-nas run`` (kept in the run's ``run.json``; ``--resume`` reuses them unchanged).
 
@@ -148,7 +151,13 @@ class RunConfig(BaseModel):
     latency_ms: float | None = Field(default=None, gt=0.001, allow_inf_nan=False,
                                      description="latency budget in ms (default halfway between the space's "
                                                  "fastest and slowest nets)")
-    trials: int = Field(default=64, ge=0, description="MetaSchedule budget of the profile")
+    trials: int | None = Field(default=None, ge=0, description="MetaSchedule trial budget of the profile (default "
+                                                               f"{DEFAULT_RUN_TRIALS}; with --time-budget alone, none: "
+                                                               "tune for the time)")
+    time_budget: str | None = Field(default=None, description="tuning time of the profile, e.g. 20m (with --trials: "
+                                                              "whichever ends first); a table made by `tvm-nas "
+                                                              "profile --time-budget` with the same value is reused "
+                                                              "as it is (default none)")
     logs_dir: str = "tuning_logs"
     epochs: int = Field(default=8, ge=1, description="search epochs")
     warmup_epochs: int | None = Field(default=None, ge=0, description="weight-only warm-up epochs (default a "
@@ -176,13 +185,37 @@ class RunConfig(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="where search and training run "
                                                                               "(auto: cuda when torch sees a GPU)")
 
-    @model_validator(mode="after")
-    def _warmup_below_epochs(self):
+    @field_validator("time_budget")
+    @classmethod
+    def _tuning_is_asked_for_once(cls, v, info):
+        if v is not None:
+            from .backend.budget import parse_duration
+
+            try:
+                parse_duration(v)
+            except TvmNasError as e:
+                raise ValueError(str(e).removeprefix("--time-budget: ")) from None
+            if info.data.get("trials") == 0:
+                raise ValueError("--trials 0 asks for no tuning (TVM's default schedules); give --trials N as well, "
+                                 "or drop --trials 0 to tune for the time alone")
+        return v
+
+    @property
+    def profile_trials(self) -> int:
+        """The profile's trial budget: as given, else none beside a time budget, else :data:`DEFAULT_RUN_TRIALS`."""
+        if self.trials is not None:
+            return self.trials
+        return 0 if self.time_budget is not None else DEFAULT_RUN_TRIALS
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_below_epochs(cls, v, info):
         """Said when the run starts, not at its search stage after the profile (as `search` does)."""
-        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
-            raise ValueError(f"{self.warmup_epochs} warm-up epochs of {self.epochs} leave no architecture step: "
-                             "give fewer --warmup-epochs than --epochs")
-        return self
+        epochs = info.data.get("epochs")
+        if v is not None and epochs is not None and v >= epochs:
+            raise ValueError(f"{v} warm-up epochs of {epochs} leave no architecture step: give fewer "
+                             "--warmup-epochs than --epochs")
+        return v
 
     def search(self, budget_us: float) -> SearchConfig:
         return SearchConfig(latency_budget_us=budget_us, epochs=self.epochs, warmup_epochs=self.warmup_epochs,

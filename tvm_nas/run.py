@@ -42,7 +42,7 @@ def start_or_resume(given: dict, out: str | None = None, resume: str | None = No
         try:
             config = RunConfig(**given)
         except ValidationError as e:
-            raise validation_error("tvm-nas run", e, {k: "--" + k.replace("_", "-") for k in given}) from None
+            raise validation_error("", e, {k: "--" + k.replace("_", "-") for k in given}) from None
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out or f"runs/{stamp}")
         if (run_dir / STATE).exists():

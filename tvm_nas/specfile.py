@@ -163,7 +163,7 @@ def validation_error(where: str | os.PathLike, e: ValidationError, rename: dict[
     """The first error of a pydantic validation as one line: ``where: field 'a.b': message (and N more)``.
 
     Args:
-        where: the file (or command) the values came from.
+        where: the file the values came from ('' for a command's options: its error line names the command).
         e: the validation error.
         rename: field name -> how the user wrote it (e.g. ``latency_budget_us`` -> ``--latency-ms``).
         prefix: where the validated object sits in the file (``space.definition.``).
@@ -172,9 +172,10 @@ def validation_error(where: str | os.PathLike, e: ValidationError, rename: dict[
     field = prefix + ".".join(str(x) for x in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     extra = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    head = f"{where}: " if str(where) else ""
     if rename and field in rename:
-        return TvmNasError(f"{where}: {rename[field]}: {msg}{extra}")
-    return TvmNasError(f"{where}: field '{field}': {msg}{extra}")
+        return TvmNasError(f"{head}{rename[field]}: {msg}{extra}")
+    return TvmNasError(f"{head}field '{field}': {msg}{extra}")
 
 
 def check_name(name: object) -> str:

@@ -61,8 +61,8 @@ class Profile(Stage):
         from .profile.model import LatencyModel
 
         cfg = ctx.cfg
-        measured = profile(ctx.space, ctx.target, trials=cfg.trials, logs_dir=cfg.logs_dir, seed=cfg.seed,
-                           console=ctx.console)
+        measured = profile(ctx.space, ctx.target, trials=cfg.profile_trials, time_budget=cfg.time_budget,
+                           logs_dir=cfg.logs_dir, seed=cfg.seed, console=ctx.console)
         # with what an earlier validate fitted to it: the run predicts what the rest of the product does
         table = LatencyModel.load(measured.path, space=ctx.space, target=ctx.target).copy_to(ctx.dir / "table")
         fast, slow = table.extremes(ctx.space)
@@ -205,7 +205,7 @@ class Compile(Stage):
         from .deploy import compile_arch
         from .deploy.compile import LIBRARY, ONNX_FILE, time_builds
 
-        untuned = ctx.cfg.trials == 0  # a --trials 0 profile has no database: default schedules
+        untuned = ctx.cfg.profile_trials == 0 and ctx.cfg.time_budget is None  # no database: default schedules
         table, builds = ctx.table(), ctx.builds()
         common = dict(trials=0, logs_dir=ctx.cfg.logs_dir, measure=False, untuned=untuned, console=ctx.console,
                       table=table)
