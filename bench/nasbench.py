@@ -218,8 +218,9 @@ def measure_phase(args, space, doc: dict, path: Path) -> None:
     for k, e in doc["nets"].items():
         r = rows.get(k)
         if r:
-            e["latency"] = {f: r.get(f) for f in ("measured_us", "measured_q1", "measured_q3", "stable",
-                                                  "predicted_us")}
+            t = r["measurement"]  # this file's own keys (the nets timed before validate wrote only `measurement`)
+            e["latency"] = {"measured_us": r["measured_us"], "measured_q1": t["q1"], "measured_q3": t["q3"],
+                            "stable": t["stable"], "predicted_us": r["predicted_us"]}
     missing = [k for k in map(key, all_nets(space)) if k not in rows]
     if missing:
         print(f"warning: validate measured no figure for {len(missing)} nets", file=sys.stderr)

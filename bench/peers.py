@@ -122,9 +122,15 @@ def timed(rows: list[dict]) -> dict[str, dict]:
     tvm = out.get("tvm")
     for o in (tvm or {}).get("tried") or ():
         if "called from Python" in o["setting"]:
-            out["tvm-python"] = {"runtime": "tvm-python", "measured_us": o["median"], "measured_q1_us": o.get("q1",
-                                o["median"]), "measured_q3_us": o.get("q3", o["median"]), "setting": o["setting"]}
+            out["tvm-python"] = {"runtime": "tvm-python", "measured_us": o["median"], "setting": o["setting"],
+                                 "measurement": {k: o.get(k, o["median"]) for k in ("median", "q1", "q3")}}
     return out
+
+
+def quartile(row: dict, q: str) -> float:
+    """A row's quartile (``q1``/``q3``): from its ``measurement``, or as results written before it had one kept it
+    (``measured_q1_us``)."""
+    return (row.get("measurement") or {}).get(q) or row[f"measured_{q}_us"]
 
 
 def fastest_peer(rows: list[dict]) -> str | None:
@@ -183,7 +189,7 @@ def report(doc: dict) -> str:
                      + swapped(rankings) + "; " + tvm_place(runs))
         for k in names:
             spread = [timed(r["rows"])[k] for r in runs if k in timed(r["rows"])]
-            iqr = f"{min(s['measured_q1_us'] for s in spread):,.1f}–{max(s['measured_q3_us'] for s in spread):,.1f}"
+            iqr = f"{min(quartile(s, 'q1') for s in spread):,.1f}–{max(quartile(s, 'q3') for s in spread):,.1f}"
             setting = spread[0]["setting"]
             lines.append(f"    {k:16s} {med[k]:10,.1f} µs ({iqr})  "
                          + (f"{med[k] / med[best]:.2f}× {best}" if best else "") + f"  [{setting}]")

@@ -32,8 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tvm_nas.backend import tuning
-from tvm_nas.backend.budget import fmt_duration, kernel_usage, op_frequency, parse_duration
+from tvm_nas.backend.budget import kernel_usage, op_frequency
 from tvm_nas.backend.target import is_gpu, to_tvm_target
+from tvm_nas.console import fmt_duration, parse_duration
 from tvm_nas.io import atomic_write_json
 from tvm_nas.profile.profiler import lower_op
 from tvm_nas.space import load_space

@@ -318,10 +318,14 @@ def test_compare_with_baselines_writes_table(host, tiny_host_logs, arch_file, tm
             else:
                 assert by[rt]["setting"] == f"not installed: {INSTALL_PEERS}" and by[rt]["measured_us"] is None
     # every runtime timed under the protocol: median with its spread
-    assert all(r["measured_q1_us"] <= r["measured_us"] <= r["measured_q3_us"] and r["stable"] in (True, False)
+    assert all(r["measurement"]["q1"] <= r["measured_us"] == r["measurement"]["median"] <= r["measurement"]["q3"]
+               and r["measurement"]["stable"] in (True, False) and r["measurement"]["rounds"] >= 1
                for r in rows if r["measured_us"] is not None)
+    assert all(r["measurement"] is None for r in rows if r["measured_us"] is None)
     header = (tmp_path / "c.csv").read_text().splitlines()[0]
     assert header.startswith("architecture,target,runtime") and ",setting,check," in header
+    assert ",measured_us,measurement.median,measurement.q1,measurement.q3,measurement.stable,measurement.rounds," \
+        in header
     out = capsys.readouterr().out
     assert "latency on host, µs (median (IQR)" in out and "how each runtime ran" in out and "check" in out
     assert "spinning" in out and re.search(r"order\s+reverse", out)

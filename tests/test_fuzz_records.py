@@ -93,8 +93,8 @@ def validation_doc(folder: Path, space) -> dict:
         m = p * (1.1 + 0.12 * ops.count(big)) + 3 + 0.2 * (i % 3)
         t_ = _timing(m)
         rows.append({"net": f"random-{i}", "ops": ops, "predicted_us": p, "untuned_kernels": 0,
-                     "max_abs_err": 1e-7, "build": None, "measured_us": t_.median, "measured_q1": t_.q1,
-                     "measured_q3": t_.q3, "stable": t_.stable, "error_pct": 100 * (p - m) / m,
+                     "max_abs_err": 1e-7, "build": None, "measured_us": t_.median,
+                     "error_pct": 100 * (p - m) / m,
                      "measurement": t_.to_json()})
     summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
     summary["unstable"] = []
@@ -264,8 +264,9 @@ FOCUS = {
                  ("latency_table", "calibration"), ("latency_table", "correction"), ("tuning", "untuned"),
                  ("tuning",), ("verification",), ("verification", "status"), ("architecture", "budget_us"),
                  ("target", "name"), ("frontend",), ("tvm_version",), ("measured_over_predicted",)],
-    "validation": [("nets",), ("nets", 0, "ops"), ("nets", 0, "measured_us"), ("nets", 0, "measured_q1"),
-                   ("nets", 0, "stable"), ("nets", 0, "calibrated_us"), ("nets", 0, "corrected_us"), ("summary",),
+    "validation": [("nets",), ("nets", 0, "ops"), ("nets", 0, "measured_us"), ("nets", 0, "measurement", "q1"),
+                   ("nets", 0, "measurement", "stable"), ("nets", 0, "calibrated_us"), ("nets", 0, "corrected_us"),
+                   ("summary",),
                    ("summary", "calibration"), ("summary", "calibration", "better"), ("summary", "correction"),
                    ("summary", "kendall_tau"), ("summary", "load_avg"), ("summary", "in_use")],
     "checkpoint": [("format",), ("epoch",), ("config",), ("history",), ("history", 0), ("history", 0, "epoch"),
@@ -380,7 +381,7 @@ def test_fuzz_validate_json(valid, tmp_path_factory, data):
         one_line_naming(e, path)
         return
     for r in nets.values():  # by the run's name of each net: one timing, its summary fields
-        t = r["measured"]
+        t = r["measurement"]
         assert all(math.isfinite(t[k]) and t[k] >= 0 for k in ("median", "q1", "q3"))
         assert t["median"] > 0 and isinstance(t["stable"], bool)
         assert all(r.get(k) is None or math.isfinite(r[k]) for k in ("calibrated_us", "corrected_us"))
@@ -681,7 +682,7 @@ def test_untimed_manifest_with_a_measured_latency_is_refused(valid, tmp_path):
 
 @pytest.mark.parametrize("edit,field", [
     (lambda d: d["nets"][3].update(measured_us=None), "field 'nets.3.measured_us'"),
-    (lambda d: d["nets"][0].update(stable=1), "field 'nets.0.stable'"),
+    (lambda d: d["nets"][0]["measurement"].update(stable=1), "field 'nets.0.measurement.stable'"),
     (lambda d: d["nets"][0].update(ops=None), "field 'nets.0.ops'"),
     (lambda d: d["nets"][0].update(calibrated_us=math.inf), "field 'nets.0.calibrated_us'"),
     (lambda d: d["summary"]["calibration"].update(better="yes"), "field 'summary.calibration.better'"),

@@ -122,7 +122,9 @@ def _check_validate(out: Path, n_random: int):
               "spearman_rho", "load_avg"):
         assert k in s
     for r in doc["nets"]:
-        assert r["measured_q1"] <= r["measured_us"] <= r["measured_q3"] and r["max_abs_err"] <= 1e-4
+        t = r["measurement"]  # a timing is one object: median, quartiles, stable, rounds
+        assert t["q1"] <= r["measured_us"] == t["median"] <= t["q3"] and r["max_abs_err"] <= 1e-4
+        assert not {"measured_q1", "measured_q3", "stable"} & set(r)
         assert r["error_pct"] == pytest.approx(100 * (r["predicted_us"] - r["measured_us"]) / r["measured_us"])
     assert (out / "validate.png").read_bytes()[:4] == b"\x89PNG"
     return doc
@@ -390,7 +392,9 @@ def test_builds_are_timed_interleaved_and_their_outputs_checked(micro_space, tmp
     got = time_builds(builds, quick)
     for name in builds:
         m = json.loads((tmp_path / name / "manifest.json").read_text())
-        assert m["measured_latency_us"] == got[name] > 0 and m["measured_iqr_us"][0] <= got[name]
+        assert m["measured_latency_us"] == got[name] == m["measurement"]["median"] > 0
+        assert m["measurement"]["q1"] <= got[name] <= m["measurement"]["q3"] and m["measurement"]["rounds"] >= 1
+        assert "measured_iqr_us" not in m  # the timing is one object
         assert "interleaved with 1 other module(s)" in m["measurement"]["how"] and "round_medians" in m["measurement"]
     # other weights and input than the modules were built with: their outputs differ, and nothing is timed
     with pytest.raises(TvmNasError, match="differ"):

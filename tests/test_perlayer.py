@@ -45,8 +45,9 @@ def test_compare_per_layer_on_the_searched_net(host, tiny_host_logs, arch_file, 
                 *(f"blocks.{i}" for i, op in enumerate(OPS) if op != "zero")}
     assert {r["layer"] for r in rows} == expected and len(rows) == len(expected)
     for r in rows:
-        assert r["kernels"] and all(k["matched"] and k["median_us"] > 0 for k in r["kernels"]), r
-        assert r["tvm_us"] == pytest.approx(sum(k["median_us"] for k in r["kernels"]))
+        assert r["kernels"] and all(k["matched"] and k["measurement"]["median"] > 0 for k in r["kernels"]), r
+        assert all(set(k["measurement"]) == {"median", "q1", "q3", "stable", "rounds"} for k in r["kernels"])
+        assert r["tvm_us"] == pytest.approx(sum(k["measurement"]["median"] for k in r["kernels"]))
         assert r["predicted_us"] is not None and r["predicted_us"] >= 0
         assert r["onnxruntime_us"] is not None and r["onnxruntime_us"] >= 0 and r["peer_nodes"]["onnxruntime"]
         if installed("openvino"):

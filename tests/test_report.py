@@ -59,17 +59,17 @@ def make_summary(space_name: str = "tiny") -> dict:
         "latency_table": {"path": f"table/{space.name}.latency.json", "blocks": table, "fixed_us": fixed_us},
         "nets": [
             {"name": "searched", "kind": "searched", "ops": pick, "accuracy": 0.8125, "predicted_us": predicted,
-             "measured": _timing(171.34)},
+             "measurement": _timing(171.34)},
             {"name": "reference (mbconv_k3_e6)", "kind": "reference", "ops": ref_ops, "accuracy": 0.843,
-             "predicted_us": 420.0, "measured": _timing(455.0)},
+             "predicted_us": 420.0, "measurement": _timing(455.0)},
             {"name": "fastest", "kind": "fastest", "ops": ["mbconv_k3_e3"] * len(blocks), "accuracy": 0.702,
-             "predicted_us": 120.5, "measured": _timing(131.2)},
+             "predicted_us": 120.5, "measurement": _timing(131.2)},
             {"name": "slowest", "kind": "slowest", "ops": ref_ops, "accuracy": 0.851, "predicted_us": 480.25,
-             "measured": _timing(502.9)},
+             "measurement": _timing(502.9)},
             {"name": "random-1", "kind": "random", "ops": pick, "accuracy": 0.77, "predicted_us": 250.0,
-             "measured": _timing(None)},
+             "measurement": _timing(None)},
             {"name": "random-2", "kind": "random", "ops": pick, "accuracy": 0.79, "predicted_us": 280.4,
-             "measured": _timing(None)},
+             "measurement": _timing(None)},
         ],
         "peers": [
             {"net": "searched", "tvm_us": 171.34, "tvm_untuned_us": 900.0, "pytorch_us": 400.0,
@@ -123,13 +123,13 @@ def test_full_report(tmp_path):
     body = text(page)
     assert "not drawn" not in body and "failed" not in body
     searched = summary["nets"][0]
-    assert "171.3" in body and fmt_us(searched["measured"]["median"]) == "171.3"
+    assert "171.3" in body and fmt_us(searched["measurement"]["median"]) == "171.3"
     assert fmt_pct(searched["accuracy"]) == "81.2%" and "81.2%" in body
     assert fmt_us(summary["arch"]["predicted_us"]) in body
     for net in summary["nets"]:
         assert fmt_pct(net["accuracy"]) in body and fmt_us(net["predicted_us"]) in body
-        if net["measured"] is not None:
-            assert fmt_us(net["measured"]["median"]) in body
+        if net["measurement"] is not None:
+            assert fmt_us(net["measurement"]["median"]) in body
     for peer in summary["peers"]:
         for key in ("tvm_us", "tvm_untuned_us", "pytorch_us", "onnxruntime_us"):
             if key in peer:
@@ -153,16 +153,32 @@ def test_a_summary_of_the_flat_timing_keys_still_renders(tmp_path):
 
     summary = make_summary()
     for n in summary["nets"]:
-        t = n.pop("measured")
+        t = n.pop("measurement")
         if t is not None:
             n.update(measured_us=t["median"], measured_q1=t["median"] - 1, measured_q3=t["median"] + 1, stable=False)
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(__import__("json").dumps(summary))
     s = load_summary(run)
-    assert s.nets[0].measured.median == 171.34 and s.nets[0].measured.q1 == 170.34 and not s.nets[0].measured.stable
-    assert s.nets[4].measured is None
+    t = s.nets[0].measurement
+    assert t.median == 171.34 and t.q1 == 170.34 and not t.stable
+    assert s.nets[4].measurement is None
     assert "171.3 (IQR 170.3–172.3) UNSTABLE" in text(render_report(run))
+
+
+def test_a_summary_whose_timing_was_named_measured_still_renders(tmp_path):
+    """summary.json written when a net's timing object was ``measured`` (now ``measurement``, as in every file)."""
+    from tvm_nas.report.summary import load_summary
+
+    summary = make_summary()
+    for n in summary["nets"]:
+        n["measured"] = n.pop("measurement")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(__import__("json").dumps(summary))
+    s = load_summary(run)
+    assert s.nets[0].measurement.median == 171.34 and s.nets[4].measurement is None
+    assert "171.3" in text(render_report(run))
 
 
 def test_tiny_numbers_format():
@@ -182,7 +198,7 @@ def test_missing_optional_pieces_still_render(tmp_path, drop):
         summary["peers"] = []
     elif drop == "measured":
         for net in summary["nets"]:
-            net["measured"] = None
+            net["measurement"] = None
     elif drop == "untuned":
         for peer in summary["peers"]:
             peer.pop("tvm_untuned_us", None)
@@ -282,9 +298,10 @@ def test_over_budget_is_marked(tmp_path):
 
 def test_validation_with_a_learned_correction_renders(tmp_path):
     summary = make_summary()
-    measured = [n for n in summary["nets"] if n["measured"] is not None]
+    measured = [n for n in summary["nets"] if n["measurement"] is not None]
     for i, n in enumerate(measured):
-        n.update(calibrated_us=round(1.05 * n["predicted_us"], 1), corrected_us=round(n["measured"]["median"] + i, 1))
+        n.update(calibrated_us=round(1.05 * n["predicted_us"], 1),
+                 corrected_us=round(n["measurement"]["median"] + i, 1))
     loo = {"median_abs_error_pct": 1.9, "worst_abs_error_pct": 4.8, "within_5pct": 1.0, "within_10pct": 1.0,
            "kendall_tau": 0.93}
     summary["validation"] = {"summary": {
@@ -325,8 +342,8 @@ def test_accuracy_labels_ranking_and_measured_over_budget(tmp_path):
         n["accuracy_set"] = "test"
     summary["ranking"] = {"accuracy_set": "test", "matched": 3, "rank": 2, "supernet_tau": 0.6, "supernet_nets": 7}
     searched = summary["nets"][0]
-    searched["measured"] = _timing(searched["measured"]["median"], 2)
-    summary["budget_us"] = searched["measured"]["q1"] - 1.0
+    searched["measurement"] = _timing(searched["measurement"]["median"], 2)
+    summary["budget_us"] = searched["measurement"]["q1"] - 1.0
     (tmp_path / "t").mkdir()
     run = write_run(tmp_path / "t", summary)
     body = text(render_report(run))

@@ -99,7 +99,7 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
     assert all(n["compile_measured_us"] > 0 for n in summary["nets"])
     # the validate stage timed every net of the run interleaved; the summary and the page show its figures
     for n in summary["nets"]:  # one key set for a timing: median, quartiles, stable, rounds
-        t = n["measured"]
+        t = n["measurement"]
         assert t["q1"] <= t["median"] <= t["q3"] and isinstance(t["stable"], bool) and t["rounds"] >= 1, n
     v = summary["validation"]["summary"]
     assert v["nets"] == len({tuple(n["ops"]) for n in summary["nets"]} | {tuple(summary["arch"]["ops"])})

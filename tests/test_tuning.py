@@ -13,7 +13,8 @@ from conftest import MICRO_SPACE, ROOT, write_yaml
 
 from tvm_nas.backend import database as dbfile
 from tvm_nas.backend import tuning
-from tvm_nas.backend.budget import Allocator, TimeLedger, parse_duration, round_size_for
+from tvm_nas.backend.budget import Allocator, TimeLedger, round_size_for
+from tvm_nas.console import parse_duration
 from tvm_nas.errors import TvmNasError
 
 

@@ -189,7 +189,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _tuning_is_asked_for_once(cls, v, info):
         if v is not None:
-            from .backend.budget import parse_duration
+            from .console import parse_duration
 
             try:
                 parse_duration(v)

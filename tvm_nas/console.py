@@ -1,12 +1,16 @@
 """What the user reads: progress bars, and the only place numbers become text (terminal, CSV notes, report).
 
 Every latency is printed by :func:`fmt_us`, every accuracy by :func:`fmt_pct`, so the terminal and the report
-never disagree on rounding or on how a missing value reads.
+never disagree on rounding or on how a missing value reads. Durations go both ways here: :func:`fmt_duration`, and
+:func:`parse_duration` for the ``--time-budget`` a user writes.
 """
 
 from __future__ import annotations
 
 import math
+import re
+
+from .errors import TvmNasError
 
 NA = "n/a"
 
@@ -98,3 +102,33 @@ def over_budget(measured: float | None, q1: float | None, budget: float | None) 
         return ""
     return (f"; MEASURED OVER BUDGET: {fmt_us(measured, 'µs')} (lower quartile "
             f"{fmt_us(q1 if q1 is not None else measured)}) > budget {fmt_us(budget, 'µs')}")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str | float | int | None, what: str = "--time-budget") -> float | None:
+    """Seconds in "90s", "20m", "1h", "1h30m" or a plain number of seconds; None stays None."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", s):
+            seconds = float(s)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", s)
+            if not parts or "".join(n + u for n, u in parts) != s:
+                raise TvmNasError(f"{what}: {text!r} is not a duration; write e.g. 90s, 20m, 1h or 1h30m")
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0 or math.isinf(seconds):
+        raise TvmNasError(f"{what}: {text!r} must be a positive duration")
+    return seconds
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

@@ -20,6 +20,7 @@ from .profile.model import FITTED, LatencyModel
 from .records import ValidationFile, load_record
 from .specfile import validation_error
 from .stages import MATCH, PIPELINE, accuracies, load_run_state
+from .timing import TIMING
 
 STATE = "run.json"
 
@@ -198,9 +199,9 @@ class Run:
         nets = [{"name": name, "kind": n["kind"], "ops": n["ops"], **accuracies(n),
                  "supernet_accuracy": shared.get(name), "predicted_us": n["predicted_us"],
                  # the validate stage's interleaved timing; else the compile stage's median
-                 "measured": checked.get(name, {}).get("measured") or _median(compiled.get(name)),
+                 "measurement": checked.get(name, {}).get("measurement") or _median(compiled.get(name)),
                  "compile_measured_us": compiled.get(name),
-                 **{k: v for k, v in checked.get(name, {}).items() if k != "measured"}}
+                 **{k: v for k, v in checked.get(name, {}).items() if k != "measurement"}}
                 for name, n in runs.items()]
         derivation = arch.derivation
         return {
@@ -260,7 +261,7 @@ class Run:
         used = {f.row for f in FITTED if getattr(getattr(doc.summary, f.key), "better", False)}
         out = {}
         for r in doc.nets:
-            fields = {"measured": {k: getattr(r.measurement, k) for k in TIMING},
+            fields = {"measurement": {k: getattr(r.measurement, k) for k in TIMING},
                       **{f.row: getattr(r, f.row) if f.row in used else None for f in reversed(FITTED)}}
             for name in (r.net, *(r.aliases or ())):  # a net validate timed once under several names
                 out[name] = fields
@@ -270,9 +271,6 @@ class Run:
         v = self.done.get("validate")
         return None if not v else {"summary": v["summary"], "result": v["result"],
                                    "figure": str(Path(v["result"]).parent / "validate.png")}
-
-
-TIMING = ("median", "q1", "q3", "stable", "rounds")  # a timing's fields in the summary
 
 
 def _median(us: float | None) -> dict | None:
@@ -291,9 +289,9 @@ def _ranking(nets: list[dict], supernet: dict | None) -> dict:
            "supernet_tau": (supernet or {}).get("tau"), "supernet_nets": (supernet or {}).get("nets")}
     if searched.get("accuracy_set") == "test" and searched.get("accuracy") is not None and matched:
         out["rank"] = 1 + sum(n["accuracy"] > searched["accuracy"] for n in matched)
-    ref = (searched.get("measured") or {}).get("median")
+    ref = (searched.get("measurement") or {}).get("median")
     if ref:  # the nets were matched on the table's prediction; how close they came once measured
-        medians = [(n.get("measured") or {}).get("median") for n in matched]
+        medians = [(n.get("measurement") or {}).get("median") for n in matched]
         out["matched_measured_within"] = sum(m is not None and abs(m - ref) <= MATCH * ref for m in medians)
     return out
 

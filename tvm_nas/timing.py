@@ -57,6 +57,20 @@ class Protocol:
         return asdict(self)
 
 
+TIMING = ("median", "q1", "q3", "stable", "rounds")
+"""A timing's figure, wherever one is written (manifest, validate.json, compare rows, per-layer kernels, the run's
+summary): one object with these keys (µs; ``stable`` as the protocol judged it; ``rounds`` measured), never its
+figures spread over other keys beside a net's fields."""
+
+
+def figure(timing: Timing | dict | None) -> dict | None:
+    """The :data:`TIMING` object of a timing (a :class:`Timing` or its JSON), or None."""
+    if timing is None:
+        return None
+    get = timing.get if isinstance(timing, dict) else lambda k: getattr(timing, k)
+    return {k: get(k) for k in TIMING}
+
+
 @dataclass
 class Timing:
     """Latency of one module (µs per run) under the protocol: median and quartiles of every sample of every round.
@@ -93,6 +107,7 @@ class Timing:
         return (max(r) - min(r)) / self.median if len(r) > 1 and self.median > 0 else 0.0
 
     def to_json(self) -> dict:
+        """Every field (with the :data:`TIMING` ones among them), the IQR and the rounds' spread."""
         return {**asdict(self), "iqr": self.iqr, "round_spread": round(self.spread, 4)}
 
     def label(self) -> str:

@@ -7,40 +7,10 @@ round bought; the allocator stops tasks that have stopped improving and keeps to
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 
 from ..errors import TvmNasError
-
-_UNITS = {"s": 1, "m": 60, "h": 3600}
-
-
-def parse_duration(text: str | float | int | None, what: str = "--time-budget") -> float | None:
-    """Seconds in "90s", "20m", "1h", "1h30m" or a plain number of seconds; None stays None."""
-    if text is None:
-        return None
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower()
-        if re.fullmatch(r"\d+(\.\d+)?", s):
-            seconds = float(s)
-        else:
-            parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", s)
-            if not parts or "".join(n + u for n, u in parts) != s:
-                raise TvmNasError(f"{what}: {text!r} is not a duration; write e.g. 90s, 20m, 1h or 1h30m")
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not seconds > 0 or math.isinf(seconds):
-        raise TvmNasError(f"{what}: {text!r} must be a positive duration")
-    return seconds
-
-
-def fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 @dataclass

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..console import fmt_duration
 from . import database as dbfile
-from .budget import Allocator, TimeLedger, fmt_duration, round_size_for
+from .budget import Allocator, TimeLedger, round_size_for
 from .tuning import Settings, Task, _builder, _quiet_logging, _runner, best_run_s, default_jobs, open_database, records
 
 

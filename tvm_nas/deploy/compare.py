@@ -22,16 +22,19 @@ from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text
 from ..records import load_manifest
 from ..targets import TargetSpec, load_target
+from ..timing import TIMING, figure
 from .compile import MANIFEST, ONNX_FILE, SCHEMA, Built, check_inputs, compile_arch
 from .model import build_network_from_arch, example_input
 from .onnx import ATOL
 from .peers import COOLDOWN_S, DEFAULT_ORDER, Result, not_run_reason, selected_peers, time_with_peers
 
-COLUMNS = ("architecture", "target", "runtime", "predicted_us", "measured_us", "measured_q1_us", "measured_q3_us",
-           "stable", "measured_over_predicted", "vs_tvm", "setting", "check", "max_abs_err", "order")
-""" The CSV's columns; JSON rows add ``tried`` (other settings timed, e.g. ONNX Runtime's other spinning mode) and
-``sequence`` (the runtimes in the order of the first round's blocks). ``setting`` says how a runtime ran, or why it
-did not (then ``measured_us`` is empty); ``check`` is ``ok`` or ``max err 3.1e-02`` against PyTorch eager."""
+COLUMNS = ("architecture", "target", "runtime", "predicted_us", "measured_us", *(f"measurement.{k}" for k in TIMING),
+           "measured_over_predicted", "vs_tvm", "setting", "check", "max_abs_err", "order")
+""" The CSV's columns (``measurement.q1``: the timing object's fields, flat). JSON rows have ``measurement`` as one
+object (:data:`~tvm_nas.timing.TIMING`: median, q1, q3, stable, rounds) and add ``tried`` (other settings timed,
+e.g. ONNX Runtime's other spinning mode) and ``sequence`` (the runtimes in the order of the first round's blocks).
+``setting`` says how a runtime ran, or why it did not (then ``measured_us`` is empty); ``check`` is ``ok`` or ``max
+err 3.1e-02`` against PyTorch eager."""
 
 
 def compare(archs: Sequence[str | os.PathLike | Arch], targets: Sequence[str | os.PathLike | TargetSpec],
@@ -149,8 +152,7 @@ def _row(a: Arch, spec: TargetSpec, r: Result, predicted, timing: dict | None, t
          sequence: list[str] | None = None) -> dict:
     measured = timing["median"] if timing else None
     return {"architecture": a.label, "target": spec.name, "runtime": r.runtime, "predicted_us": predicted,
-            "measured_us": measured, "measured_q1_us": timing["q1"] if timing else None,
-            "measured_q3_us": timing["q3"] if timing else None, "stable": timing["stable"] if timing else None,
+            "measured_us": measured, "measurement": figure(timing),
             "measured_over_predicted": measured / predicted if measured and predicted else None,
             "vs_tvm": measured / tvm_us if measured and tvm_us else None, "setting": r.setting, "check": r.check,
             "max_abs_err": r.max_abs_err, "order": order, "tried": r.tried, "sequence": sequence}
@@ -200,7 +202,8 @@ def compare_table(rows: list[dict]) -> RenderableType:
         if r["measured_us"] is None and r.get("setting"):
             meas = r["setting"].split(":", 1)[0]  # not installed / not run on <target> / failed
         else:
-            meas = fmt_timing(r["measured_us"], r.get("measured_q1_us"), r.get("measured_q3_us"), r.get("stable"))
+            m = r.get("measurement") or {}
+            meas = fmt_timing(r["measured_us"], m.get("q1"), m.get("q3"), m.get("stable"))
         t.add_row(r["architecture"], *([] if one else [r["target"]]), r["runtime"], fmt_us(r["predicted_us"]),
                   meas, _ratio(r["measured_over_predicted"]), _ratio(r["vs_tvm"]), r.get("check") or "—")
     settings = _settings_table(rows, one)
@@ -271,6 +274,7 @@ def _write_csv(path, rows: list[dict], columns) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({**r, **{f"{k}.{f}": v for k in ("measurement",) for f, v in (r.get(k) or {}).items()}}
+                for r in rows)
     atomic_write_text(path, buf.getvalue())
     return Path(path)

@@ -308,8 +308,8 @@ def time_builds(builds: Mapping[str, Built], target: str | os.PathLike | TargetS
         t, m = timings.get(name), manifests[name]
         timing = t.to_json() if t else None
         predicted = m.get("predicted_latency_us")
+        m.pop("measured_iqr_us", None)  # a manifest written before the timing was one object
         m.update(measured_latency_us=t.median if t else None,
-                 measured_iqr_us=[t.q1, t.q3] if t else None,
                  measurement={"how": _how(spec, t, errs[name], len(builds) - 1) if t else why, **(timing or {})},
                  measured_over_predicted=t.median / predicted if t and predicted else None)
         atomic_write_json(Path(out) / MANIFEST, m)
@@ -430,7 +430,6 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
         "predicted_latency_us": predicted,
         "latency_table": None if table is None else table.manifest(),
         "measured_latency_us": measured,
-        "measured_iqr_us": [timing["q1"], timing["q3"]] if timing else None,
         "measurement": {"how": how, **(timing or {})},
         "measured_over_predicted": measured / predicted if measured and predicted else None,
     }

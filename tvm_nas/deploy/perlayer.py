@@ -45,6 +45,7 @@ from ..arch import Arch
 from ..errors import TvmNasError
 from ..space import OpKey
 from ..targets import TargetSpec
+from ..timing import figure
 
 PROFILED_PEERS = ("onnxruntime", "openvino")  # the peers with a per-node profiler
 SAMPLES = 5  # samples per round for each kernel (the target's windows): a net has tens of kernels
@@ -349,8 +350,8 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
     for (name, _, _), t, (j, matched) in zip(calls, timings, assign([_key_of(c[0], keys) for c in calls],
                                                                      [op_keys(lay.key, table, tvm_target)
                                                                       for lay in layers]), strict=True):
-        layers[j].kernels.append({"name": name, "key": _key_of(name, keys), "matched": matched, "median_us": t.median,
-                                  "q1_us": t.q1, "q3_us": t.q3, "stable": t.stable})
+        layers[j].kernels.append({"name": name, "key": _key_of(name, keys), "matched": matched,
+                                  "measurement": figure(t)})
 
     by_runtime = {r["runtime"]: r for r in rows}
     profiles, settings = {}, {}
@@ -378,7 +379,7 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
     fastest = min(profiles, key=whole) if profiles else None
     out_rows = []
     for lay in layers:
-        tvm_us = sum(k["median_us"] for k in lay.kernels) if lay.kernels else None
+        tvm_us = sum(k["measurement"]["median"] for k in lay.kernels) if lay.kernels else None
         pred = None
         if table is not None and lay.key.key in table.entries:
             pred = _plain_op_us(table, lay.key)
@@ -387,7 +388,7 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
         out_rows.append({
             "architecture": a.label, "target": spec.name, "layer": lay.path, "op": lay.key.op,
             "op_key": lay.key.key, "kernels": lay.kernels, "tvm_us": tvm_us,
-            "tvm_stable": all(k["stable"] for k in lay.kernels) if lay.kernels else None,
+            "tvm_stable": all(k["measurement"]["stable"] for k in lay.kernels) if lay.kernels else None,
             "predicted_us": pred, "tvm_over_predicted": tvm_us / pred if tvm_us and pred else None,
             **{f"{p}_us": peer_us.get(p) for p in PROFILED_PEERS},
             "peer_nodes": {p: (prof.get(lay.path) or {}).get("nodes", []) for p, prof in profiles.items()},

@@ -142,12 +142,12 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
         rows, timings, protocol, compile_s = _build_and_time(space, spec, model, nets, built, db, seed, console)
         for r in rows:
             t = timings[r["net"]]
-            r.update(measured_us=t.median, measured_q1=t.q1, measured_q3=t.q3, stable=t.stable,
-                     error_pct=100 * (r["predicted_us"] - t.median) / t.median, measurement=t.to_json())
+            r.update(measured_us=t.median, error_pct=100 * (r["predicted_us"] - t.median) / t.median,
+                     measurement=t.to_json())
             if aliases.get(r["net"]):  # the same net under other names (a run's searched net may be its fastest)
                 r["aliases"] = aliases[r["net"]]
         summary = statistics([r["predicted_us"] for r in rows], [r["measured_us"] for r in rows])
-        summary["unstable"] = [r["net"] for r in rows if not r["stable"]]
+        summary["unstable"] = [r["net"] for r in rows if not r["measurement"]["stable"]]
         summary["load_avg"] = list(os.getloadavg())
         # the model decides which fitted model it keeps; the rows get each fit's leave-one-out predictions
         summary["in_use"] = model.in_use(space, rows, console.print)
@@ -296,7 +296,8 @@ def result_table(doc: dict) -> Table:
     for r in doc["nets"]:
         fits = [r.get(f.row) for f in shown]
         t.add_row(r["net"], fmt_us(r["predicted_us"]), *(fmt_us(v) for v in fits),
-                  fmt_timing(r["measured_us"], r["measured_q1"], r["measured_q3"], r["stable"]),
+                  fmt_timing(r["measured_us"], r["measurement"]["q1"], r["measurement"]["q3"],
+                             r["measurement"]["stable"]),
                   f"{r['error_pct']:+.1f}", str(r["untuned_kernels"]))
     return t
 
@@ -315,8 +316,8 @@ def plot(doc: dict, path: Path) -> str:
     additive = np.array([r["predicted_us"] for r in rows])
     p = np.array([r[cal.row] for r in rows]) if cal else additive
     m = np.array([r["measured_us"] for r in rows])
-    lo = np.array([r["measured_us"] - r["measured_q1"] for r in rows])
-    hi = np.array([r["measured_q3"] - r["measured_us"] for r in rows])
+    lo = np.array([r["measured_us"] - r["measurement"]["q1"] for r in rows])
+    hi = np.array([r["measurement"]["q3"] - r["measured_us"] for r in rows])
     fig, ax = plt.subplots(figsize=(5.5, 5))
     random = np.array([r["net"].startswith("random-") for r in rows])
     ax.errorbar(p[random], m[random], yerr=[lo[random], hi[random]], fmt="o", ms=4, color="#1f77b4", alpha=0.8,

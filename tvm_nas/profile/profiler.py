@@ -72,8 +72,8 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
         The latency table, also written to `<logs_dir>/<target>/<space>.latency.json` after every op.
     """
     from ..backend import measure, tuning
-    from ..backend.budget import parse_duration
     from ..backend.target import is_gpu, to_tvm_target
+    from ..console import parse_duration
 
     console = console or Console(stderr=True)
     space, spec = load_space(space), load_target(target)
@@ -155,8 +155,9 @@ def profile(space: SearchSpace | str, target: TargetSpec | str, trials: int = 0,
 def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings, db, prog, console, timing):
     """Tune the space's kernels within the budget, showing each round and the ETA."""
     from ..backend import tuning
-    from ..backend.budget import fmt_duration, kernel_usage, op_frequency
+    from ..backend.budget import kernel_usage, op_frequency
     from ..backend.tuner import tune_budgeted
+    from ..console import fmt_duration
 
     t0 = time.perf_counter()
     have = sum(tuning.records(db, t.mod) for t in unique.values())

@@ -139,6 +139,7 @@ class _Measurement(_Open):
     q1: NonNeg | None = None
     q3: NonNeg | None = None
     stable: bool | None = None
+    rounds: Count | None = None
 
     @model_validator(mode="after")
     def _figures_together(self):
@@ -165,10 +166,17 @@ class ManifestFile(_Fixed):
     verification: _Verification
     predicted_latency_us: Us | None = None
     latency_table: _TableInUse | None = None
-    measured_latency_us: Us | None = None
-    measured_iqr_us: Annotated[list[NonNeg], Field(min_length=2, max_length=2)] | None = None
+    measured_latency_us: Us | None = None  # the measurement's median
     measurement: _Measurement
     measured_over_predicted: Annotated[float, Field(gt=0, le=1e9)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quartiles_once(cls, data):
+        """Manifests written before the timing was one object also held its quartiles as ``measured_iqr_us``."""
+        if isinstance(data, dict) and "measured_iqr_us" in data:
+            data = {k: v for k, v in data.items() if k != "measured_iqr_us"}
+        return data
 
     @field_validator("measurement")
     @classmethod
@@ -238,10 +246,7 @@ class _ValidatedNet(_Open):
     untuned_kernels: Count
     max_abs_err: NonNeg
     build: str | None = None
-    measured_us: Us
-    measured_q1: NonNeg
-    measured_q3: NonNeg
-    stable: bool
+    measured_us: Us  # the timing's median: what the table's prediction is scored and fitted against
     error_pct: Finite
     measurement: TimingRecord
     calibrated_us: Finite | None = None  # leave-one-out: a fold's fit may miss a net by any amount, either way

@@ -18,12 +18,12 @@ from ..config import RunConfig
 from .base import (
     Count,
     Fraction,
-    NonNeg,
     Ops,
     RunPath,
     Schema1,
     Seconds,
     Sha256,
+    TimingRecord,
     Us,
     _Fixed,
     _Open,
@@ -98,9 +98,7 @@ class _CompareRow(_Open):
     runtime: str | None = None
     predicted_us: Us | None = None
     measured_us: Us | None = None
-    measured_q1_us: NonNeg | None = None
-    measured_q3_us: NonNeg | None = None
-    stable: bool | None = None
+    measurement: TimingRecord | None = None  # median, q1, q3, stable, rounds
     measured_over_predicted: Annotated[float, Field(gt=0, le=1e9)] | None = None
     vs_tvm: Annotated[float, Field(gt=0, le=1e9)] | None = None
     setting: str | None = None

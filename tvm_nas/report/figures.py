@@ -265,8 +265,8 @@ def plot_predicted_measured(s: RunSummary, path: Path) -> str | None:
     lim = (max(0.0, lo - pad), hi + pad)
     ax.plot(lim, lim, color="#555", ls="--", lw=1, label="measured = predicted")
     for n in nets:  # interquartile range of the interleaved measurement
-        if n.measured.q1 is not None and n.measured.q3 is not None:
-            ax.plot([x(n)] * 2, [n.measured.q1, n.measured.q3], color="#888", lw=1)
+        if n.measurement.q1 is not None and n.measurement.q3 is not None:
+            ax.plot([x(n)] * 2, [n.measurement.q1, n.measurement.q3], color="#888", lw=1)
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_aspect("equal")

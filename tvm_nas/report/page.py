@@ -132,7 +132,7 @@ def _arch_table(s: RunSummary) -> str:
 
 def _q1(n) -> float | None:
     """The lower quartile of a net's measured latency, when known."""
-    return None if n.measured is None else n.measured.q1
+    return None if n.measurement is None else n.measurement.q1
 
 
 def _nets_table(s: RunSummary) -> str:
@@ -143,7 +143,7 @@ def _nets_table(s: RunSummary) -> str:
         err = NA
         if n.measured_us is not None and n.predicted_us:
             err = f"{100 * (n.measured_us - n.predicted_us) / n.predicted_us:+.1f}%"
-        t = n.measured
+        t = n.measurement
         meas = NA if t is None else fmt_timing(t.median, t.q1, t.q3, t.stable)
         rows.append([_e(n.name), _e(n.kind), fmt_pct(n.accuracy), fmt_pct(n.supernet_accuracy),
                      fmt_us(n.predicted_us), _e(meas), err])

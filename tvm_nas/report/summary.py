@@ -104,25 +104,29 @@ class NetInfo(_Part):
     test_accuracy: float | None = None
     supernet_accuracy: float | None = None  # validation accuracy with the supernet's shared weights
     predicted_us: float | None = None
-    measured: TimingInfo | None = None  # validate's interleaved timing, else the compile stage's median
+    measurement: TimingInfo | None = None  # validate's interleaved timing, else the compile stage's median
     compile_measured_us: float | None = None
     calibrated_us: float | None = None  # the validate stage's calibrated prediction (fitted on the other nets)
     corrected_us: float | None = None  # the validate stage's learned correction (fitted on the other nets)
 
     @model_validator(mode="before")
     @classmethod
-    def _flat_timing(cls, data):
-        """Summaries written before the timing had its own fields: ``measured_us``, ``measured_q1``, ``_q3`` and
-        ``stable`` beside the net's other fields."""
-        if isinstance(data, dict) and "measured" not in data and data.get("measured_us") is not None:
-            data = {**data, "measured": {"median": data["measured_us"], "q1": data.get("measured_q1"),
-                                         "q3": data.get("measured_q3"), "stable": data.get("stable")}}
+    def _older_timings(cls, data):
+        """Summaries written before a timing was one object named ``measurement`` everywhere: it was ``measured``,
+        and before that ``measured_us``, ``measured_q1``, ``_q3`` and ``stable`` beside the net's other fields."""
+        if not isinstance(data, dict) or "measurement" in data:
+            return data
+        if "measured" in data:
+            return {**{k: v for k, v in data.items() if k != "measured"}, "measurement": data["measured"]}
+        if data.get("measured_us") is not None:
+            return {**data, "measurement": {"median": data["measured_us"], "q1": data.get("measured_q1"),
+                                            "q3": data.get("measured_q3"), "stable": data.get("stable")}}
         return data
 
     @property
     def measured_us(self) -> float | None:
-        """The measured median (``measured.median``), or None."""
-        return None if self.measured is None else self.measured.median
+        """The measured median (``measurement.median``), or None."""
+        return None if self.measurement is None else self.measurement.median
 
 
 class ValidationInfo(_Part):
