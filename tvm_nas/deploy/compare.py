@@ -17,7 +17,7 @@ from rich.text import Text
 
 from ..arch import Arch, load_architecture, reference_arch
 from ..backend.trust import inside
-from ..console import fmt_timing, fmt_us
+from ..console import fmt_ratio, fmt_timing, fmt_us
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, atomic_write_text
 from ..records import load_manifest
@@ -241,7 +241,7 @@ def _diff(other: str, setting: str) -> str:
 
 
 def _ratio(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
+    return fmt_ratio(v, 1.0)
 
 
 def write_rows(rows: list[dict], csv_path: str | os.PathLike | None = None,

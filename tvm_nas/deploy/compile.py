@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 
 from ..arch import Arch, load_architecture
-from ..console import NA, fmt_timing, fmt_us, over_budget
+from ..console import NA, fmt_ratio, fmt_timing, fmt_us, over_budget
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, remove_orphans, sha256_file
 from ..profile.model import LatencyModel, chosen
@@ -437,7 +437,7 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
 
 def _summary(m: dict) -> str:
     p, ms, r = m["predicted_latency_us"], m["measured_latency_us"], m["measured_over_predicted"]
-    ratio = f"{r:.2f}×" if r else "—"
+    ratio = fmt_ratio(r, 1.0)
     t = m["measurement"]
     measured = fmt_timing(ms, t.get("q1"), t.get("q3"), t.get("stable"), unit="µs") if ms is not None else NA
     lt = m.get("latency_table") or {}

@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..console import fmt_us
+from ..console import fmt_ratio, fmt_us
 from .perlayer import PEER_SHORT, PEER_TITLE, PROFILED_PEERS
 
 
@@ -34,7 +34,7 @@ def per_layer_table(answers: Sequence[dict]) -> RenderableType:
                       *(fmt_us(r[f"{p}_us"]) for p in peers), loss)
         net = ans.get("tvm_net_us")
         lines = [f"k: TVM's fused kernels in the layer, each timed alone (sum {ans['tvm_sum_us']:,.1f}"
-                 + (f", whole net {net:,.1f}: {ans['tvm_sum_us'] / net:.2f}x" if net else "") + ");"
+                 + (f", whole net {net:,.1f}: {fmt_ratio(ans['tvm_sum_us'], net)}" if net else "") + ");"
                  " pred: the table's entry less the call cost; * unstable"]
         if ans.get("peer"):
             lines.append(f"loss: TVM minus the fastest profiled peer ({PEER_TITLE[ans['peer']]}) on the same layer, "
