@@ -47,6 +47,8 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and "--space proxyless-cifar" in err, err
     assert (run / "run.json").read_bytes() == before
+    # the compare stage shows its table, as `tvm-nas compare --baselines` does
+    assert "latency on" in output["compare"] and "onnxruntime" in output["compare"], output["compare"][-2000:]
     # the profile stage found every op of the copied table: nothing measured again
     assert re.search(r"(\d+) unique,\s+\1\s+already\s+measured", output["profile"]), output["profile"][-2000:]
 
@@ -62,7 +64,7 @@ def test_whole_chain_resumes_at_every_boundary(tmp_path, monkeypatch):
     searched = summary["nets"][0]
     assert searched["kind"] == "searched" and searched["predicted_us"] <= summary["budget_us"] + 1e-6
     assert f"{searched['predicted_us']:.1f}" in page
-    assert f"{searched['measured']['median']:.1f}" in page
+    assert f"{searched['measurement']['median']:.1f}" in page
     assert f"{100 * searched['accuracy']:.1f}% (test)" in page
     # every accuracy comes from the held-out folder, and the searched net is ranked among nets of its latency
     assert all(n["accuracy_set"] == "test" and n["accuracy"] == n["test_accuracy"] for n in summary["nets"])

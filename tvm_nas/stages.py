@@ -240,7 +240,7 @@ class Compare(Stage):
 
     def run(self, ctx) -> dict:
         from .deploy import is_host_like, write_rows
-        from .deploy.compare import compare_built
+        from .deploy.compare import compare_built, compare_table
 
         if not is_host_like(ctx.target):
             ctx.console.print(f"[yellow]{ctx.target.name} is not this machine: PyTorch / ONNX Runtime peers "
@@ -252,6 +252,7 @@ class Compare(Stage):
         rows = compare_built(built)
         csv, js = ctx.dir / "compare" / "compare.csv", ctx.dir / "compare" / "compare.json"
         write_rows(rows, csv, js)
+        ctx.console.print(compare_table(rows))  # what `tvm-nas compare --baselines` shows
         return {"rows": rows, "csv_file": ctx.rel(csv), "json_file": ctx.rel(js)}
 
     @classmethod
