@@ -28,6 +28,9 @@ def budget_us_from_ms(ms: float) -> float:
     return ms * 1000.0
 
 
+BUDGET_MARGIN_PCT = 3.0  # a tuned table had 38 of the 39 tiny-cifar nets measured less than 3% over their prediction
+
+
 class SearchConfig(BaseModel):
     """Every setting of a search; written to ``config.json`` in the run directory.
 
@@ -67,10 +70,9 @@ class SearchConfig(BaseModel):
     reinforce_baseline_decay: float = Field(default=0.99, ge=0, lt=1)
     enforce_budget: bool = True
     budget_margin: float = Field(
-        default=3.0, ge=0, le=50, allow_inf_nan=False,
+        default=BUDGET_MARGIN_PCT, ge=0, le=50, allow_inf_nan=False,
         description="percent of the budget kept for the table's error: the derived net is fitted to the budget "
-                    "less this, so a net predicted just under the budget is not measured over it (3: a tuned "
-                    "table had 38 of the 39 tiny-cifar nets measured less than 3 percent over their prediction)")
+                    "less this, so a net predicted just under the budget is not measured over it")
     weight_sampling: Literal["alpha", "uniform"] = Field(
         default="alpha", description="the path each weight step trains after the warm-up: drawn from α "
                                      "(ProxylessNAS), or uniformly, so every candidate keeps training and the "
@@ -128,6 +130,10 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
+NO_TUNING_WITH_TIME = ("--trials 0 asks for no tuning (TVM's default schedules); give --trials N as well, or drop "
+                      "--trials 0 to tune for the time alone")
+"""``--time-budget`` beside ``--trials 0``: refused by ``profile`` and ``run`` alike."""
+
 DEFAULT_RUN_TRIALS = 64  # the default run's tuning: about a minute per task on two cores
 
 
@@ -175,9 +181,9 @@ class RunConfig(BaseModel):
     weight_sampling: Literal["alpha", "uniform"] = Field(
         default="uniform", description="the path each weight step trains after the warm-up: drawn from α, or "
                                        "uniformly (every candidate keeps training)")
-    budget_margin: float = Field(default=3.0, ge=0, le=50, allow_inf_nan=False,
+    budget_margin: float = Field(default=BUDGET_MARGIN_PCT, ge=0, le=50, allow_inf_nan=False,
                                  description="percent of the budget kept for the table's error: the searched net "
-                                             "is fitted to the budget less this (default 3)")
+                                             "is fitted to the budget less this")
     seed: int = 0
     max_samples: int | None = Field(default=None, ge=2, description="use at most this many images of --data, a "
                                                                           "seeded subset (default all)")
@@ -196,8 +202,7 @@ class RunConfig(BaseModel):
             except TvmNasError as e:
                 raise ValueError(str(e).removeprefix("--time-budget: ")) from None
             if info.data.get("trials") == 0:
-                raise ValueError("--trials 0 asks for no tuning (TVM's default schedules); give --trials N as well, "
-                                 "or drop --trials 0 to tune for the time alone")
+                raise ValueError(NO_TUNING_WITH_TIME)
         return v
 
     @property

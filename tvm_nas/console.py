@@ -71,8 +71,8 @@ def fmt_accuracy(v: float | None, accuracy_set: str | None) -> str:
     return f"{fmt_pct(v)} ({'test' if accuracy_set == 'test' else 'validation split'})"
 
 
-def fmt_ratio(num: float | None, den: float | None) -> str:
-    """``num / den`` as ``1.23x``, or ``n/a`` when either is missing."""
+def fmt_ratio(num: float | None, den: float | None = 1.0) -> str:
+    """``num / den`` (a ratio already taken: `num` alone) as ``1.23x``, or ``n/a`` when either is missing."""
     if num is None or den is None or not den or not math.isfinite(num) or not math.isfinite(den):
         return NA
     return f"{num / den:.2f}x"

@@ -27,12 +27,12 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    from ..config import NO_TUNING_WITH_TIME
     from ..errors import TvmNasError
     from ..profile import profile
 
     if args.trials == 0 and args.time_budget is not None:
-        raise TvmNasError("--time-budget: --trials 0 asks for no tuning (TVM's default schedules); give --trials N "
-                          "as well, or drop --trials 0 to tune for the time alone")
+        raise TvmNasError(f"--time-budget: {NO_TUNING_WITH_TIME}")
     profile(args.space, args.target, trials=args.trials or 0, logs_dir=args.logs_dir, seed=args.seed, batch=args.batch,
             time_budget=args.time_budget, jobs=args.jobs, force=args.force)
     return 0

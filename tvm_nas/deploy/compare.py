@@ -205,7 +205,7 @@ def compare_table(rows: list[dict]) -> RenderableType:
             m = r.get("measurement") or {}
             meas = fmt_timing(r["measured_us"], m.get("q1"), m.get("q3"), m.get("stable"))
         t.add_row(r["architecture"], *([] if one else [r["target"]]), r["runtime"], fmt_us(r["predicted_us"]),
-                  meas, _ratio(r["measured_over_predicted"]), _ratio(r["vs_tvm"]), r.get("check") or "—")
+                  meas, fmt_ratio(r["measured_over_predicted"]), fmt_ratio(r["vs_tvm"]), r.get("check") or "—")
     settings = _settings_table(rows, one)
     return Group(t, caption) if settings is None else Group(t, caption, Text(), settings)
 
@@ -240,10 +240,6 @@ def _diff(other: str, setting: str) -> str:
     return ", ".join(p for p in other.split(", ") if p not in mine) or other
 
 
-def _ratio(v: float | None) -> str:
-    return fmt_ratio(v, 1.0)
-
-
 def write_rows(rows: list[dict], csv_path: str | os.PathLike | None = None,
                json_path: str | os.PathLike | None = None, meta: dict | None = None,
                per_layer: list[dict] | None = None) -> list[Path]:
@@ -274,7 +270,6 @@ def _write_csv(path, rows: list[dict], columns) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()
-    w.writerows({**r, **{f"{k}.{f}": v for k in ("measurement",) for f, v in (r.get(k) or {}).items()}}
-                for r in rows)
+    w.writerows({**r, **{f"measurement.{k}": v for k, v in (r.get("measurement") or {}).items()}} for r in rows)
     atomic_write_text(path, buf.getvalue())
     return Path(path)

@@ -437,7 +437,7 @@ def _manifest(a, spec, tvm_target, weights, seed, frontend, x, y, lib, onnx_info
 
 def _summary(m: dict) -> str:
     p, ms, r = m["predicted_latency_us"], m["measured_latency_us"], m["measured_over_predicted"]
-    ratio = fmt_ratio(r, 1.0)
+    ratio = fmt_ratio(r)
     t = m["measurement"]
     measured = fmt_timing(ms, t.get("q1"), t.get("q3"), t.get("stable"), unit="µs") if ms is not None else NA
     lt = m.get("latency_table") or {}

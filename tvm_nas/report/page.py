@@ -205,7 +205,7 @@ def _peers_table(s: RunSummary) -> str:
                         "PyTorch / TVM", "ONNX Runtime / TVM", "untuned / tuned"], rows)
                 + "<p class='small'>Ratios above 1.00x mean the TVM-compiled module is faster.</p>")
     rows = [[_e(p.net), _e(r.runtime), fmt_us(r.measured_us),
-             NA if r.runtime == "tvm" else fmt_ratio(r.vs_tvm, 1.0), _e(r.check or NA),
+             NA if r.runtime == "tvm" else fmt_ratio(r.vs_tvm), _e(r.check or NA),
              f"<span class='small'>{_e(r.setting or '')}</span>"] for p in s.peers for r in p.runtimes]
     return (_table(["net", "runtime", "median (µs)", "its time / TVM's", "output check", "how it ran"], rows,
                    num_from=2)
