@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--target", default="host")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--trials", type=int, default=0, help="tune what the target's database lacks for this net")
+    ap.add_argument("--time-budget", help="tune this net's own kernels further for this long (compile --time-budget)")
     ap.add_argument("--untuned", action="store_true", help="TVM's default schedules (a smoke test of the bench)")
     ap.add_argument("--logs-dir", default=str(ROOT / "tuning_logs"))
     ap.add_argument("--peers", help="comma-separated runtimes (default: every one installed)")
@@ -85,8 +86,10 @@ def main() -> None:
         tmp = Path(tmp)
         build = tmp / "build"
         m = compile_arch(arch, base, weights=args.weights, out=build, trials=args.trials, logs_dir=args.logs_dir,
-                         measure=False, untuned=args.untuned, console=console)
-        doc["tuning"] = {k: m["tuning"][k] for k in ("reused", "tuned", "untuned", "total")}
+                         measure=False, untuned=args.untuned, console=console, time_budget=args.time_budget)
+        doc["tuning"] = {k: m["tuning"][k] for k in ("reused", "tuned", "untuned", "total", "time_budget_s",
+                                                      "tuning_seconds") if k in m["tuning"]}
+        doc["table_tuning"] = table_tuning(args.logs_dir, base.name, space.name)
         doc["tvm_version"] = m["tvm_version"]
         for threads in args.threads:
             spec = load_target(with_threads(base_path, threads, tmp))
@@ -102,6 +105,22 @@ def main() -> None:
     print(report(doc))
     atomic_write_json(out, {**doc, "report": report(doc)})
     print(f"written: {out}")
+
+
+def table_tuning(logs_dir: str, target: str, space: str) -> dict | None:
+    """How the space's table under `logs_dir` was tuned (trials, time budget, seconds spent): the tuning a user
+    gives before this net's own (``--time-budget``)."""
+    from tvm_nas.profile.table import table_path
+
+    path = table_path(logs_dir, target, space)
+    if not path.is_file():
+        return None
+    from tvm_nas.io import read_json
+
+    doc = read_json(path, "latency table")
+    settings, timing = doc.get("settings") or {}, doc.get("timing") or {}
+    return {"trials": settings.get("trials"), "time_budget_s": settings.get("time_budget_s"),
+            "tune_seconds": timing.get("tune_s"), "tune_trials": timing.get("tune_trials")}
 
 
 def reprint(path: Path) -> None:
@@ -172,8 +191,14 @@ def tvm_place(runs: list[dict]) -> str:
 def report(doc: dict) -> str:
     """Per thread count: each runtime's median over both orders, its ratio to the fastest peer, and whether the
     orders agree on the ranking."""
+    from tvm_nas.console import fmt_duration
+
+    tuned = (doc.get("table_tuning") or {}).get("tune_seconds")
+    own = doc["tuning"].get("tuning_seconds")
+    spent = ("" if tuned is None else f"; tuning: the table {fmt_duration(tuned)}"
+             + ("" if own is None else f" + this net's own {fmt_duration(own)}"))
     lines = [f"{doc['space']} {doc['net']} on {doc['target']} (TVM {doc['tvm_version']}; kernels: "
-             f"{doc['tuning']['reused']} tuned of {doc['tuning']['total']}); {load()}"]
+             f"{doc['tuning']['reused'] + doc['tuning']['tuned']} tuned of {doc['tuning']['total']}{spent}); {load()}"]
     for threads in sorted({r["threads"] for r in doc["runs"]}):
         runs = [r for r in doc["runs"] if r["threads"] == threads]
         rankings = [tuple(sorted(timed(r["rows"]), key=lambda k: timed(r["rows"])[k]["measured_us"])) for r in runs]

@@ -29,6 +29,8 @@ CASES = [
     ("train --arch a.arch.json --epochs 0", "--epochs"),
     ("compile --arch a.arch.json --target host --seed -5", "--seed"),
     ("compile --arch a.arch.json --target host --trials -1", "--trials"),
+    ("compile --arch a.arch.json --target host --time-budget 5x", "--time-budget"),
+    ("compile --arch a.arch.json --target host --time-budget=-5m", "--time-budget"),
     ("validate --space tiny --target host --nets 1000000000", "--nets"),
     ("validate --space tiny --target host --seed -1", "--seed"),
     ("run --seed -1", "--seed"),

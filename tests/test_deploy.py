@@ -159,6 +159,43 @@ def test_only_missing_tasks_are_tuned(host, host_build, tiny_host_logs, arch_fil
 
 
 @pytest.mark.slow
+def test_time_budget_tunes_this_nets_own_kernels_once(host, host_build, tiny_host_logs, arch_file, tmp_path):
+    """`compile --time-budget` tunes the net's kernels further (those with records too), appends to the database,
+    keeps the time in the ledger under this net's kernels, and the same call again tunes nothing more."""
+    _, first, _ = host_build
+    logs = tmp_path / "logs"
+    shutil.copytree(tiny_host_logs, logs)
+    before = _record_lines(logs)
+    argv = [str(TVM_NAS), "compile", "--arch", str(arch_file), "--target", host, "--out", str(tmp_path / "out"),
+            "--logs-dir", str(logs), "--time-budget", "20s", "--no-measure"]
+    # a fresh process: MetaSchedule's logging setup fails on a second tuning run in one pytest process
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    t = json.loads((tmp_path / "out" / MANIFEST).read_text())["tuning"]
+    assert t["time_budget_s"] == 20.0 and 0 < t["tuning_seconds"] < 300  # a round started is finished
+    assert t["tuned"] >= 1 and set(t["tasks"]["tuned"]) <= set(first["tuning"]["tasks"]["reused"]) | set(
+        first["tuning"]["tasks"]["untuned"])
+    assert t["reused"] + t["tuned"] + t["untuned"] == t["total"]
+    after = _record_lines(logs)
+    assert after[:len(before)] == before and len(after) > len(before)
+    ledger = logs / "host" / "time_budget.json"  # this net's entry (the profile had a trial budget)
+    spent = json.loads(ledger.read_text())
+    assert len(spent) == 1 and 0 < next(iter(spent.values()))["spent_s"]
+    ledger.write_text(json.dumps({k: {"spent_s": 20.0} for k in spent}))  # the whole budget (a run may stop short)
+
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already spent" in again.stderr
+    t = json.loads((tmp_path / "out" / MANIFEST).read_text())["tuning"]
+    assert t["tuned"] == 0 and "tuning_seconds" not in t
+    assert _record_lines(logs) == after
+
+    refused = subprocess.run(argv + ["--untuned"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--time-budget" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_onnx_route_agrees_with_torch_export(host, host_build, arch_file, tiny_host_logs, tmp_path):
     from tvm_nas.backend.library import run_library
 

@@ -29,6 +29,10 @@ def add_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random weights, test input and tuning")
     p.add_argument("--no-measure", action="store_true", help="do not time the module on the target")
     p.add_argument("--no-verify", action="store_true", help="do not run the exported library here")
+    p.add_argument("--time-budget", metavar="DURATION", default=None,
+                   help="tune this net's own kernels further for this long, e.g. 10m (rounds go where the net "
+                        "spends its time; the records already in the database count; the same call again tunes "
+                        "nothing more; with --trials above 0: whichever ends first)")
     _common(p)
 
 
@@ -42,7 +46,7 @@ def run_compile(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("build") / Path(args.target).stem
     compile_arch(args.arch, args.target, weights=args.weights, out=out, trials=args.trials,
                  logs_dir=args.logs_dir, frontend=args.frontend, seed=args.seed, measure=not args.no_measure,
-                 verify=not args.no_verify, untuned=args.untuned, console=console)
+                 verify=not args.no_verify, untuned=args.untuned, console=console, time_budget=args.time_budget)
     console.print(f"deliverables in {out}: model.so, model.onnx, {MANIFEST}")
     return 0
 

@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 
 from ..arch import Arch, load_architecture
-from ..console import NA, fmt_ratio, fmt_timing, fmt_us, over_budget
+from ..console import NA, fmt_duration, fmt_ratio, fmt_timing, fmt_us, over_budget, parse_duration
 from ..errors import TvmNasError
 from ..io import DEFAULT_LOGS_DIR, atomic_write_json, remove_orphans, sha256_file
 from ..profile.model import LatencyModel, chosen
@@ -42,11 +42,18 @@ class TaskReport:
     reused: list[str] = field(default_factory=list)
     tuned: list[str] = field(default_factory=list)
     untuned: list[str] = field(default_factory=list)
+    time_budget_s: float | None = None  # compile --time-budget: this net's own tuning time
+    tuning_s: float | None = None  # what this compile spent tuning (None: it tuned nothing)
 
     def to_json(self) -> dict:
-        return {"total": self.total, "reused": len(self.reused), "tuned": len(self.tuned),
-                "untuned": len(self.untuned), "tasks": {"reused": self.reused, "tuned": self.tuned,
-                                                        "untuned": self.untuned}}
+        out = {"total": self.total, "reused": len(self.reused), "tuned": len(self.tuned),
+               "untuned": len(self.untuned), "tasks": {"reused": self.reused, "tuned": self.tuned,
+                                                       "untuned": self.untuned}}
+        if self.time_budget_s is not None:
+            out["time_budget_s"] = self.time_budget_s
+        if self.tuning_s is not None:
+            out["tuning_seconds"] = round(self.tuning_s, 1)
+        return out
 
 
 @dataclass
@@ -70,18 +77,21 @@ def _table(logs_dir, spec: TargetSpec, space: SearchSpace) -> LatencyModel | Non
 
 
 def check_inputs(a: Arch, spec: TargetSpec, logs_dir, trials: int, untuned: bool, measure: bool,
-                 table: LatencyModel | None = None) -> None:
+                 table: LatencyModel | None = None, time_budget_s: float | None = None) -> None:
     """Every check that can fail on bad input, before anything is written (`table`: the model that will predict
     the net; None: the one under `logs_dir`)."""
     from ..backend.target import is_gpu
 
     if trials < 0:
         raise TvmNasError(f"--trials must be >= 0, got {trials}")
+    if time_budget_s is not None and untuned:
+        raise TvmNasError("--time-budget tunes into the target's database, which --untuned ignores: pass one of them")
+    tunes = trials > 0 or time_budget_s is not None
     spec.check_cross_compiler()
     if table is None:
         table = _table(logs_dir, spec, a.space)  # refuses a table of another space definition or target
     untuned_table = table is not None and table.meta.get("settings", {}).get("trials") == 0
-    if not untuned and trials == 0 and not has_database(logs_dir, spec) and not untuned_table:
+    if not untuned and not tunes and not has_database(logs_dir, spec) and not untuned_table:
         raise TvmNasError(
             f"target '{spec.name}' has no tuning database in {Path(logs_dir) / spec.name}; run: tvm-nas profile "
             f"--space {a.space.name} --target {spec.name} --trials 500 --logs-dir {logs_dir} (or pass --trials N "
@@ -93,12 +103,12 @@ def check_inputs(a: Arch, spec: TargetSpec, logs_dir, trials: int, untuned: bool
             check_tracker(spec)
         except TvmNasError as e:
             raise TvmNasError(f"{e} (or pass --no-measure to compile and export only)") from None
-    if is_gpu(spec) and trials > 0 and not spec.is_rpc:
+    if is_gpu(spec) and tunes and not spec.is_rpc:
         from ..backend.library import cuda_device_present
 
         if not cuda_device_present():
             raise TvmNasError(f"target '{spec.name}': tuning needs a CUDA device and none is present; "
-                              "use --trials 0")
+                              "use --trials 0 and no --time-budget")
 
 
 def lower_network(model, a: Arch, onnx_path: Path | None, tvm_target, prepack: bool):
@@ -112,8 +122,14 @@ def lower_network(model, a: Arch, onnx_path: Path | None, tvm_target, prepack: b
 
 
 def schedule_tasks(fused, spec: TargetSpec, logs_dir, trials: int, seed: int = 0, untuned: bool = False,
-                   console: Console | None = None):
+                   console: Console | None = None, time_budget_s: float | None = None):
     """Apply the target's database: reuse every task it has records for, tune the rest with `trials`.
+
+    With `time_budget_s`, every task of this net is tuned further for that long (`trials`, when above 0, caps
+    the trials): each round goes to the kernel with the largest share of this net's time, the records already in
+    the database counting as rounds done, so the time goes where this net spends it rather than over a whole
+    space as ``profile`` spreads it. The time is kept in the database's ledger under this net's kernels: the same
+    call again finds it spent and tunes nothing more.
 
     Returns:
         ``(database or None, TaskReport)``.
@@ -128,19 +144,27 @@ def schedule_tasks(fused, spec: TargetSpec, logs_dir, trials: int, seed: int = 0
         report.untuned = [f"{t.name}#{k}" for k, t in tasks.items()]
         return None, report
     work_dir = Path(logs_dir) / spec.name
-    db = tuning.open_database(work_dir, spec, create=trials > 0)
-    missing = {k: t for k, t in tasks.items() if tuning.records(db, t.mod) == 0}
-    report.reused = [f"{t.name}#{k}" for k, t in tasks.items() if k not in missing]
-    if trials > 0 and missing:
+    db = tuning.open_database(work_dir, spec, create=trials > 0 or time_budget_s is not None)
+    before = {k: tuning.records(db, t.mod) for k, t in tasks.items()}
+    missing = {k: t for k, t in tasks.items() if before[k] == 0}
+    to_tune = tasks if time_budget_s is not None else missing if trials > 0 else {}
+    if to_tune:
         from ..backend.tuner import tune_budgeted
 
         if console:
-            console.print(f"tuning the {len(missing)} tasks the database lacks ({trials} trials)")
-        tune_budgeted(missing, spec, work_dir, trials=trials, seed=seed,
-                      say=console.print if console else print)
+            console.print(f"tuning this net's {len(to_tune)} tasks for {fmt_duration(time_budget_s)}, by their share "
+                          "of its time" if time_budget_s is not None
+                          else f"tuning the {len(to_tune)} tasks the database lacks ({trials} trials)")
+        done = tune_budgeted(to_tune, spec, work_dir, trials=trials or None, time_budget_s=time_budget_s, seed=seed,
+                             say=console.print if console else print)
+        report.time_budget_s, report.tuning_s = time_budget_s, done.seconds if done.rounds else None
+        if not done.rounds and console:
+            console.print(f"no tuning round ran: {done.why_ended}")
         db = tuning.open_database(work_dir, spec)
-    report.tuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) > 0]
-    report.untuned = [f"{t.name}#{k}" for k, t in missing.items() if tuning.records(db, t.mod) == 0]
+    after = {k: tuning.records(db, t.mod) for k, t in tasks.items()}
+    for k, t in tasks.items():
+        name = f"{t.name}#{k}"
+        (report.tuned if after[k] > before[k] else report.reused if after[k] else report.untuned).append(name)
     return db, report
 
 
@@ -322,7 +346,8 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
                  weights: str | os.PathLike | None = None, out: str | os.PathLike = "build",
                  trials: int = 0, logs_dir: str | os.PathLike = DEFAULT_LOGS_DIR, frontend: str = "torch",
                  seed: int = 0, measure: bool = True, verify: bool = True, untuned: bool = False,
-                 console: Console | None = None, table: LatencyModel | None = None) -> dict:
+                 console: Console | None = None, table: LatencyModel | None = None,
+                 time_budget: str | float | None = None) -> dict:
     """Compile an architecture for one target into `out/`: ``model.so``, ``model.onnx`` and ``manifest.json``.
 
     Args:
@@ -338,6 +363,8 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
         verify: run the exported library on this machine (host, or qemu for aarch64) against PyTorch.
         untuned: ignore the database and compile TVM's default schedules.
         table: the latency model that predicts the net (a run's own copy); None: the table under `logs_dir`.
+        time_budget: tune every kernel of this net further for this long ("20m" or seconds), by their share of
+            its time, into the target's database (see :func:`schedule_tasks`).
 
     Returns:
         The manifest (also written to ``out/manifest.json``).
@@ -348,8 +375,9 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
     console = console or Console(stderr=True)
     if frontend not in ("torch", "onnx"):
         raise TvmNasError(f"--frontend must be 'torch' or 'onnx', got {frontend!r}")
+    time_budget_s = parse_duration(time_budget)
     a, spec = load_architecture(arch), load_target(target)
-    check_inputs(a, spec, logs_dir, trials, untuned, measure, table)
+    check_inputs(a, spec, logs_dir, trials, untuned, measure, table, time_budget_s)
     model = build_network_from_arch(a, weights, seed)
     out = Path(out)
     tvm_target, gpu = to_tvm_target(spec), is_gpu(spec)
@@ -365,7 +393,7 @@ def compile_arch(arch: str | os.PathLike | Arch, target: str | os.PathLike | Tar
         onnx_info = export_onnx(model, x, stage / ONNX_FILE)
         fused = lower_network(model, a, stage / ONNX_FILE if frontend == "onnx" else None, tvm_target,
                               prepack=not gpu)
-        db, tasks = schedule_tasks(fused, spec, logs_dir, trials, seed, untuned, console)
+        db, tasks = schedule_tasks(fused, spec, logs_dir, trials, seed, untuned, console, time_budget_s)
         console.print(f"[bold]{a.label or a.space.name}[/] on [bold]{spec.name}[/]: {tasks.total} tasks, "
                       f"{len(tasks.reused)} reused from the database, {len(tasks.tuned)} newly tuned, "
                       f"{len(tasks.untuned)} untuned")

@@ -100,6 +100,8 @@ class _Tuning(_Fixed):
     tuned: Count
     untuned: Count
     tasks: _TaskNames
+    time_budget_s: Seconds | None = None  # compile --time-budget
+    tuning_seconds: Seconds | None = None
 
 
 class _Verification(_Open):
