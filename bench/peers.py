@@ -89,7 +89,7 @@ def main() -> None:
                          measure=False, untuned=args.untuned, console=console, time_budget=args.time_budget)
         doc["tuning"] = {k: m["tuning"][k] for k in ("reused", "tuned", "untuned", "total", "time_budget_s",
                                                       "tuning_seconds") if k in m["tuning"]}
-        doc["table_tuning"] = table_tuning(args.logs_dir, base.name, space.name)
+        doc["table_tuning"] = table_tuning(args.logs_dir, space, base)
         doc["tvm_version"] = m["tvm_version"]
         for threads in args.threads:
             spec = load_target(with_threads(base_path, threads, tmp))
@@ -107,18 +107,17 @@ def main() -> None:
     print(f"written: {out}")
 
 
-def table_tuning(logs_dir: str, target: str, space: str) -> dict | None:
+def table_tuning(logs_dir: str, space, target) -> dict | None:
     """How the space's table under `logs_dir` was tuned (trials, time budget, seconds spent): the tuning a user
     gives before this net's own (``--time-budget``)."""
+    from tvm_nas.profile.model import LatencyModel
     from tvm_nas.profile.table import table_path
 
-    path = table_path(logs_dir, target, space)
+    path = table_path(logs_dir, target.name, space.name)
     if not path.is_file():
         return None
-    from tvm_nas.io import read_json
-
-    doc = read_json(path, "latency table")
-    settings, timing = doc.get("settings") or {}, doc.get("timing") or {}
+    meta = LatencyModel.load(path, space=space, target=target).meta
+    settings, timing = meta.get("settings") or {}, meta.get("timing") or {}
     return {"trials": settings.get("trials"), "time_budget_s": settings.get("time_budget_s"),
             "tune_seconds": timing.get("tune_s"), "tune_trials": timing.get("tune_trials")}
 
