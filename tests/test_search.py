@@ -544,3 +544,42 @@ def test_warmup_default_follows_epochs(space, tiny_table, tmp_path, capsys):
     assert saved["epochs"] == 3 and saved["warmup_epochs"] == 1
     _fails([*base, "--epochs", "3", "--warmup-epochs", "3", "--out", str(tmp_path / "b")], capsys,
            "warm-up takes all 3 epochs")
+
+
+def test_the_derived_net_fills_the_budget_alpha_left_unused(space, tiny_table, tmp_path):
+    """Where α has not decided, the most probable net can sit far under the budget: the derivation spends the rest
+    on slower ops, undecided blocks first, until no slower op fits."""
+    from tvm_nas.search.derive import fill_budget
+
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    blocks = space.blocks()
+    fast, slow = table.extremes(space)
+
+    def lean(share, ops):  # every block leaning to its op of `ops` with probability `share`
+        return [np.where(np.array(b.candidates) == op, share, (1 - share) / (len(b.candidates) - 1))
+                for b, op in zip(blocks, ops, strict=True)]
+
+    # every block barely leaning to its fastest op: the argmax net is the fastest, far under a halfway budget
+    budget = (table.predict(space, fast) + table.predict(space, slow)) / 2
+    probs = lean(0.4, fast)
+    plain = derive(probs, space, table, budget_us=budget)
+    assert plain["ops"] == fast and plain["derivation"]["filled_blocks"] == []
+    doc = derive(probs, space, table, budget_us=budget, margin_pct=3.0, fill=True)
+    d, target = doc["derivation"], budget * 0.97
+    assert d["filled_blocks"] and d["rule"] == "argmax, then fill the budget" and d["argmax_ops"] == fast
+    assert plain["predicted_latency_us"] < doc["predicted_latency_us"] <= target and d["budget_met"]
+    # nothing is left to spend: every slower op of every block would take the net over the target
+    for i, b in enumerate(blocks):
+        for op in b.candidates:
+            if table.latency(b.key(op)) > table.latency(b.key(doc["ops"][i])):
+                assert table.predict(space, [*doc["ops"][:i], op, *doc["ops"][i + 1:]]) > target
+    assert load_architecture(write_arch(tmp_path / "f.arch.json", doc)).doc["derivation"]["filled_blocks"] == \
+        d["filled_blocks"]
+    # one block undecided, the others decided on their fastest op, room for exactly the undecided block's slowest
+    # op: that block takes it, the decided ones keep theirs
+    j = len(blocks) - 1
+    probs = [*lean(0.999, fast)[:j], lean(0.4, fast)[j]]
+    want = [*fast[:j], slow[j]]
+    assert fill_budget(fast, probs, space, table, table.predict(space, want) + 1e-6) == (want, [j])
+    assert fill_budget(slow, probs, space, table, table.predict(space, slow)) == (list(slow), [])
+    assert SearchConfig(latency_budget_us=100.0).fill_budget is True

@@ -62,6 +62,9 @@ class Derivation(_Part):
     argmax_latency_us: Us
     changed_blocks: list[Annotated[int, Field(ge=0, lt=MAX_BLOCKS)]] = Field(default_factory=list,
                                                                              max_length=MAX_BLOCKS)
+    # blocks given a slower op to spend what the net left of the budget (search.derive.fill_budget)
+    filled_blocks: list[Annotated[int, Field(ge=0, lt=MAX_BLOCKS)]] = Field(default_factory=list,
+                                                                            max_length=MAX_BLOCKS)
     budget_us: Us | None = None
     budget_met: bool | None = None
     # the share of the budget kept for the table's error, and the latency the net was fitted to (budget less it)

@@ -38,6 +38,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
                         "them (default: each process's share, as DDP does; faster)")
     p.add_argument("--no-enforce-budget", action="store_true",
                    help="derive the pure argmax net even if it is over budget")
+    p.add_argument("--no-fill-budget", action="store_true",
+                   help="keep the most probable net (fitted to the budget) even where it leaves much of the budget "
+                        "unused (default: spend it on slower ops where α minds least)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     for name in ("epochs", "warmup_epochs", "batch_size", "seed", "val_fraction", "max_samples", "weight_lr",
                  "momentum", "weight_decay", "label_smoothing", "arch_update", "arch_lr", "arch_every",
@@ -175,6 +178,7 @@ def _search(args: argparse.Namespace, dist) -> int:
         settings = {k: getattr(args, k) for k in _FIELDS  # an option left unset takes the model's default
                     if k != "latency_budget_us" and getattr(args, k, None) is not None}
         settings["enforce_budget"] = not args.no_enforce_budget
+        settings["fill_budget"] = not args.no_fill_budget
         try:
             config = SearchConfig(latency_budget_us=budget_us, **settings)
         except ValidationError as e:
@@ -216,6 +220,11 @@ def _search(args: argparse.Namespace, dist) -> int:
             console.print(f"note: the most probable net ({fmt_us(d['argmax_latency_us'], 'µs')}) was over "
                           f"{fmt_us(d['target_us'], 'µs')} (the budget less the margin); "
                           f"blocks {d['changed_blocks']} were swapped for faster ops")
+        if arch["derivation"].get("filled_blocks"):
+            d = arch["derivation"]
+            console.print(f"note: the most probable net ({fmt_us(d['argmax_latency_us'], 'µs')}) left part of "
+                          f"{fmt_us(d['target_us'], 'µs')} unused; blocks {d['filled_blocks']} were given slower ops "
+                          f"(--no-fill-budget keeps it)")
     else:
         print(line)
     return 0

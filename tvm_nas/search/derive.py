@@ -47,6 +47,38 @@ def fit_budget(ops: Sequence[str], probabilities: Sequence[np.ndarray], space: S
     return ops, sorted(changed)
 
 
+def fill_budget(ops: Sequence[str], probabilities: Sequence[np.ndarray], space: SearchSpace,
+                table: LatencyModel, budget_us: float) -> tuple[list[str], list[int]]:
+    """Spend what the net leaves of the budget: swap ops for slower ones while the net still meets the budget,
+    losing the least log-probability per µs added (the mirror of :func:`fit_budget`).
+
+    An undecided block (α near uniform) gives its op up cheaply and takes the slower one; a block α has decided
+    keeps its op until nothing cheaper is left. Returns the ops and the indices of the blocks that were changed.
+    """
+    ops, changed = list(ops), []
+    blocks = space.blocks()
+    while True:
+        best = None
+        for i, (blk, p) in enumerate(zip(blocks, probabilities, strict=True)):
+            cur = blk.candidates.index(ops[i])
+            cur_lat = table.latency(blk.key(ops[i]))
+            for j, op in enumerate(blk.candidates):
+                added = table.latency(blk.key(op)) - cur_lat
+                if added <= 0:
+                    continue
+                cost = (math.log(max(p[cur], 1e-12)) - math.log(max(p[j], 1e-12))) / added
+                if best is not None and cost >= best[0]:
+                    continue
+                grown = [*ops[:i], op, *ops[i + 1:]]
+                if table.predict(space, grown) <= budget_us:
+                    best = (cost, i, grown)
+        if best is None:
+            return ops, sorted(changed)
+        ops = best[2]
+        if best[1] not in changed:
+            changed.append(best[1])
+
+
 UNDECIDED = 0.9  # a block whose α entropy is above this share of the uniform distribution's has not chosen
 
 
@@ -68,7 +100,8 @@ def target_us(budget_us: float | None, margin_pct: float) -> float | None:
 
 
 def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
-           budget_us: float | None = None, enforce_budget: bool = True, margin_pct: float = 0.0) -> dict:
+           budget_us: float | None = None, enforce_budget: bool = True, margin_pct: float = 0.0,
+           fill: bool = False) -> dict:
     """Derive the final architecture from the architecture probabilities.
 
     Args:
@@ -81,6 +114,10 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
             what was changed.
         margin_pct: share of the budget kept for the table's error, so that a net predicted at the budget is not
             measured over it (a table predicts a net within some percent, either side).
+        fill: with `enforce_budget`, spend what the net leaves of the budget less the margin on slower ops where α
+            minds least (see :func:`fill_budget`); the ``derivation`` records the blocks it changed. Where α has
+            not decided, the argmax net can use half the budget, and a slower net of the same space is usually
+            the more accurate one.
 
     Returns:
         The architecture document (see :func:`arch_document`) without search settings.
@@ -89,12 +126,16 @@ def derive(probabilities: Sequence[np.ndarray], space: SearchSpace, table: Laten
     argmax_lat = table.predict(space, argmax_ops)
     ops, changed = argmax_ops, []
     target = target_us(budget_us, margin_pct)
+    filled: list[int] = []
     if budget_us is not None and enforce_budget:
         ops, changed = fit_budget(argmax_ops, probabilities, space, table, target)
+        if fill:
+            ops, filled = fill_budget(ops, probabilities, space, table, target)
     lat = table.predict(space, ops)
     fastest_us = table.predict(space, table.extremes(space)[0])
-    derivation = {"rule": "argmax" if not changed else "argmax, then fit to budget",
-                  "argmax_ops": argmax_ops, "argmax_latency_us": argmax_lat, "changed_blocks": changed,
+    rule = "argmax" + (", then fit to budget" if changed else "") + (", then fill the budget" if filled else "")
+    derivation = {"rule": rule, "argmax_ops": argmax_ops, "argmax_latency_us": argmax_lat, "changed_blocks": changed,
+                  "filled_blocks": filled,
                   "budget_us": budget_us, "budget_met": None if budget_us is None else bool(lat <= budget_us),
                   "budget_margin_pct": None if budget_us is None else margin_pct, "target_us": target,
                   # False: even the fastest net of the space is over budget, so no search could meet it
@@ -136,14 +177,15 @@ def most_probable(probabilities: Sequence[np.ndarray], space: SearchSpace, table
 
 
 def derive_by_shared_weights(probabilities: Sequence[np.ndarray], space: SearchSpace, table: LatencyModel,
-                             budget_us: float | None, k: int, score, margin_pct: float = 0.0) -> dict:
+                             budget_us: float | None, k: int, score, margin_pct: float = 0.0,
+                             fill: bool = False) -> dict:
     """Derive the net as :func:`derive` does, then let the supernet choose: of the `k` most probable nets that
     meet the budget less the margin (:func:`most_probable`), plus the net :func:`derive` keeps, the one whose
     validation accuracy with the shared weights (`score`: ``{label: ops} -> {label: accuracy}``) is highest.
 
     α alone ranks the nets by how they helped the supernet during the search; the shared weights judge each
     candidate whole, on the search's validation split, with its batch-norm statistics re-estimated."""
-    doc = derive(probabilities, space, table, budget_us, True, margin_pct)
+    doc = derive(probabilities, space, table, budget_us, True, margin_pct, fill)
     kept = doc["ops"]
     cands = most_probable(probabilities, space, table, target_us(budget_us, margin_pct), k)
     if kept not in cands:

@@ -352,10 +352,10 @@ class ProxylessSearch:
             score = partial(supernet_accuracies, self.supernet_, self.data, val_fraction=cfg.val_fraction,
                             seed=cfg.seed, batch_size=cfg.batch_size)
             doc = derive_by_shared_weights(self.probabilities_, self.space, self.table, cfg.latency_budget_us,
-                                           cfg.derive_candidates, score, cfg.budget_margin)
+                                           cfg.derive_candidates, score, cfg.budget_margin, cfg.fill_budget)
         else:
             doc = derive(self.probabilities_, self.space, self.table, cfg.latency_budget_us, cfg.enforce_budget,
-                         cfg.budget_margin)
+                         cfg.budget_margin, cfg.fill_budget)
         doc["search"] = {**self.config.model_dump(mode="json"), "data": self.data.describe(),
                          "run_dir": str(self.run_dir), "checkpoint": str(self.run_dir / CHECKPOINT),
                          "runtime": {"device": self.dist.device.type, "processes": self.dist.world},
@@ -369,7 +369,9 @@ class ProxylessSearch:
                 f"[yellow]warning: α is still close to uniform in {len(left)} of {len(self.probabilities_)} "
                 f"blocks ({', '.join(str(i) for i in left)}): there the chosen op is barely more probable than the "
                 "others, so the searched net is partly chance; search longer (--epochs) or with a higher "
-                f"--arch-lr (now {self.config.arch_lr:g})")
+                f"--arch-lr (now {self.config.arch_lr:g})"
+                + (f"; blocks {', '.join(str(i) for i in doc['derivation']['filled_blocks'])} were given slower ops "
+                   "to use the budget the most probable net left" if doc["derivation"]["filled_blocks"] else ""))
         if self.dist.main:
             write_arch(self.arch_path_, doc)
 
