@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -173,6 +174,9 @@ def test_time_budget_tunes_this_nets_own_kernels_once(host, host_build, tiny_hos
     assert proc.returncode == 0, proc.stderr[-2000:]
     t = json.loads((tmp_path / "out" / MANIFEST).read_text())["tuning"]
     assert t["time_budget_s"] == 20.0 and 0 < t["tuning_seconds"] < 300  # a round started is finished
+    # every round says what it tuned and how much of the budget is spent
+    said = " ".join(proc.stderr.split())  # the console wraps long lines
+    assert re.search(r"\[1/\d+\] \S+: round 1, \d+ trials, best .*; \d+s in, budget 20s", said), said[-2000:]
     assert t["tuned"] >= 1 and set(t["tasks"]["tuned"]) <= set(first["tuning"]["tasks"]["reused"]) | set(
         first["tuning"]["tasks"]["untuned"])
     assert t["reused"] + t["tuned"] + t["untuned"] == t["total"]

@@ -38,6 +38,16 @@ class RoundEvent:
     eta_s: float | None
     stopped: str = ""
 
+    def describe(self) -> str:
+        """One progress line: the task, its round and trials, its best kernel against before, the run's trials."""
+        was = f" (was {self.before_us:.1f})" if self.before_us else ""
+        eta = f", eta {fmt_duration(self.eta_s)}" if self.eta_s is not None else ""
+        stop = f"; stopped: {self.stopped}" if self.stopped else ""
+        best = "none valid yet" if self.best_us is None else f"{self.best_us:.1f} µs"
+        return (f"[{self.index}/{self.n_tasks}] {self.name}: round {self.round}, {self.trials} trials, best "
+                f"{best}{was}; {self.spent_trials}"
+                f"{'/' + str(self.max_trials) if self.max_trials else ''} trials{eta}{stop}")
+
 
 @dataclass
 class Outcome:

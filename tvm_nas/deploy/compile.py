@@ -155,8 +155,14 @@ def schedule_tasks(fused, spec: TargetSpec, logs_dir, trials: int, seed: int = 0
             console.print(f"tuning this net's {len(to_tune)} tasks for {fmt_duration(time_budget_s)}, by their share "
                           "of its time" if time_budget_s is not None
                           else f"tuning the {len(to_tune)} tasks the database lacks ({trials} trials)")
+        say = console.print if console else print
+
+        def on_round(e):  # a budget of minutes is not spent in silence
+            spent = f"; {fmt_duration(e.elapsed_s)} in, budget {fmt_duration(time_budget_s)}" if time_budget_s else ""
+            say(f"  {e.describe()}{spent}")
+
         done = tune_budgeted(to_tune, spec, work_dir, trials=trials or None, time_budget_s=time_budget_s, seed=seed,
-                             say=console.print if console else print)
+                             say=say, on_round=on_round)
         report.time_budget_s, report.tuning_s = time_budget_s, done.seconds if done.rounds else None
         if not done.rounds and console:
             console.print(f"no tuning round ran: {done.why_ended}")

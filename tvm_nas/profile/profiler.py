@@ -173,12 +173,7 @@ def _tune(unique, space, spec, work_dir, trials, budget_s, seed, jobs, settings,
     t_start = time.monotonic()
 
     def on_round(e):
-        was = f" (was {e.before_us:.1f})" if e.before_us else ""
-        eta = f", eta {fmt_duration(e.eta_s)}" if e.eta_s is not None else ""
-        stop = f"; stopped: {e.stopped}" if e.stopped else ""
-        prog.console.print(f"  [{e.index}/{e.n_tasks}] {e.name}: round {e.round}, {e.trials} trials, best "
-                           f"{e.best_us or 0:.1f} µs{was}; {e.spent_trials}"
-                           f"{'/' + str(e.max_trials) if e.max_trials else ''} trials{eta}{stop}")
+        prog.console.print("  " + e.describe())
         if left is None:
             prog.update(tbar, completed=min(total, time.monotonic() - t_start))
 
