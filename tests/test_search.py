@@ -583,3 +583,29 @@ def test_the_derived_net_fills_the_budget_alpha_left_unused(space, tiny_table, t
     assert fill_budget(fast, probs, space, table, table.predict(space, want) + 1e-6) == (want, [j])
     assert fill_budget(slow, probs, space, table, table.predict(space, slow)) == (list(slow), [])
     assert SearchConfig(latency_budget_us=100.0).fill_budget is True
+
+
+
+def test_the_search_says_which_blocks_it_filled(space, tiny_table, data, tmp_path):
+    """The search's own derivation fills the budget by default, records it in the arch file and says so."""
+    import io
+
+    from rich.console import Console
+
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    fast, slow = table.extremes(space)
+    budget = (table.predict(space, fast) + table.predict(space, slow)) / 2
+    out = io.StringIO()
+    s = ProxylessSearch(space, table, data, SearchConfig(latency_budget_us=budget, epochs=2, warmup_epochs=1,
+                                                         batch_size=32), tmp_path, console=Console(file=out))
+    s.setup()
+    with torch.no_grad():  # α decided on the fastest net
+        for m, op in zip(s.supernet_.mixed_ops, fast, strict=True):
+            m.alpha.copy_(torch.tensor([3.0 if c == op else 0.0 for c in m.candidates]))
+    s.history_ = []
+    s._derive()
+    d = s.arch_["derivation"]
+    assert d["argmax_ops"] == fast and d["filled_blocks"] and s.arch_["predicted_latency_us"] <= budget * 0.97
+    assert json.loads((tmp_path / ARCH_FILE).read_text())["derivation"]["filled_blocks"] == d["filled_blocks"]
+    said = " ".join(out.getvalue().split())
+    assert "left part of the budget unused" in said and "fill_budget" in said

@@ -220,11 +220,6 @@ def _search(args: argparse.Namespace, dist) -> int:
             console.print(f"note: the most probable net ({fmt_us(d['argmax_latency_us'], 'µs')}) was over "
                           f"{fmt_us(d['target_us'], 'µs')} (the budget less the margin); "
                           f"blocks {d['changed_blocks']} were swapped for faster ops")
-        if arch["derivation"].get("filled_blocks"):
-            d = arch["derivation"]
-            console.print(f"note: the most probable net ({fmt_us(d['argmax_latency_us'], 'µs')}) left part of "
-                          f"{fmt_us(d['target_us'], 'µs')} unused; blocks {d['filled_blocks']} were given slower ops "
-                          f"(--no-fill-budget keeps it)")
     else:
         print(line)
     return 0

@@ -363,15 +363,19 @@ class ProxylessSearch:
                          else None}
         self.arch_ = doc
         self.arch_path_ = self.run_dir / ARCH_FILE
-        left = doc["derivation"]["undecided_blocks"]
+        left, filled = doc["derivation"]["undecided_blocks"], doc["derivation"]["filled_blocks"]
+        if filled and not left and self.console is not None and self.dist.main:
+            self.console.print(f"note: the most probable net ({doc['derivation']['argmax_latency_us']:.1f} µs) left "
+                               f"part of the budget unused; blocks {', '.join(str(i) for i in filled)} were given "
+                               "slower ops (fill_budget)")
         if left and self.console is not None and self.dist.main:
             self.console.print(
                 f"[yellow]warning: α is still close to uniform in {len(left)} of {len(self.probabilities_)} "
                 f"blocks ({', '.join(str(i) for i in left)}): there the chosen op is barely more probable than the "
                 "others, so the searched net is partly chance; search longer (--epochs) or with a higher "
                 f"--arch-lr (now {self.config.arch_lr:g})"
-                + (f"; blocks {', '.join(str(i) for i in doc['derivation']['filled_blocks'])} were given slower ops "
-                   "to use the budget the most probable net left" if doc["derivation"]["filled_blocks"] else ""))
+                + (f"; blocks {', '.join(str(i) for i in filled)} were given slower ops to use the budget the most "
+                   "probable net left (fill_budget)" if filled else ""))
         if self.dist.main:
             write_arch(self.arch_path_, doc)
 
