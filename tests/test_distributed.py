@@ -119,7 +119,9 @@ def test_two_processes_find_what_one_finds(runs):
     assert max(float(a.abs().max()) for a in alpha1) > 0.1  # α really trained, so the comparison means something
     for run in (two, two_global):
         a2 = json.loads((run / "final.arch.json").read_text())
-        assert a2["ops"] == a1["ops"], run.name
+        # α's own net; the budget filling after it can go either way where two swaps cost nearly the same and the
+        # runs' α differ by up to ALPHA_TOLERANCE (filling is checked on its own in test_search.py)
+        assert a2["derivation"]["argmax_ops"] == a1["derivation"]["argmax_ops"], run.name
         assert a2["search"]["runtime"] == {"device": "cpu", "processes": 2}
         diff = max(float((a - b).abs().max()) for a, b in zip(alpha1, _alpha(run), strict=True))
         assert diff <= ALPHA_TOLERANCE, (run.name, diff)
