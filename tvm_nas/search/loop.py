@@ -366,16 +366,15 @@ class ProxylessSearch:
         left, filled = doc["derivation"]["undecided_blocks"], doc["derivation"]["filled_blocks"]
         if filled and not left and self.console is not None and self.dist.main:
             self.console.print(f"note: the most probable net ({doc['derivation']['argmax_latency_us']:.1f} µs) left "
-                               f"part of the budget unused; blocks {', '.join(str(i) for i in filled)} were given "
-                               "slower ops (fill_budget)")
+                               f"part of the budget unused; {_blocks(filled)} given slower ops (fill_budget)")
         if left and self.console is not None and self.dist.main:
             self.console.print(
                 f"[yellow]warning: α is still close to uniform in {len(left)} of {len(self.probabilities_)} "
                 f"blocks ({', '.join(str(i) for i in left)}): there the chosen op is barely more probable than the "
                 "others, so the searched net is partly chance; search longer (--epochs) or with a higher "
                 f"--arch-lr (now {self.config.arch_lr:g})"
-                + (f"; blocks {', '.join(str(i) for i in filled)} were given slower ops to use the budget the most "
-                   "probable net left (fill_budget)" if filled else ""))
+                + (f"; {_blocks(filled)} given slower ops to use the budget the most probable net left "
+                   "(fill_budget)" if filled else ""))
         if self.dist.main:
             write_arch(self.arch_path_, doc)
 
@@ -451,3 +450,8 @@ class ProxylessSearch:
 def load_run_config(run_dir: str | Path) -> dict:
     """The effective config of an existing run directory (for ``--resume``)."""
     return read_json(Path(run_dir) / CONFIG, "search run config")
+
+
+def _blocks(indices: list[int]) -> str:
+    """'block 2 was' or 'blocks 0, 2 were', for the search's notes."""
+    return f"block {indices[0]} was" if len(indices) == 1 else f"blocks {', '.join(map(str, indices))} were"
