@@ -586,6 +586,59 @@ def test_the_derived_net_fills_the_budget_alpha_left_unused(space, tiny_table, t
 
 
 
+def test_the_searched_net_is_chosen_by_its_measured_latency(space, tiny_table, tmp_path):
+    """Nets derived around the budget are measured; the slowest whose measured median meets the budget is kept,
+    one more is derived where the measurements put the budget when none meets it, and a budget no net meets is
+    said. Here the target is a machine `speed` times the table (the real compile-and-time path: test_run.py)."""
+    from tvm_nas.search.measured import around_budget, settle_by_measurement
+
+    table = LatencyTable.load(tiny_table, space=space, target_name="host")
+    blocks = space.blocks()
+    fast, slow = table.extremes(space)
+    probs = [np.where(np.array(b.candidates) == op, 0.4, 0.6 / (len(b.candidates) - 1))
+             for b, op in zip(blocks, fast, strict=True)]  # undecided: the derivation fills towards the budget
+    budget = (table.predict(space, fast) + table.predict(space, slow)) / 2
+
+    def settle(speed, margin=3.0):
+        measured, said = [], []
+
+        def measure(nets):
+            measured.append([list(n) for n in nets])
+            return [{"median": speed * table.predict(space, n), "q1": 0.0, "q3": 0.0, "stable": True, "rounds": 3}
+                    for n in nets]
+
+        base = derive(probs, space, table, budget, True, margin, True)
+        doc = settle_by_measurement({**base, "search": {"seed": 7}}, probs, space, table, budget, margin, True,
+                                    measure, said.append)
+        return doc, measured, said[0]
+
+    cands = around_budget(probs, space, table, budget, 3.0)
+    assert [m for m, _ in cands][0] == 3.0 and len({tuple(d["ops"]) for _, d in cands}) == len(cands) >= 2
+    assert cands[-1][1]["predicted_latency_us"] > budget * 0.97  # aimed past the margin, up to 3% over the budget
+    # a machine 5% faster than the table: a net the table puts over the budget less its margin meets it
+    doc, measured, line = settle(0.95)
+    d = doc["derivation"]
+    assert measured == [[list(x["ops"]) for _, x in cands]]  # measured together, in one session
+    under = [r for r in d["measured"] if r["measured_us"] <= budget]
+    assert d["budget_met"] and doc["ops"] == max(under, key=lambda r: r["measured_us"])["ops"]
+    assert doc["predicted_latency_us"] > budget * 0.97 and doc["search"] == {"seed": 7}
+    assert "measured" in d["rule"] and f"kept {' '.join(doc['ops'])}" in line
+    assert load_architecture(write_arch(tmp_path / "m.arch.json", doc)).doc["derivation"]["measured"] == \
+        d["measured"]
+    # slower than the table by just enough that every net around the budget is over: one more, aimed where the
+    # measurements put the budget, meets it
+    speed = 1.02 * budget / min(x["predicted_latency_us"] for _, x in cands)
+    doc, measured, _ = settle(speed)
+    d = doc["derivation"]
+    assert len(measured) == 2 and len(measured[1]) == 1 and d["budget_met"]
+    assert doc["ops"] == measured[1][0] and speed * doc["predicted_latency_us"] <= budget
+    # so slow that even the space's fastest net is over: the fastest measured is kept and the derivation says so
+    doc, _, line = settle(1.02 * budget / table.predict(space, fast))
+    d = doc["derivation"]
+    assert d["budget_met"] is False and "none meets the budget by measurement" in line
+    assert doc["ops"] == min(d["measured"], key=lambda r: r["measured_us"])["ops"]
+
+
 def test_the_search_says_which_blocks_it_filled(space, tiny_table, data, tmp_path):
     """The search's own derivation fills the budget by default, records it in the arch file and says so."""
     import io

@@ -56,6 +56,17 @@ class Candidate(_Part):
     shared_val_accuracy: Annotated[float, Field(ge=0, le=1)]
 
 
+class MeasuredNet(_Part):
+    """A net measured to choose the searched net by measurement (search.measured.settle_by_measurement)."""
+
+    ops: list[str] = Field(max_length=MAX_BLOCKS)
+    margin_pct: Annotated[float, Field(gt=-100, lt=100)]  # the margin it was derived with (negative: over the budget)
+    predicted_us: Us
+    measured_us: Us
+    measurement: dict[str, Any]  # the timing figure (median, q1, q3, stable, rounds)
+    meets: bool  # measured median within the budget
+
+
 class Derivation(_Part):
     rule: str
     argmax_ops: list[str] = Field(max_length=MAX_BLOCKS)
@@ -67,8 +78,9 @@ class Derivation(_Part):
                                                                             max_length=MAX_BLOCKS)
     budget_us: Us | None = None
     budget_met: bool | None = None
-    # the share of the budget kept for the table's error, and the latency the net was fitted to (budget less it)
-    budget_margin_pct: Annotated[float, Field(ge=0, lt=100)] | None = None
+    # the share of the budget kept for the table's error, and the latency the net was fitted to (budget less it;
+    # negative: aimed over the budget, as one of the nets measured around it is)
+    budget_margin_pct: Annotated[float, Field(gt=-100, lt=100)] | None = None
     target_us: Us | None = None
     budget_feasible: bool | None = None  # False: even the space's fastest net is over budget
     fastest_latency_us: Us | None = None
@@ -77,6 +89,8 @@ class Derivation(_Part):
                                                                                max_length=MAX_BLOCKS)
     # a derivation by shared weights (search.derive.derive_by_shared_weights): the nets it chose among
     candidates: list[Candidate] | None = Field(default=None, max_length=4096)
+    # the nets derived around the budget and measured on the target; the kept one is the slowest that met it
+    measured: list[MeasuredNet] | None = Field(default=None, max_length=16)
 
 
 class ArchFile(_Part):

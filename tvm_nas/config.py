@@ -190,6 +190,11 @@ class RunConfig(BaseModel):
     budget_margin: float = Field(default=BUDGET_MARGIN_PCT, ge=0, le=50, allow_inf_nan=False,
                                  description="percent of the budget kept for the table's error: the searched net "
                                              "is fitted to the budget less this")
+    measure_budget: bool = Field(default=True, description="choose the searched net among nets derived around the "
+                                                           "budget (less and plus --budget-margin) by their measured "
+                                                           "latency on the target: the slowest whose measured median "
+                                                           "meets the budget (--no-measure-budget: the table's "
+                                                           "prediction alone)")
     seed: int = 0
     max_samples: int | None = Field(default=None, ge=2, description="use at most this many images of --data, a "
                                                                           "seeded subset (default all)")

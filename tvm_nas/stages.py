@@ -93,7 +93,36 @@ class Search(Stage):
         s = ProxylessSearch(ctx.space, ctx.table(), ctx.data(), conf, out, console=ctx.console,
                             dist=Dist(device=ctx.device()))
         s.fit(resume=(out / "checkpoint.pt").exists())
-        return {"arch": ctx.rel(s.arch_path_), "predicted_us": s.arch_["predicted_latency_us"], "ops": s.arch_["ops"]}
+        doc = s.arch_
+        if ctx.cfg.measure_budget and conf.enforce_budget:
+            doc = self._by_measurement(ctx, s, conf) or doc
+        return {"arch": ctx.rel(s.arch_path_), "predicted_us": doc["predicted_latency_us"], "ops": doc["ops"],
+                "measured_us": next((r["measured_us"] for r in (doc["derivation"].get("measured") or [])
+                                     if r["ops"] == doc["ops"]), None)}
+
+    @staticmethod
+    def _by_measurement(ctx, s, conf) -> dict | None:
+        """Choose the searched net among nets derived around the budget by their measured latency on the target
+        (:mod:`tvm_nas.search.measured`), rewriting the search's architecture file; None where the target cannot
+        be timed from here (the table's choice stands, and the run says so)."""
+        from .arch import write_arch
+        from .deploy.compile import unmeasurable
+        from .deploy.validate import measure_nets
+        from .search.measured import settle_by_measurement
+
+        why = unmeasurable(ctx.target)
+        if why:
+            ctx.console.print(f"the budget is met by the table's prediction only ({why})")
+            return None
+        table = ctx.table()
+
+        def measure(nets):
+            return measure_nets(ctx.space, ctx.target, nets, table, ctx.cfg.logs_dir, ctx.cfg.seed, ctx.console)
+
+        doc = settle_by_measurement(s.arch_, s.probabilities_, ctx.space, table, conf.latency_budget_us,
+                                    conf.budget_margin, conf.fill_budget, measure, ctx.console.print)
+        write_arch(s.arch_path_, doc)
+        return doc
 
 
 class Train(Stage):

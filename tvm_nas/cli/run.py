@@ -17,6 +17,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         if "(default" not in text:
             text += f" (default {f.default})"
         kw = {"dest": name, "default": None, "help": text}
+        if f.annotation is bool:  # on by default: the flag turns it off
+            p.add_argument("--no-" + name.replace("_", "-"), action="store_const", const=False, **kw)
+            continue
         if name in ("loss", "weight_sampling"):
             kw["choices"] = list(f.annotation.__args__)
         elif name == "device":

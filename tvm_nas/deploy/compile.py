@@ -244,7 +244,7 @@ def verify_library(library: str | os.PathLike, spec: TargetSpec, x: np.ndarray, 
     return {"status": "passed", "how": how, "max_abs_err": err}
 
 
-def _unmeasurable(spec: TargetSpec) -> str | None:
+def unmeasurable(spec: TargetSpec) -> str | None:
     """Why a module of this target cannot be timed from here, or None."""
     from ..backend.library import cuda_device_present
     from ..backend.target import is_gpu
@@ -275,7 +275,7 @@ def _how(spec: TargetSpec, t, err: float, others: int = 0) -> str:
 def _measure(exe, spec: TargetSpec, x: np.ndarray, expected: np.ndarray) -> tuple[dict | None, str]:
     from ..backend import measure
 
-    why = _unmeasurable(spec)
+    why = unmeasurable(spec)
     if why:
         return None, why
     outs, t = measure.run_and_time(exe, [x], spec)
@@ -323,7 +323,7 @@ def time_builds(builds: Mapping[str, Built], target: str | os.PathLike | TargetS
 
     console = console or Console(stderr=True)
     spec = load_target(target)
-    why = _unmeasurable(spec)
+    why = unmeasurable(spec)
     manifests = {name: load_manifest(Path(b.build_dir) / MANIFEST) for name, b in builds.items()}
     loaded, errs = {}, {}
     with measure.target_session(spec) as sess:

@@ -109,8 +109,6 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     Returns:
         The result document (also written to ``out/validate.json``).
     """
-    from ..backend import tuning
-    from ..backend.target import is_gpu
     from ..profile.model import LatencyModel
     from ..space import load_space
     from ..targets import load_target
@@ -121,20 +119,9 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
         raise TvmNasError(f"--nets must be >= 0, got {n}")
     of_space(space, archs)  # an architecture of another space is named before its table is looked for
     model = model if model is not None else LatencyModel.of(space, spec, logs_dir)
-    if spec.cross_compiler:
-        spec.check_cross_compiler()
-    if spec.is_rpc:
-        from ..backend.remote import check_tracker
-
-        check_tracker(spec)
-    if is_gpu(spec) and not spec.is_rpc:
-        from ..backend.library import cuda_device_present
-
-        if not cuda_device_present():
-            raise TvmNasError(f"target '{spec.name}': no CUDA device here to measure on; use its RPC runner")
+    _check_measurable(spec)
     nets, aliases = nets_to_validate(space, model, n, archs, seed)
-    work = Path(logs_dir) / spec.name
-    db = tuning.open_database(work, spec) if (work / "database_workload.json").is_file() else None
+    work, db = _database(logs_dir, spec)
     console.print(f"validate [bold]{space.name}[/] on [bold]{spec.name}[/]: {len(nets)} nets, database "
                   f"{'none (default schedules)' if db is None else work}")
     # one validation writes a folder and the fitted files beside a table at a time
@@ -167,6 +154,48 @@ def validate(space, target, n: int = 20, archs: Sequence = (), logs_dir: str | o
     console.print(summary_line(doc))
     console.print(f"written: {out / RESULT}, {out / FIGURE}")
     return doc
+
+
+def _check_measurable(spec) -> None:
+    """Refuse, in one line, a target whose modules cannot be built and timed from here."""
+    from ..backend.target import is_gpu
+
+    if spec.cross_compiler:
+        spec.check_cross_compiler()
+    if spec.is_rpc:
+        from ..backend.remote import check_tracker
+
+        check_tracker(spec)
+    if is_gpu(spec) and not spec.is_rpc:
+        from ..backend.library import cuda_device_present
+
+        if not cuda_device_present():
+            raise TvmNasError(f"target '{spec.name}': no CUDA device here to measure on; use its RPC runner")
+
+
+def _database(logs_dir, spec) -> tuple[Path, object]:
+    """The target's folder under `logs_dir` and its tuning database (None when nothing was tuned there)."""
+    from ..backend import tuning
+
+    work = Path(logs_dir) / spec.name
+    return work, tuning.open_database(work, spec) if (work / "database_workload.json").is_file() else None
+
+
+def measure_nets(space, spec, nets: Sequence[Sequence[str]], model, logs_dir: str | os.PathLike = "tuning_logs",
+                 seed: int = 0, console: Console | None = None) -> list[dict]:
+    """Compile nets of `space` (ops per block) with the target's tuning database, no new tuning, check their
+    outputs and time them interleaved under the protocol, as :func:`validate` does; the timing figure of each
+    (:data:`~tvm_nas.timing.TIMING`), in order."""
+    from ..arch import Arch, arch_document
+    from ..timing import figure
+
+    console = console or Console(stderr=True)
+    _check_measurable(spec)
+    _, db = _database(logs_dir, spec)
+    archs = [Arch(space, list(ops), arch_document(space, ops, None, None), None, f"net-{i}")
+             for i, ops in enumerate(nets)]
+    _, timings, _, _ = _build_and_time(space, spec, model, archs, (), db, seed, console)
+    return [figure(timings[a.label]) for a in archs]
 
 
 def _build_and_time(space, spec, model, nets, built, db, seed: int, console) -> tuple:

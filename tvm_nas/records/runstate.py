@@ -59,6 +59,7 @@ class SearchDone(StageDone):
     arch: RunPath
     predicted_us: Us
     ops: Ops
+    measured_us: Us | None = None  # the searched net's measured median when it was chosen by measurement
 
 
 class TrainDone(StageDone, _Accuracies):
