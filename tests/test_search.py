@@ -348,6 +348,17 @@ def test_cli_search_resume_and_train(space, tiny_table, tmp_path, capsys):
     assert cli_main(["search", "--resume", "--out", str(run), "--quiet"]) == 0
     assert json.loads(arch.read_text())["ops"] == doc["ops"]
     _fails(["search", *argv], capsys, "--resume")
+    # --measure-budget: the nets derived around the budget compiled and timed on host, the slowest meeting it kept
+    capsys.readouterr()
+    assert cli_main(["search", "--resume", "--out", str(run), "--measure-budget", "--logs-dir", str(logs)]) == 0
+    d = json.loads(arch.read_text())["derivation"]
+    met = [r for r in d["measured"] if r["measured_us"] <= budget_us]
+    kept = json.loads(arch.read_text())["ops"]
+    assert 1 <= len(d["measured"]) <= 4 and d["budget_met"] == bool(met)
+    assert kept == (max(met, key=lambda r: r["measured_us"]) if met else
+                    min(d["measured"], key=lambda r: r["measured_us"]))["ops"]
+    out = " ".join(capsys.readouterr().out.split())
+    assert "by measurement" in out and "nets measured" in out, out[-2000:]
     # train the derived net from scratch and from the supernet (in bfloat16 autocast, on the device auto picks)
     for extra in ([], ["--init-from", str(run), "--precision", "bf16", "--device", "auto"]):
         out = tmp_path / f"train{len(extra)}"

@@ -9,6 +9,7 @@ artifact list of the run's summary. Adding a stage means writing one class and l
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from . import records
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from .profile.model import LatencyModel
 
 N_MATCHED = 3  # random nets of the searched net's latency, trained alike: the baseline the search must beat
-MATCH = 0.05  # "matched": predicted latency within ±5% of the searched net's
+MATCH = 0.05  # "matched": measured (else predicted) latency within ±5% of the searched net's
+RIVALS = 8  # nets of about the budget's predicted latency timed beside the searched net, to match by measurement
+RIVALS_SPAN = 0.15  # "about": predicted within ±15% of the budget (the table errs by a few percent either way)
 LEGACY_REFERENCE = "mobilenetv2 (all k3_e6)"  # the reference net's name in runs before it had one name
 
 
@@ -93,36 +96,21 @@ class Search(Stage):
         s = ProxylessSearch(ctx.space, ctx.table(), ctx.data(), conf, out, console=ctx.console,
                             dist=Dist(device=ctx.device()))
         s.fit(resume=(out / "checkpoint.pt").exists())
-        doc = s.arch_
+        doc, matched, pool = s.arch_, None, None
         if ctx.cfg.measure_budget and conf.enforce_budget:
-            doc = self._by_measurement(ctx, s, conf) or doc
+            from .search.measured import settle_search
+
+            budget, table = conf.latency_budget_us, ctx.table()
+            rivals = rival_pool(ctx.space, table, budget, RIVALS, ctx.cfg.seed + 1)
+            got, timed = settle_search(s, ctx.target, ctx.cfg.logs_dir, ctx.cfg.seed, ctx.console, also=rivals)
+            if got is not None:
+                doc = got
+                pool = rivals_timed(ctx.space, doc, timed)
+                matched = matched_by_measurement(pool, _measured_us(doc), N_MATCHED, ctx.cfg.seed + 1)
+                ctx.console.print("random nets of its measured latency, to train alike: " + "; ".join(
+                    f"{' '.join(m['ops'])} ({fmt_us(m['measured_us'], 'µs')})" for m in matched))
         return {"arch": ctx.rel(s.arch_path_), "predicted_us": doc["predicted_latency_us"], "ops": doc["ops"],
-                "measured_us": next((r["measured_us"] for r in (doc["derivation"].get("measured") or [])
-                                     if r["ops"] == doc["ops"]), None)}
-
-    @staticmethod
-    def _by_measurement(ctx, s, conf) -> dict | None:
-        """Choose the searched net among nets derived around the budget by their measured latency on the target
-        (:mod:`tvm_nas.search.measured`), rewriting the search's architecture file; None where the target cannot
-        be timed from here (the table's choice stands, and the run says so)."""
-        from .arch import write_arch
-        from .deploy.compile import unmeasurable
-        from .deploy.validate import measure_nets
-        from .search.measured import settle_by_measurement
-
-        why = unmeasurable(ctx.target)
-        if why:
-            ctx.console.print(f"the budget is met by the table's prediction only ({why})")
-            return None
-        table = ctx.table()
-
-        def measure(nets):
-            return measure_nets(ctx.space, ctx.target, nets, table, ctx.cfg.logs_dir, ctx.cfg.seed, ctx.console)
-
-        doc = settle_by_measurement(s.arch_, s.probabilities_, ctx.space, table, conf.latency_budget_us,
-                                    conf.budget_margin, conf.fill_budget, measure, ctx.console.print)
-        write_arch(s.arch_path_, doc)
-        return doc
+                "measured_us": _measured_us(doc), "matched": matched, "rivals": pool}
 
 
 class Train(Stage):
@@ -164,8 +152,12 @@ class Baselines(Stage):
         except TvmNasError:
             pass
         searched = ctx.done["search"]
-        for i, ops in enumerate(matched_nets(ctx.space, ctx.table(), searched["ops"], searched["predicted_us"],
-                                             N_MATCHED, ctx.cfg.seed + 1)):
+        if searched.get("matched"):  # chosen by measurement beside the searched net
+            picks = [m["ops"] for m in searched["matched"]]
+        else:  # by the table, where the target could not be timed from here
+            picks = matched_nets(ctx.space, ctx.table(), searched["ops"], searched["predicted_us"], N_MATCHED,
+                                 ctx.cfg.seed + 1)
+        for i, ops in enumerate(picks):
             nets[f"matched-{i + 1}"] = ("matched", ops)
         return nets
 
@@ -358,36 +350,85 @@ def accuracies(res: dict) -> dict:
             "val_accuracy": val, "test_accuracy": res.get("test_accuracy")}
 
 
-def matched_nets(space, table: LatencyModel, searched: list[str], target_us: float, n: int,
-                 seed: int) -> list[list[str]]:
-    """``n`` random nets other than ``searched`` whose predicted latency is within ±:data:`MATCH` of
-    ``target_us``; when the space has fewer, the nearest in latency complete the list.
-
-    Spaces of up to 20,000 nets are enumerated; larger ones are sampled (20,000 draws).
-    """
+def _distinct_nets(space, rng, exclude: Sequence[str] = ()) -> list[list[str]]:
+    """Every net of the space once in its canonical spelling (spaces of up to 20,000 nets are enumerated; larger
+    ones sampled, 20,000 draws), never `exclude` under any spelling."""
     import itertools
     import math
 
-    import numpy as np
-
     from .space import canonical_ops
 
-    rng = np.random.default_rng(seed)
     blocks = space.blocks()
     if math.prod(len(b.candidates) for b in blocks) <= 20_000:
         pool = [list(ops) for ops in itertools.product(*(b.candidates for b in blocks))]
     else:
         pool = [[str(rng.choice(b.candidates)) for b in blocks] for _ in range(20_000)]
-    seen, nets = {tuple(canonical_ops(space, searched))}, []
-    for ops in pool:  # each net once, and never the searched net under another spelling
+    seen, nets = {tuple(canonical_ops(space, exclude))} if exclude else set(), []
+    for ops in pool:
         c = tuple(canonical_ops(space, ops))
         if c not in seen:
             seen.add(c)
-            nets.append((list(c), abs(table.predict(space, list(c)) - target_us) / target_us))
-    within = [ops for ops, gap in nets if gap <= MATCH]
+            nets.append(list(c))
+    return nets
+
+
+def _random_near(rng, gaps: list[tuple[list[str], float]], span: float, n: int) -> list[list[str]]:
+    """`n` of the nets whose gap is within `span`, drawn at random; when fewer are, the nearest complete them."""
+    within = [ops for ops, gap in gaps if gap <= span]
     picks = [within[i] for i in rng.permutation(len(within))[:n]]
     if len(picks) < n:
-        rest = sorted((gap, i) for i, (ops, gap) in enumerate(nets) if gap > MATCH)
-        picks += [nets[i][0] for _, i in rest[:n - len(picks)]]
+        rest = sorted((gap, i) for i, (ops, gap) in enumerate(gaps) if gap > span)
+        picks += [gaps[i][0] for _, i in rest[:n - len(picks)]]
     return picks
+
+
+def matched_nets(space, table: LatencyModel, searched: list[str], target_us: float, n: int,
+                 seed: int) -> list[list[str]]:
+    """``n`` random nets other than ``searched`` whose predicted latency is within ±:data:`MATCH` of
+    ``target_us``; when the space has fewer, the nearest in latency complete the list (the run's matching where
+    the target cannot be timed from here; else :func:`matched_by_measurement`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    gaps = [(ops, abs(table.predict(space, ops) - target_us) / target_us)
+            for ops in _distinct_nets(space, rng, searched)]
+    return _random_near(rng, gaps, MATCH, n)
+
+
+def rival_pool(space, table: LatencyModel, budget_us: float, n: int, seed: int) -> list[list[str]]:
+    """``n`` random nets whose predicted latency is within ±:data:`RIVALS_SPAN` of the budget (the nearest
+    complete them): timed beside the nets derived around the budget, they are the pool the searched net's
+    matched-latency rivals are drawn from once its measured latency is known."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    gaps = [(ops, abs(table.predict(space, ops) - budget_us) / budget_us) for ops in _distinct_nets(space, rng)]
+    return _random_near(rng, gaps, RIVALS_SPAN, n)
+
+
+def rivals_timed(space, doc: dict, timed: dict[tuple, dict]) -> list[dict]:
+    """The nets timed beside the searched one (``doc``): the rival pool `timed` and the nets derived around the
+    budget, each once in its canonical spelling, never the searched net; each ``{ops, measured_us}``."""
+    from .space import canonical_ops
+
+    medians = {tuple(canonical_ops(space, ops)): t["median"] for ops, t in timed.items()}
+    medians.update({tuple(canonical_ops(space, r["ops"])): r["measured_us"] for r in doc["derivation"]["measured"]})
+    medians.pop(tuple(canonical_ops(space, doc["ops"])), None)
+    return [{"ops": list(ops), "measured_us": m} for ops, m in sorted(medians.items())]
+
+
+def matched_by_measurement(pool: list[dict], measured_us: float, n: int, seed: int) -> list[dict]:
+    """``n`` random nets of `pool` (:func:`rivals_timed`) whose measured median is within ±:data:`MATCH` of
+    `measured_us`, the searched net's; when fewer are, the nearest by measurement complete them."""
+    import numpy as np
+
+    gaps = [(r["ops"], abs(r["measured_us"] - measured_us) / measured_us) for r in pool]
+    picks = _random_near(np.random.default_rng(seed), gaps, MATCH, n)
+    return [next(r for r in pool if r["ops"] == ops) for ops in picks]
+
+
+def _measured_us(doc: dict) -> float | None:
+    """The measured median of an architecture document's own net, when it was chosen by measurement."""
+    return next((r["measured_us"] for r in (doc["derivation"] or {}).get("measured") or []
+                 if r["ops"] == doc["ops"]), None)
 

@@ -41,6 +41,11 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fill-budget", action="store_true",
                    help="keep the most probable net (fitted to the budget) even where it leaves much of the budget "
                         "unused (default: spend it on slower ops where α minds least)")
+    p.add_argument("--measure-budget", action="store_true",
+                   help="choose the net by its measured latency on --target (compiled with its tuning database "
+                        "under --logs-dir, timed here or through its RPC runner): of the nets derived at the budget "
+                        "less and plus --budget-margin, the slowest whose measured median meets the budget "
+                        "(tvm-nas run does this by default)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     for name in ("epochs", "warmup_epochs", "batch_size", "seed", "val_fraction", "max_samples", "weight_lr",
                  "momentum", "weight_decay", "label_smoothing", "arch_update", "arch_lr", "arch_every",
@@ -205,10 +210,21 @@ def _search(args: argparse.Namespace, dist) -> int:
     search.fit(resume=args.resume)
     if not dist.main:
         return 0
+    if args.measure_budget and config.enforce_budget:
+        from ..search.measured import settle_search
+
+        settle_search(search, load_target(args.target or target) if args.resume else spec, args.logs_dir,
+                      config.seed, console)
     arch = search.arch_
+    measured = next((r for r in arch["derivation"].get("measured") or [] if r["ops"] == arch["ops"]), None)
     over = "" if arch["derivation"]["budget_met"] else " OVER BUDGET"
     margin = f", fitted to {fmt_us(arch['derivation']['target_us'])} with a {config.budget_margin:g}% margin" \
         if config.enforce_budget and config.budget_margin else ""
+    if measured:
+        n = len(arch["derivation"]["measured"])
+        margin = (f"; measured {fmt_us(measured['measured_us'], 'µs')}, "
+                  + (f"the slowest meeting it of {n} nets measured" if measured["meets"] else
+                     f"the fastest of {n} nets measured, none meeting it"))
     line = (f"{search.arch_path_}: {' '.join(arch['ops'])} predicted {fmt_us(arch['predicted_latency_us'], 'µs')} "
             f"(budget {fmt_us(config.latency_budget_us, 'µs')}{margin}){over}")
     if data.skipped:

@@ -55,11 +55,19 @@ class ProfileDone(StageDone):
     slowest_ops: Ops
 
 
+class _Rival(_Open):
+    ops: Ops
+    measured_us: Us
+
+
 class SearchDone(StageDone):
     arch: RunPath
     predicted_us: Us
     ops: Ops
     measured_us: Us | None = None  # the searched net's measured median when it was chosen by measurement
+    # the random nets of its measured latency (timed in the same session), which the baselines stage trains
+    matched: list[_Rival] | None = None
+    rivals: list[_Rival] | None = None  # every net timed beside it, the matched ones drawn from these
 
 
 class TrainDone(StageDone, _Accuracies):

@@ -10,6 +10,10 @@ target's tuning database and timed together under the measurement protocol; the 
 the budget is kept (on the ground truth of ``tiny-cifar`` latency and accuracy go together). When none does, one more
 net is derived where the fastest candidate's measured-to-predicted ratio puts the budget, and if that is over too,
 the fastest measured net is kept and the derivation says the budget is not met by measurement.
+
+The choice itself (:func:`settle_by_measurement`) knows nothing of TVM: the measurements arrive through a callback.
+:func:`settle_search` is the step ``tvm-nas run`` (and ``tvm-nas search --measure-budget``) takes after a search,
+with the callback that compiles and times on the target (:func:`~tvm_nas.deploy.validate.measure_nets`).
 """
 
 from __future__ import annotations
@@ -86,3 +90,37 @@ def _line(rows: list[dict], kept: dict, budget_us: float) -> str:
                f"[bold red]none meets the budget by measurement[/]: kept the fastest, {' '.join(kept['ops'])} "
                f"({kept['measured_us']:.1f} µs)")
     return f"budget {budget_us:.1f} µs by measurement, {len(rows)} nets derived around it: {each} -> {verdict}"
+
+
+def settle_search(search, spec, logs_dir, seed: int = 0, console=None,
+                  also: Sequence[Sequence[str]] = ()) -> tuple[dict | None, dict[tuple, dict]]:
+    """Choose a finished search's net by measurement on target `spec` (its tuning database under `logs_dir`),
+    rewriting the search's architecture file; None where the target cannot be timed from here (the table's choice
+    stands, and the console says so).
+
+    `also`: further nets timed in the same session as the first nets derived around the budget (a run's rivals of
+    matched latency). Returns the document and the timing of each of them by ops (``{}`` when none were timed)."""
+    from ..arch import write_arch
+    from ..deploy.compile import unmeasurable
+    from ..deploy.validate import measure_nets
+
+    say = console.print if console is not None else print
+    why = unmeasurable(spec)
+    if why:
+        say(f"the budget is met by the table's prediction only ({why})")
+        return None, {}
+    conf = search.config
+    extra = [list(ops) for ops in also]
+    timed: dict[tuple, dict] = {}
+
+    def measure(nets):
+        more = [] if timed else extra  # the first session only
+        t = measure_nets(search.space, spec, [*nets, *more], search.table, logs_dir, seed, console)
+        timed.update({tuple(ops): x for ops, x in zip(more, t[len(nets):], strict=True)})
+        return t[:len(nets)]
+
+    doc = settle_by_measurement(search.arch_, search.probabilities_, search.space, search.table,
+                                conf.latency_budget_us, conf.budget_margin, conf.fill_budget, measure, say)
+    write_arch(search.arch_path_, doc)
+    search.arch_ = doc
+    return doc, timed
