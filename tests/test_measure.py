@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli, quick_target
+from conftest import cli, photo_folders, quick_target
 
 from tvm_nas.errors import TvmNasError
 from tvm_nas.timing import Protocol, interleave, python_sampler
@@ -411,6 +411,35 @@ def test_validate_over_rpc(micro_space, rpc_target, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     doc = _check_validate(tmp_path / "v", 1)
     assert doc["where"].startswith("rpc 127.0.0.1")
+
+
+def test_search_chooses_its_net_by_measurement_on_the_board(micro_space, rpc_target, tmp_path):
+    """tvm-nas search --measure-budget: the nets derived around the budget are compiled here and timed on the board
+    through the tracker (never on the machine that searched), and the slowest meeting the budget is kept."""
+    from tvm_nas.profile import profile
+    from tvm_nas.profile.model import LatencyModel
+    from tvm_nas.space import load_space
+
+    logs = tmp_path / "logs"
+    table = profile(str(micro_space), str(rpc_target), trials=0, logs_dir=logs)
+    space = load_space(str(micro_space))
+    model = LatencyModel.load(table.path, space=space)
+    full = model.predict(space, ["mbconv_k3_e3"])
+    budget = 1.01 * full  # the net with its block is predicted just under it: with the 3% margin, only without it
+    train, _ = photo_folders(tmp_path / "photos", train=40, test=4, size=8, classes=4)
+    out = tmp_path / "run"
+    r = cli("search", "--space", str(micro_space), "--target", str(rpc_target), "--data", f"imagefolder:{train}",
+            "--latency-ms", str(budget / 1000), "--logs-dir", str(logs), "--out", str(out), "--epochs", "2",
+            "--warmup-epochs", "1", "--measure-budget", "--quiet")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    doc = json.loads((out / "final.arch.json").read_text())
+    d = doc["derivation"]
+    assert sorted(tuple(m["ops"]) for m in d["measured"]) == [("mbconv_k3_e3",), ("zero",)]
+    assert all(m["measurement"]["where"].startswith("rpc 127.0.0.1") for m in d["measured"]), d["measured"]
+    met = [m for m in d["measured"] if m["measured_us"] <= budget]
+    assert d["budget_met"] == bool(met) and doc["ops"] == (max(met, key=lambda m: m["measured_us"]) if met else
+                                                           min(d["measured"], key=lambda m: m["measured_us"]))["ops"]
+    assert "nets measured" in " ".join(r.stdout.split()), r.stdout[-2000:]
 
 
 def test_validate_without_table_is_one_line(micro_space, tmp_path):

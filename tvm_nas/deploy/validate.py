@@ -185,7 +185,8 @@ def measure_nets(space, spec, nets: Sequence[Sequence[str]], model, logs_dir: st
                  seed: int = 0, console: Console | None = None) -> list[dict]:
     """Compile nets of `space` (ops per block) with the target's tuning database, no new tuning, check their
     outputs and time them interleaved under the protocol, as :func:`validate` does; the timing figure of each
-    (:data:`~tvm_nas.timing.TIMING`), in order."""
+    (:data:`~tvm_nas.timing.TIMING`) with ``where`` it was timed (this machine, or the board through RPC), in
+    order."""
     from ..arch import Arch, arch_document
     from ..timing import figure
 
@@ -195,7 +196,7 @@ def measure_nets(space, spec, nets: Sequence[Sequence[str]], model, logs_dir: st
     archs = [Arch(space, list(ops), arch_document(space, ops, None, None), None, f"net-{i}")
              for i, ops in enumerate(nets)]
     _, timings, _, _ = _build_and_time(space, spec, model, archs, (), db, seed, console)
-    return [figure(timings[a.label]) for a in archs]
+    return [{**figure(timings[a.label]), "where": timings[a.label].where} for a in archs]
 
 
 def _build_and_time(space, spec, model, nets, built, db, seed: int, console) -> tuple:
