@@ -65,6 +65,9 @@ VARIANTS = {
     "mul-uniform": {"loss": "mul", "weight_sampling": "uniform"},
     # the hinge again, against the re-tuned table, keeping what scores derivations by shared weights
     "hinge-rerun": {"loss": "hinge", "weight_sampling": "alpha"},
+    # the issue's "two-path update" candidate: α by REINFORCE on whole sampled nets' shared-weight accuracy (reward
+    # acc · (T/LAT)^0.1) instead of the two-path gradient, every candidate trained alike
+    "reinforce-uniform": {"arch_update": "reinforce", "weight_sampling": "uniform"},
 }
 
 
