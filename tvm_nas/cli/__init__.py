@@ -119,10 +119,51 @@ def _fix_runtime_threads(args) -> None:
 BUILDS_LIBRARIES = ("compile", "compare", "validate", "run")
 
 
+class _CtrlC:
+    """Ctrl-C noticed even where TVM swallows it: a KeyboardInterrupt raised inside one of TVM's Python callbacks
+    (a pass of its build pipeline) comes back out of the C++ side as a RuntimeError, and the command would end in a
+    traceback with status 1 instead of keeping its work and saying how to continue. While a command runs, SIGINT
+    also sets :attr:`seen`; an error raised after it counts as the interruption."""
+
+    def __init__(self):
+        self.seen, self.before = False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+            self.before = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.before is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.before)
+        return False
+
+
+def _interrupted(command: str) -> int:
+    print(f"\ntvm-nas {command}: interrupted; finished work is kept, run the same command again "
+          "(or with --resume) to continue", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that restart themselves (--nproc)
     _quiet_third_parties()
+    with _CtrlC() as ctrl_c:
+        return _run(args, ctrl_c)
+
+
+def _run(args, ctrl_c: _CtrlC) -> int:
     try:
         check_bounds(args)
         from ..io import check_output_dir
@@ -137,12 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         _fix_runtime_threads(args)
         return int(args.func(args) or 0)
     except TvmNasError as e:
+        if ctrl_c.seen:
+            return _interrupted(args.command)
         print(f"tvm-nas {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"\ntvm-nas {args.command}: interrupted; finished work is kept, run the same command again "
-              "(or with --resume) to continue", file=sys.stderr)
-        return 130
+        return _interrupted(args.command)
+    except Exception:
+        if ctrl_c.seen:  # Ctrl-C came back out of TVM as another error
+            return _interrupted(args.command)
+        raise
 
 
 if __name__ == "__main__":
