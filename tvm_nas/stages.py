@@ -100,7 +100,7 @@ class Search(Stage):
         if ctx.cfg.measure_budget and conf.enforce_budget:
             from .search.measured import settle_search
 
-            budget, table = conf.latency_budget_us, ctx.table()
+            budget, table = conf.latency_budget_us, s.table  # the table the search derived with
             rivals = rival_pool(ctx.space, table, budget, RIVALS, ctx.cfg.seed + 1)
             got, timed = settle_search(s, ctx.target, ctx.cfg.logs_dir, ctx.cfg.seed, ctx.console, also=rivals)
             if got is not None:
@@ -429,6 +429,6 @@ def matched_by_measurement(pool: list[dict], measured_us: float, n: int, seed: i
 
 def _measured_us(doc: dict) -> float | None:
     """The measured median of an architecture document's own net, when it was chosen by measurement."""
-    return next((r["measured_us"] for r in (doc["derivation"] or {}).get("measured") or []
-                 if r["ops"] == doc["ops"]), None)
+    from .search.measured import kept_row
 
+    return (kept_row(doc) or {}).get("measured_us")

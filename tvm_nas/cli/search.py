@@ -210,13 +210,13 @@ def _search(args: argparse.Namespace, dist) -> int:
     search.fit(resume=args.resume)
     if not dist.main:
         return 0
-    if args.measure_budget and config.enforce_budget:
-        from ..search.measured import settle_search
+    from ..search.measured import kept_row, settle_search
 
+    if args.measure_budget and config.enforce_budget:
         settle_search(search, load_target(args.target or target) if args.resume else spec, args.logs_dir,
                       config.seed, console)
     arch = search.arch_
-    measured = next((r for r in arch["derivation"].get("measured") or [] if r["ops"] == arch["ops"]), None)
+    measured = kept_row(arch)
     over = "" if arch["derivation"]["budget_met"] else " OVER BUDGET"
     margin = f", fitted to {fmt_us(arch['derivation']['target_us'])} with a {config.budget_margin:g}% margin" \
         if config.enforce_budget and config.budget_margin else ""

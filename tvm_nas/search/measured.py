@@ -76,6 +76,12 @@ def settle_by_measurement(doc: dict, probabilities: Sequence[np.ndarray], space:
     return out
 
 
+def kept_row(doc: dict) -> dict | None:
+    """The row of ``derivation.measured`` of an architecture document's own net (None when it was not chosen by
+    measurement)."""
+    return next((r for r in ((doc.get("derivation") or {}).get("measured") or []) if r["ops"] == doc["ops"]), None)
+
+
 def _measured(cands: list[tuple[float, dict]], measure: Measure, budget_us: float) -> list[dict]:
     timings = measure([list(d["ops"]) for _, d in cands])
     return [{"ops": list(d["ops"]), "margin_pct": round(m, 4), "predicted_us": d["predicted_latency_us"],
