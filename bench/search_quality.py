@@ -98,15 +98,17 @@ def budgets(space, doc: dict, table) -> list[tuple[float, float]]:
     return [(f, lo + f * (hi - lo)) for f in FRACTIONS]
 
 
-def ground_truth(space, doc: dict, table) -> dict[str, dict]:
-    """net -> mean test accuracy and latency (measured when known, else predicted)."""
+def ground_truth(space, doc: dict, table, seeds: tuple[int, ...] | None = None) -> dict[str, dict]:
+    """net -> mean test accuracy (over its trainings, or those with one of `seeds`) and latency (measured when
+    known, else predicted)."""
     out = {}
     for ops in all_nets(space):
         e = doc["nets"].get(key(ops))
-        if not e or not e["runs"]:
+        runs = [r for r in (e or {}).get("runs", []) if seeds is None or r["seed"] in seeds]
+        if not runs:
             continue
         lat = (e.get("latency") or {})
-        out[key(ops)] = {"ops": ops, "test": statistics.mean(r["test_accuracy"] for r in e["runs"]),
+        out[key(ops)] = {"ops": ops, "test": statistics.mean(r["test_accuracy"] for r in runs),
                          "us": lat.get("measured_us") or table.predict(space, ops),
                          "measured": lat.get("measured_us") is not None, "q1": lat.get("measured_q1")}
     return out
@@ -309,6 +311,9 @@ def main() -> None:
     ap.add_argument("--logs-dir", default=str(ROOT / "tuning_logs"))
     ap.add_argument("--variant", default="default", choices=sorted(VARIANTS))
     ap.add_argument("--ground-truth", help="default bench/results/nasbench-<space>.json")
+    ap.add_argument("--gt-seeds", type=lambda v: tuple(int(x) for x in v.split(",")),
+                    help="score against the mean of these training seeds only, e.g. 0 (the ground truth as first "
+                         "trained, one seed a net); default every seed trained")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hours", type=float)
     ap.add_argument("--commit", action="store_true")
@@ -331,7 +336,9 @@ def main() -> None:
     gt_path = Path(args.ground_truth or ROOT / "bench" / "results" / f"nasbench-{space.name}.json")
     doc = read_json(gt_path, "ground truth")
     table = LatencyModel.load(table_path(args.logs_dir, spec.name, space.name), space=space, target=spec)
-    gt = ground_truth(space, doc, table)
+    gt = ground_truth(space, doc, table, args.gt_seeds)
+    if args.gt_seeds and not args.report:
+        sys.exit("--gt-seeds: only with --report (a search is scored against every seed trained)")
     if len(gt) < len(all_nets(space)):
         sys.exit(f"{gt_path}: {len(gt)} of {len(all_nets(space))} nets trained; finish bench/nasbench.py first")
     noise = summarize(doc)["noise_sd"]
@@ -342,6 +349,9 @@ def main() -> None:
         "ground_truth": gt_path.name, "noise_sd": noise, "searches": {}}
     rescore(res, gt, space, table)
     if args.report:  # the running benches rewrite the file; this only prints
+        runs = [sum(args.gt_seeds is None or r["seed"] in args.gt_seeds for r in doc["nets"][k]["runs"]) for k in gt]
+        print(f"ground truth {gt_path.name}: {len(gt)} nets, {min(runs)}-{max(runs)} trainings each (mean "
+              f"{statistics.mean(runs):.1f})" + (f", seeds {args.gt_seeds}" if args.gt_seeds else ""))
         return report(res)
     data = load_data(f"imagefolder:{args.data}/train", space, max_samples=RECIPE["images"], seed=0)
     deadline = time.time() + args.hours * 3600 if args.hours else None
