@@ -21,9 +21,11 @@ each (about twice the nets an hour on two idle cores); they merge into the one f
 name, torch threads) is recorded beside it.
 
 Cost of the recipe on this project's 2-core development VM, one torch thread: 60-160 ms per batch of 128 images,
-so 2-3 minutes a net on an idle core and about 2 hours for the 39 + 16 trainings (two shards).
+so 2-3 minutes a net on an idle core and about 2 hours for the 39 + 16 trainings (two shards). ``--all-seeds``
+adds the other 31 nets' two noise seeds (62 trainings, 77 minutes on two shards), so that every net's accuracy is
+a mean of three and the best net under a budget is not merely the luckiest seed.
 
-    python bench/nasbench.py --data CIFAR_DIR [--phase train|measure|report] [--hours H] [--commit]
+    python bench/nasbench.py --data CIFAR_DIR [--phase train|measure|report] [--all-seeds] [--hours H] [--commit]
 
 ``CIFAR_DIR`` holds ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``: CIFAR-10 as an image folder (50,000
 training and 10,000 test photographs), unpacked outside the repository.

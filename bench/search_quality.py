@@ -114,6 +114,40 @@ def ground_truth(space, doc: dict, table, seeds: tuple[int, ...] | None = None) 
     return out
 
 
+def recovered_table(space, doc: dict, table):
+    """The table the ground truth was timed against, recovered from the whole-net predictions it stored.
+
+    A table is additive (the fixed layers plus one entry per block's op), so the 39 nets' ``predicted_us`` fix its
+    entries by least squares; the fit's worst residual is printed. The searches were run and their nets derived
+    against that table, and a table tuned again (another machine, another phase of this one) predicts other µs
+    than the nets were measured at: scoring their derivations against it would mix two machines. Only the entries
+    change; the returned model is `table` otherwise."""
+    import copy
+
+    import numpy as np
+
+    cols = sorted({b.key(op) for b in space.blocks() for op in b.candidates if table.latency(b.key(op)) > 0}, key=str)
+    rows, y = [], []
+    for e in doc["nets"].values():
+        pred = (e.get("latency") or {}).get("predicted_us")
+        if pred is None:
+            continue
+        keys = [b.key(op) for b, op in zip(space.blocks(), e["ops"], strict=True)]
+        rows.append([1.0] + [float(sum(k == c for k in keys)) for c in cols])
+        y.append(pred)
+    a, y = np.array(rows), np.array(y)
+    x, *_ = np.linalg.lstsq(a, y, rcond=None)
+    worst = float(np.max(np.abs(a @ x - y)))
+    values = dict(zip(cols, x[1:], strict=True))
+    m = copy.copy(table)
+    m.correction = m.calibration = None
+    m.latency = lambda key, calibrated=True: float(values.get(key, 0.0))
+    m.fixed_latency = lambda space, calibrated=True: float(x[0])
+    print(f"table recovered from {len(y)} stored predictions ({doc['latency'].get('table_hash')}): worst residual "
+          f"{worst:.3f} µs")
+    return m
+
+
 def meets(g: dict, budget: float) -> bool:
     """A net meets the budget within the protocol's spread: its median, or failing that its lower quartile, is
     under it. One rule for the searched net, the random pick and the set of nets they are ranked among, so a pick
@@ -314,6 +348,9 @@ def main() -> None:
     ap.add_argument("--gt-seeds", type=lambda v: tuple(int(x) for x in v.split(",")),
                     help="score against the mean of these training seeds only, e.g. 0 (the ground truth as first "
                          "trained, one seed a net); default every seed trained")
+    ap.add_argument("--recovered-table", action="store_true",
+                    help="with --report: derive against the table the ground truth was timed against, recovered "
+                         "from its stored predictions, not the table in --logs-dir (tuned again elsewhere)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hours", type=float)
     ap.add_argument("--commit", action="store_true")
@@ -336,6 +373,10 @@ def main() -> None:
     gt_path = Path(args.ground_truth or ROOT / "bench" / "results" / f"nasbench-{space.name}.json")
     doc = read_json(gt_path, "ground truth")
     table = LatencyModel.load(table_path(args.logs_dir, spec.name, space.name), space=space, target=spec)
+    if args.recovered_table:
+        if not args.report:
+            sys.exit("--recovered-table: only with --report")
+        table = recovered_table(space, doc, table)
     gt = ground_truth(space, doc, table, args.gt_seeds)
     if args.gt_seeds and not args.report:
         sys.exit("--gt-seeds: only with --report (a search is scored against every seed trained)")
