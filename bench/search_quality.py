@@ -393,7 +393,8 @@ def main() -> None:
         runs = [sum(args.gt_seeds is None or r["seed"] in args.gt_seeds for r in doc["nets"][k]["runs"]) for k in gt]
         print(f"ground truth {gt_path.name}: {len(gt)} nets, {min(runs)}-{max(runs)} trainings each (mean "
               f"{statistics.mean(runs):.1f})" + (f", seeds {args.gt_seeds}" if args.gt_seeds else ""))
-        return report(res)
+        report(res)
+        return op_gains(res, gt, space)
     data = load_data(f"imagefolder:{args.data}/train", space, max_samples=RECIPE["images"], seed=0)
     deadline = time.time() + args.hours * 3600 if args.hours else None
     for frac, budget in budgets(space, doc, table):
@@ -424,6 +425,32 @@ def main() -> None:
                   + (f"; random regret {100 * rnd['regret']:.2f} ({len(rnd['tried'])} nets)" if rnd else "")
                   + f"; τ {entry['supernet_tau']:+.2f}; noise sd {100 * noise:.2f}; {load()}", flush=True)
     report(res)
+
+
+def op_gains(res: dict, gt: dict, space) -> None:
+    """Per block, what each op gains over the block's first candidate between nets that differ only there: trained
+    alone (the ground truth) against the shared weights the searches recorded. Where the two disagree, α (trained
+    on the shared weights) leans the wrong way in that block."""
+    rows = [r for r in res["searches"].values() if r.get("shared")]
+    if not rows:
+        return
+    for b, block in enumerate(space.blocks()):
+        base = block.candidates[0]
+        for op in block.candidates[1:]:
+            alone, shared = [], []
+            for k, g in gt.items():
+                if g["ops"][b] != base:
+                    continue
+                other = key(canonical(space, g["ops"][:b] + [op] + g["ops"][b + 1:]))
+                if other == k or other not in gt:
+                    continue
+                alone.append(gt[other]["test"] - g["test"])
+                shared += [r["shared"][other] - r["shared"][k] for r in rows
+                           if other in r["shared"] and k in r["shared"]]
+            if alone and shared:
+                print(f"  block {b}: {op} over {base}, {len(alone)} pairs of nets: trained alone "
+                      f"{100 * statistics.mean(alone):+.2f}, shared weights {100 * statistics.mean(shared):+.2f} "
+                      "points")
 
 
 def report(res: dict) -> None:
