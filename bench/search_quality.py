@@ -32,6 +32,7 @@ later start (two variants can then run side by side, one core each).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -68,7 +69,14 @@ VARIANTS = {
     # the issue's "two-path update" candidate: α by REINFORCE on whole sampled nets' shared-weight accuracy (reward
     # acc · (T/LAT)^0.1) instead of the two-path gradient, every candidate trained alike
     "reinforce-uniform": {"arch_update": "reinforce", "weight_sampling": "uniform"},
+    # the shared weights rate a block's ops far closer together than the nets trained alone do, the wide ops lowest
+    # (`--report`'s per-block gains): weight steps draw each block's op in proportion to its parameter count
+    # instead of uniformly (a skipped block as often as its smallest op), so the larger ops train more. A bench-only
+    # setting (:func:`sampling_by_size`); it becomes a product option if the ground truth supports it
+    "hinge-by-size": {"loss": "hinge", "weight_sampling": "uniform", "bench_sampling": "params"},
 }
+BENCH_ONLY = ("bench_sampling",)
+SAMPLING = None  # the variant's bench_sampling, set by main()
 
 
 def search_config(variant: str, budget_us: float, seed: int):
@@ -77,8 +85,39 @@ def search_config(variant: str, budget_us: float, seed: int):
     run = RunConfig()
     base = run.search(budget_us).model_dump()
     base.update(seed=seed, batch_size=RECIPE["batch_size"], val_fraction=RECIPE["val_fraction"])
-    base.update(VARIANTS[variant])
+    base.update({k: v for k, v in VARIANTS[variant].items() if k not in BENCH_ONLY})
     return SearchConfig(**base)
+
+
+@contextlib.contextmanager
+def sampling_by_size(enabled: bool):
+    """While `enabled`: a weight step's "uniform" draw of each block's op is in proportion to the op's parameter
+    count (``zero`` weighs as the block's smallest op), in warm-up and after it."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    from tvm_nas.search.supernet import MixedOp
+
+    plain = MixedOp.sample_one
+
+    def sample_one(self, uniform=False, generator=None):
+        if not uniform:
+            return plain(self, uniform, generator)
+        if not hasattr(self, "_size_weights"):
+            n = [float(sum(p.numel() for p in op.parameters())) for op in self.ops]
+            floor = min(x for x in n if x > 0)
+            self._size_weights = torch.tensor([x if x > 0 else floor for x in n])
+        self.mode, self.inactive, self.gates = "one", None, None
+        self.active = int(torch.multinomial(self._size_weights, 1, generator=generator))
+        return self.active
+
+    MixedOp.sample_one = sample_one
+    try:
+        yield
+    finally:
+        MixedOp.sample_one = plain
 
 
 def budgets(space, doc: dict, table) -> list[tuple[float, float]]:
@@ -179,7 +218,8 @@ def run_search(space, table, data, config, workdir: Path):
 
     s = ProxylessSearch(space, table, data, config, workdir)
     t = time.time()
-    s.fit()
+    with sampling_by_size(SAMPLING == "params"):
+        s.fit()
     seconds = time.time() - t
     train_imgs = sum(r["train_images"] for r in s.history_)
     search_epochs = config.epochs - config.warmup_epochs
@@ -368,6 +408,8 @@ def main() -> None:
     from tvm_nas.space import load_space
     from tvm_nas.targets import load_target
 
+    global SAMPLING
+    SAMPLING = VARIANTS[args.variant].get("bench_sampling")
     torch.set_num_threads(args.threads)
     space, spec = load_space(args.space), load_target(args.target)
     gt_path = Path(args.ground_truth or ROOT / "bench" / "results" / f"nasbench-{space.name}.json")
