@@ -144,19 +144,21 @@ def merge_run(path: Path, space, recipe: dict, ops: list[str], run: dict, commit
     return doc
 
 
+def seed0_accuracy(entry: dict) -> float | None:
+    """A net's seed-0 test accuracy (the recipe's first training), or None."""
+    return next((r["test_accuracy"] for r in entry["runs"] if r["seed"] == 0), None)
+
+
 def front_gap(doc: dict, ops) -> float:
     """How far a net's seed-0 test accuracy lies under the best of the nets measured at most as slow (0: on the
     accuracy-latency front, a contender at some budget). Nets not yet trained or timed come last."""
-    def seed0(e):
-        return next((r["test_accuracy"] for r in e["runs"] if r["seed"] == 0), None)
-
     e = doc["nets"].get(key(ops))
     us = ((e or {}).get("latency") or {}).get("measured_us")
-    if not e or seed0(e) is None or us is None:
+    if not e or seed0_accuracy(e) is None or us is None:
         return float("inf")
-    best = max(seed0(o) for o in doc["nets"].values()
-               if seed0(o) is not None and ((o.get("latency") or {}).get("measured_us") or float("inf")) <= us)
-    return best - seed0(e)
+    best = max(seed0_accuracy(o) for o in doc["nets"].values()
+               if seed0_accuracy(o) is not None and ((o.get("latency") or {}).get("measured_us") or float("inf")) <= us)
+    return best - seed0_accuracy(e)
 
 
 def train_phase(args, space, doc: dict, path: Path) -> None:
@@ -281,7 +283,7 @@ def summarize(doc: dict) -> dict:
         lat = e.get("latency") or {}
         rows.append({"net": k, "seeds": len(accs), "test_mean": statistics.mean(accs),
                      "test_sd": statistics.stdev(accs) if len(accs) > 1 else None,
-                     "seed0": next((r["test_accuracy"] for r in e["runs"] if r["seed"] == 0), None),
+                     "seed0": seed0_accuracy(e),
                      "measured_us": lat.get("measured_us")})
     sds = [r["test_sd"] for r in rows if r["test_sd"] is not None]
     seed0 = [r["seed0"] for r in rows if r["seed0"] is not None]

@@ -147,7 +147,7 @@ def ground_truth(space, doc: dict, table, seeds: tuple[int, ...] | None = None) 
         if not runs:
             continue
         lat = (e.get("latency") or {})
-        out[key(ops)] = {"ops": ops, "test": statistics.mean(r["test_accuracy"] for r in runs),
+        out[key(ops)] = {"ops": ops, "test": statistics.mean(r["test_accuracy"] for r in runs), "trainings": len(runs),
                          "us": lat.get("measured_us") or table.predict(space, ops),
                          "measured": lat.get("measured_us") is not None, "q1": lat.get("measured_q1")}
     return out
@@ -398,6 +398,9 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="score what is done against the ground truth, print it "
                                                           "and stop (no search)")
     args = ap.parse_args()
+    for given, flag in ((args.gt_seeds, "--gt-seeds"), (args.recovered_table, "--recovered-table")):
+        if given and not args.report:  # a search is scored against every seed trained and the table it ran with
+            sys.exit(f"{flag}: only with --report")
 
     import torch
 
@@ -416,12 +419,8 @@ def main() -> None:
     doc = read_json(gt_path, "ground truth")
     table = LatencyModel.load(table_path(args.logs_dir, spec.name, space.name), space=space, target=spec)
     if args.recovered_table:
-        if not args.report:
-            sys.exit("--recovered-table: only with --report")
         table = recovered_table(space, doc, table)
     gt = ground_truth(space, doc, table, args.gt_seeds)
-    if args.gt_seeds and not args.report:
-        sys.exit("--gt-seeds: only with --report (a search is scored against every seed trained)")
     if len(gt) < len(all_nets(space)):
         sys.exit(f"{gt_path}: {len(gt)} of {len(all_nets(space))} nets trained; finish bench/nasbench.py first")
     noise = summarize(doc)["noise_sd"]
@@ -432,7 +431,7 @@ def main() -> None:
         "ground_truth": gt_path.name, "noise_sd": noise, "searches": {}}
     rescore(res, gt, space, table)
     if args.report:  # the running benches rewrite the file; this only prints
-        runs = [sum(args.gt_seeds is None or r["seed"] in args.gt_seeds for r in doc["nets"][k]["runs"]) for k in gt]
+        runs = [g["trainings"] for g in gt.values()]
         print(f"ground truth {gt_path.name}: {len(gt)} nets, {min(runs)}-{max(runs)} trainings each (mean "
               f"{statistics.mean(runs):.1f})" + (f", seeds {args.gt_seeds}" if args.gt_seeds else ""))
         report(res)
