@@ -202,6 +202,35 @@ def test_validate_refuses_a_second_writer_and_removes_a_killed_ones_libraries(mi
     assert not stale.exists()
 
 
+def test_two_measuring_calls_of_one_process_each_run_their_own_net(micro_space, micro_logs, quick, tmp_path):
+    """Each call stages its libraries under the same labels (``net-0``); the dynamic loader keeps one handle per
+    file name, so a library loaded from a reused path once ran the first call's net (a wrong-output error, or
+    another net's timing). Loads of different libraries from one path each run their own code."""
+    from tvm_nas.arch import Arch, arch_document
+    from tvm_nas.backend import measure
+    from tvm_nas.deploy.model import build_network_from_arch, example_input, torch_forward
+    from tvm_nas.deploy.validate import _compile, measure_nets
+    from tvm_nas.profile.model import LatencyModel
+    from tvm_nas.space import load_space
+    from tvm_nas.targets import load_target
+
+    space, spec = load_space(str(micro_space)), load_target(quick)
+    model = LatencyModel.of(space, spec, micro_logs)
+    first = measure_nets(space, spec, [["mbconv_k3_e3"]], model, micro_logs)
+    second = measure_nets(space, spec, [["zero"]], model, micro_logs)  # also net-0, a different net
+    assert first[0]["median"] > 0 and second[0]["median"] > 0
+    # the same at the loading layer, with the first library still held
+    lib, held, x = tmp_path / "model.so", [], None
+    for ops in (["mbconv_k3_e3"], ["zero"]):
+        a = Arch(space, ops, arch_document(space, ops, None, None), None, "n")
+        net = build_network_from_arch(a, None, 0)
+        exe, _ = _compile(net, a, spec, None)
+        measure.export(exe, lib, spec)
+        x = example_input(a.input_shape, 0)
+        held.append(measure.load(lib, [x], spec))
+        np.testing.assert_allclose(held[-1].outputs()[0], torch_forward(net, x), atol=1e-4)
+
+
 # validate measures and hands its rows to the latency model, which fits and decides what is kept beside the table
 def _in_use(model, space, rows, console):
     return model.in_use(space, rows, console.print)

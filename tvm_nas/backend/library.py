@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
@@ -55,16 +54,16 @@ def cuda_device_present() -> bool:
 
 
 def run_library(path: str | os.PathLike, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Load an exported library with `tvm.runtime.load_module` and run `main` on the CPU; its first output."""
+    """Load an exported library (:func:`~tvm_nas.backend.trust.open_library`) and run `main` on the CPU; its
+    first output."""
     import tvm
     from tvm import relax
 
-    from .trust import check_loadable
+    from .trust import open_library
 
-    path = check_loadable(path)
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)
-    lib = tvm.runtime.load_module(str(Path(path)))
+    lib = open_library(path)
     dev = tvm.cpu(0)
     vm = relax.VirtualMachine(lib, dev)
     out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x), dev))

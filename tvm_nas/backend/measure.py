@@ -103,11 +103,11 @@ def load(executable, inputs: list[np.ndarray], spec, sess=None) -> Loaded:
     """
     from tvm import relax, runtime
 
-    if isinstance(executable, (str, os.PathLike)):
-        from .trust import check_loadable
+    from .trust import check_loadable, open_library
 
-        executable = check_loadable(executable)
     if spec.is_rpc:
+        if isinstance(executable, (str, os.PathLike)):
+            executable = check_loadable(executable)
         name = f"mod-{os.getpid()}-{next(_UPLOADS)}.so"
         with tempfile.TemporaryDirectory() as d:
             if isinstance(executable, (str, os.PathLike)):
@@ -122,7 +122,7 @@ def load(executable, inputs: list[np.ndarray], spec, sess=None) -> Loaded:
                       (rexec,))
     set_runtime_threads(spec)
     if isinstance(executable, (str, os.PathLike)):
-        executable = runtime.load_module(str(executable))
+        executable = open_library(executable)  # never an earlier library loaded from the same path
     dev = _device(spec)
     where = f"local {dev}, {spec.threads or 'default'} threads"
     return Loaded(relax.VirtualMachine(executable, dev), dev, [runtime.tensor(x, dev) for x in inputs], where)

@@ -9,12 +9,18 @@ empty file per digest), and a library is loaded only when
 * its digest was recorded here when it was built (:func:`check_loadable`), unless the user said they trust it
   (``--trust``, which sets ``TVM_NAS_TRUST_LIBRARIES=1``), as with any binary someone hands you.
 
-Anything else is refused in one line, before the library is opened.
+Anything else is refused in one line, before the library is opened. A library is opened the one way,
+:func:`open_library`: from a private copy whose file name no other load of the process has used, because the
+dynamic loader keeps one handle per file name (a second library written to a path already loaded would run as the
+first one's code), and the copy is what the digest is checked on, so the bytes checked are the bytes that run.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..errors import TvmNasError
@@ -61,12 +67,41 @@ def check_loadable(path: str | os.PathLike) -> Path:
     real = Path(os.path.realpath(p))
     if not real.is_file():
         raise TvmNasError(f"{p}: library not found (or not a regular file)")
-    if trusted_by_user():
-        return real
-    if not (_registry() / sha256_file(real)).exists():
-        raise TvmNasError(f"{p}: a library this tvm-nas did not build on this machine is not loaded (loading runs its "
-                          "code); rebuild it with tvm-nas compile, or pass --trust if you trust whoever made it")
+    _check_digest(real, p)
     return real
+
+
+def _check_digest(file: Path, shown: Path) -> None:
+    if trusted_by_user():
+        return
+    if not (_registry() / sha256_file(file)).exists():
+        raise TvmNasError(f"{shown}: a library this tvm-nas did not build on this machine is not loaded (loading "
+                          "runs its code); rebuild it with tvm-nas compile, or pass --trust if you trust whoever "
+                          "made it")
+
+
+_OPENED = itertools.count()
+
+
+def open_library(path: str | os.PathLike):
+    """``tvm.runtime.load_module`` of a library this tvm-nas built (:func:`check_loadable`), loaded from a
+    private copy under a file name used by no other load of this process.
+
+    The dynamic loader hands back the handle it already has for a file name, whatever the file holds now: a
+    staging folder used again by a second measuring call, or a build folder rebuilt in place, would run the net
+    loaded there first and time or check the wrong code. The copy is removed once loaded (the mapping stays).
+    """
+    import tvm
+
+    p = Path(path)
+    real = Path(os.path.realpath(p))
+    if not real.is_file():
+        raise TvmNasError(f"{p}: library not found (or not a regular file)")
+    with tempfile.TemporaryDirectory(prefix="tvm-nas-load-") as d:
+        copy = Path(d) / f"{os.getpid()}-{next(_OPENED)}-{real.name}"
+        shutil.copyfile(real, copy)
+        _check_digest(copy, p)
+        return tvm.runtime.load_module(str(copy))
 
 
 def inside(folder: str | os.PathLike, name: str, where: str) -> Path:

@@ -92,9 +92,9 @@ def kernel_calls(library: str | os.PathLike, x: np.ndarray, spec: TargetSpec) ->
     from tvm import runtime
 
     from ..backend import measure
-    from ..backend.trust import check_loadable
+    from ..backend.trust import open_library
 
-    lib = runtime.load_module(str(check_loadable(library)))  # a library this tvm-nas built (or one --trust'ed)
+    lib = open_library(library)  # a library this tvm-nas built (or one --trust'ed)
     m = measure.load(lib, [x], spec)
     owners = {}
     calls: list[tuple] = []
