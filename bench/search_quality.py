@@ -228,32 +228,53 @@ def run_search(space, table, data, config, workdir: Path):
     return s, seconds, train_imgs + arch_imgs
 
 
-def random_search(space, table, data, budget: float, seed: int, images: int, gt: dict) -> dict:
-    """Nets meeting the budget by the table, each trained SHORT_EPOCHS on the search's training split, the best
-    by validation accuracy kept, until the images trained reach ``images``."""
-    import numpy as np
+def short_config(seed: int):
+    """The short recipe: the ground truth's, for :data:`SHORT_EPOCHS` epochs, on the split of search seed `seed`."""
+    from tvm_nas.config import TrainConfig
+
+    return TrainConfig(epochs=SHORT_EPOCHS, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
+                       weight_decay=RECIPE["weight_decay"], label_smoothing=RECIPE["label_smoothing"],
+                       val_fraction=RECIPE["val_fraction"], seed=seed)
+
+
+def short_images(n_data: int) -> int:
+    """Images one short training processes."""
+    cfg = short_config(0)
+    n_train = n_data - int(round(n_data * cfg.val_fraction))
+    return SHORT_EPOCHS * (n_train // cfg.batch_size) * cfg.batch_size
+
+
+def short_train(space, ops, data, seed: int) -> float:
+    """Validation accuracy of `ops` trained alone with the short recipe on search seed `seed`'s split."""
     import torch
 
-    from tvm_nas.config import TrainConfig
     from tvm_nas.network import Network
     from tvm_nas.train import train_network
 
+    torch.manual_seed(seed)
+    return train_network(Network(space, ops), data, short_config(seed))["val_accuracy"]
+
+
+def random_order(space, table, budget: float, seed: int) -> list[list[str]]:
+    """The nets random search tries, in order: those the table predicts to meet the budget, shuffled by seed."""
+    import numpy as np
+
     rng = np.random.default_rng(1000 + seed)
     pool = [ops for ops in all_nets(space) if table.predict(space, ops) <= budget]
-    order = [pool[i] for i in rng.permutation(len(pool))]
-    cfg = TrainConfig(epochs=SHORT_EPOCHS, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
-                      weight_decay=RECIPE["weight_decay"], label_smoothing=RECIPE["label_smoothing"],
-                      val_fraction=RECIPE["val_fraction"], seed=seed)
-    n_train = len(data) - int(round(len(data) * cfg.val_fraction))
-    per_net = SHORT_EPOCHS * (n_train // cfg.batch_size) * cfg.batch_size
+    return [pool[i] for i in rng.permutation(len(pool))]
+
+
+def random_search(space, table, data, budget: float, seed: int, images: int, gt: dict) -> dict:
+    """Nets meeting the budget by the table, each trained SHORT_EPOCHS on the search's training split, the best
+    by validation accuracy kept, until the images trained reach ``images``."""
+    order = random_order(space, table, budget, seed)
+    per_net = short_images(len(data))
     tried, spent, t = [], 0, time.time()
     for ops in order:
         if tried and spent + per_net > images:
             break
-        torch.manual_seed(seed)
-        res = train_network(Network(space, ops), data, cfg)
         spent += per_net
-        tried.append({"ops": ops, "val_accuracy": res["val_accuracy"]})
+        tried.append({"ops": ops, "val_accuracy": short_train(space, ops, data, seed)})
     pick = max(tried, key=lambda r: r["val_accuracy"])
     return {"tried": tried, "images": spent, "seconds": round(time.time() - t, 1),
             **score(pick["ops"], budget, gt, space)}
