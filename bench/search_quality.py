@@ -410,8 +410,12 @@ def main() -> None:
                     help="score against the mean of these training seeds only, e.g. 0 (the ground truth as first "
                          "trained, one seed a net); default every seed trained")
     ap.add_argument("--recovered-table", action="store_true",
-                    help="with --report: derive against the table the ground truth was timed against, recovered "
-                         "from its stored predictions, not the table in --logs-dir (tuned again elsewhere)")
+                    help="search and derive against the table the ground truth was timed against, recovered from its "
+                         "stored predictions, not the table in --logs-dir (tuned again elsewhere): the searches "
+                         "recorded before ran against that table")
+    ap.add_argument("--seeds", type=lambda v: tuple(int(x) for x in v.split(",")), default=SEEDS,
+                    help=f"search seeds at each budget (default {','.join(map(str, SEEDS))}); more seeds add searches "
+                         "beside those done")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hours", type=float)
     ap.add_argument("--commit", action="store_true")
@@ -419,9 +423,8 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="score what is done against the ground truth, print it "
                                                           "and stop (no search)")
     args = ap.parse_args()
-    for given, flag in ((args.gt_seeds, "--gt-seeds"), (args.recovered_table, "--recovered-table")):
-        if given and not args.report:  # a search is scored against every seed trained and the table it ran with
-            sys.exit(f"{flag}: only with --report")
+    if args.gt_seeds and not args.report:  # a search is scored against every seed trained
+        sys.exit("--gt-seeds: only with --report")
 
     import torch
 
@@ -460,7 +463,7 @@ def main() -> None:
     data = load_data(f"imagefolder:{args.data}/train", space, max_samples=RECIPE["images"], seed=0)
     deadline = time.time() + args.hours * 3600 if args.hours else None
     for frac, budget in budgets(space, doc, table):
-        for seed in SEEDS:
+        for seed in args.seeds:
             name = f"{frac:.2f}/{seed}"
             entry = res["searches"].get(name)
             if entry is not None and (entry.get("random") or args.no_random):
@@ -471,6 +474,7 @@ def main() -> None:
             config = search_config(args.variant, budget, seed)
             if entry is None:
                 entry = one_search(space, table, data, config, gt, budget, frac, seed)
+                entry["table"] = "recovered" if args.recovered_table else table.hash
                 res["searches"][name] = entry
                 res["config"] = config.model_dump(mode="json", exclude={"latency_budget_us", "seed"})
                 save(out, res, args.commit, f"bench/search_quality: {space.name} {args.variant} {name}: regret "
