@@ -63,12 +63,18 @@ def check_loadable(path: str | os.PathLike) -> Path:
     Raises:
         TvmNasError: not a regular file, or built elsewhere and not trusted.
     """
+    p, real = _resolve(path)
+    _check_digest(real, p)
+    return real
+
+
+def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(the path as given, the regular file it resolves to)."""
     p = Path(path)
     real = Path(os.path.realpath(p))
     if not real.is_file():
         raise TvmNasError(f"{p}: library not found (or not a regular file)")
-    _check_digest(real, p)
-    return real
+    return p, real
 
 
 def _check_digest(file: Path, shown: Path) -> None:
@@ -93,10 +99,7 @@ def open_library(path: str | os.PathLike):
     """
     import tvm
 
-    p = Path(path)
-    real = Path(os.path.realpath(p))
-    if not real.is_file():
-        raise TvmNasError(f"{p}: library not found (or not a regular file)")
+    p, real = _resolve(path)
     with tempfile.TemporaryDirectory(prefix="tvm-nas-load-") as d:
         copy = Path(d) / f"{os.getpid()}-{next(_OPENED)}-{real.name}"
         shutil.copyfile(real, copy)
