@@ -429,6 +429,8 @@ def main() -> None:
     ap.add_argument("--no-random", action="store_true", help="skip random search (a later start adds it)")
     ap.add_argument("--report", action="store_true", help="score what is done against the ground truth, print it "
                                                           "and stop (no search)")
+    ap.add_argument("--against", metavar="VARIANT", help="with --report: pair each search with the same budget and "
+                                                         "seed of VARIANT, both derived as the run derives")
     args = ap.parse_args()
     if args.gt_seeds and not args.report:  # a search is scored against every seed trained
         sys.exit("--gt-seeds: only with --report")
@@ -466,6 +468,11 @@ def main() -> None:
         print(f"ground truth {gt_path.name}: {len(gt)} nets, {min(runs)}-{max(runs)} trainings each (mean "
               f"{statistics.mean(runs):.1f})" + (f", seeds {args.gt_seeds}" if args.gt_seeds else ""))
         report(res)
+        if args.against:
+            other = ROOT / "bench" / "results" / f"search_quality-{space.name}-{args.against}.json"
+            theirs = read_json(other, "search quality")
+            rescore(theirs, gt, space, table)
+            paired(res, theirs)
         return op_gains(res, gt, space)
     data = load_data(f"imagefolder:{args.data}/train", space, max_samples=RECIPE["images"], seed=0)
     deadline = time.time() + args.hours * 3600 if args.hours else None
@@ -498,6 +505,36 @@ def main() -> None:
                   + (f"; random regret {100 * rnd['regret']:.2f} ({len(rnd['tried'])} nets)" if rnd else "")
                   + f"; τ {entry['supernet_tau']:+.2f}; noise sd {100 * noise:.2f}; {load()}", flush=True)
     report(res)
+
+
+def paired(mine: dict, theirs: dict) -> None:
+    """Each search against the other variant's of the same budget and seed, both derived as the run derives (by
+    measurement, the default margin): better / worse / equal, the two-sided sign test on the untied pairs, the
+    medians over the searches both have, and the supernets' τ seed by seed."""
+    from scipy import stats
+
+    from tvm_nas.config import BUDGET_MARGIN_PCT
+
+    m = f"{BUDGET_MARGIN_PCT:g}"
+    both = sorted(set(mine["searches"]) & set(theirs["searches"]))
+    pairs = [(mine["searches"][n]["measured"][m], theirs["searches"][n]["measured"][m]) for n in both
+             if "measured" in mine["searches"][n] and "measured" in theirs["searches"][n]]
+    if not pairs:
+        print(f"  against {theirs['variant']}: no search of both")
+        return
+    a, b = [p[0]["regret"] for p in pairs], [p[1]["regret"] for p in pairs]
+    better = sum(x < y - 1e-9 for x, y in zip(a, b, strict=True))
+    worse = sum(x > y + 1e-9 for x, y in zip(a, b, strict=True))
+    p = stats.binomtest(better, better + worse).pvalue if better + worse else 1.0
+    top = [sum(q["rank"] <= max(1, round(0.1 * q["feasible"])) for q in side) for side in zip(*pairs, strict=True)]
+    print(f"  against {theirs['variant']} ({len(pairs)} searches of both, derived by measurement, {m}% margin): "
+          f"regret median {100 * statistics.median(a):.2f} vs {100 * statistics.median(b):.2f}, worst "
+          f"{100 * max(a):.2f} vs {100 * max(b):.2f}, mean {100 * statistics.mean(a):.2f} vs "
+          f"{100 * statistics.mean(b):.2f}, top 10% {top[0]} vs {top[1]}; better in {better}, worse in {worse}, "
+          f"equal in {len(pairs) - better - worse} (sign test p = {p:.3f})")
+    taus = [(mine["searches"][n]["supernet_tau"], theirs["searches"][n]["supernet_tau"]) for n in both]
+    print(f"  supernet τ: median {statistics.median(t[0] for t in taus):+.2f} vs "
+          f"{statistics.median(t[1] for t in taus):+.2f}, higher in {sum(x > y for x, y in taus)} of {len(taus)}")
 
 
 def op_gains(res: dict, gt: dict, space) -> None:
