@@ -26,6 +26,9 @@ Random search does not depend on the variant, so its results live in ``search_qu
 every variant whose search processed the same number of images reuses them; ``--no-random`` leaves them for a
 later start (two variants can then run side by side, one core each).
 
+With the multiplicative loss and every candidate trained alike, α does not depend on the budget (:func:`same_alpha`):
+a seed is searched once, at the first budget, and derived at the others (``derived_from`` names the search).
+
     python bench/search_quality.py --data CIFAR_DIR [--variant default] [--hours H] [--commit] [--no-random]
 """
 
@@ -287,6 +290,36 @@ def random_search(space, table, data, budget: float, seed: int, images: int, gt:
             **score(pick["ops"], budget, gt, space)}
 
 
+def same_alpha(res: dict, config, space, table, gt: dict, budget: float, frac: float, seed: int) -> dict | None:
+    """The search of `seed` at another budget, derived at this one, where the two would end with the same α.
+
+    With the multiplicative loss, the budget T enters α's loss only through ``(log E[LAT] / log T)^b``, a constant
+    factor on its gradient, which Adam's steps do not see; with every candidate trained alike, the weights do not
+    depend on α either. So one seed's searches at every budget end with the same probabilities and shared weights
+    (the 18 searches of ``mul-uniform``, 6 seeds at 3 budgets, run one by one: probabilities equal within the 1e-6
+    they are stored to, every net's shared-weight accuracy equal) and differ only in the derivation, done here at
+    this budget with the search's own settings. None where that does not hold (another loss, α-sampled weight
+    steps, a derivation by shared weights) or no search of this seed has run."""
+    if (config.loss != "mul" or config.weight_sampling != "uniform" or config.derive != "argmax"
+            or SAMPLING is not None):
+        return None
+    import numpy as np
+
+    from tvm_nas.search.derive import derive
+
+    for name, other in sorted(res["searches"].items()):
+        if other["seed"] == seed and "probabilities" in other and not other.get("derived_from"):
+            probs = [np.asarray(p) for p in other["probabilities"]]
+            doc = derive(probs, space, table, budget, config.enforce_budget, config.budget_margin, config.fill_budget)
+            keep = ("seconds", "images", "load", "supernet_tau", "top_probability", "entropy", "probabilities",
+                    "shared")
+            entry = {"budget_us": round(budget, 3), "fraction": frac, "seed": seed, "derived_from": name,
+                     **{k: other[k] for k in keep}, "search": score(doc["ops"], budget, gt, space)}
+            score_shared(entry, space, table, gt)
+            return entry
+    return None
+
+
 def one_search(space, table, data, config, gt: dict, budget: float, frac: float, seed: int) -> dict:
     from tvm_nas.search.ranking import kendall_tau, supernet_accuracies
 
@@ -487,7 +520,8 @@ def main() -> None:
                 return report(res)
             config = search_config(args.variant, budget, seed)
             if entry is None:
-                entry = one_search(space, table, data, config, gt, budget, frac, seed)
+                entry = (same_alpha(res, config, space, table, gt, budget, frac, seed)
+                         or one_search(space, table, data, config, gt, budget, frac, seed))
                 entry["table"] = "recovered" if args.recovered_table else table.hash
                 res["searches"][name] = entry
                 res["config"] = config.model_dump(mode="json", exclude={"latency_budget_us", "seed"})
