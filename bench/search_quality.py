@@ -84,6 +84,10 @@ VARIANTS = {
     "mul-warmup-6": {"loss": "mul", "weight_sampling": "uniform", "epochs": 12, "warmup_epochs": 6},
     # ... and the same 8 epochs with α learning in the last 4 only (fewer images than the default)
     "mul-warmup-4": {"loss": "mul", "weight_sampling": "uniform", "epochs": 8, "warmup_epochs": 4},
+    # α's learning rate under the default loss (the rates scored before were the additive form's): α ends at top
+    # probabilities 0.4-0.6 per block, so the derivation, not α, decides most of the net
+    "mul-arch-lr-5e-2": {"loss": "mul", "weight_sampling": "uniform", "arch_lr": 0.05},
+    "mul-arch-lr-5e-3": {"loss": "mul", "weight_sampling": "uniform", "arch_lr": 0.005},
 }
 BENCH_ONLY = ("bench_sampling",)
 SAMPLING = None  # the variant's bench_sampling, set by main()
