@@ -355,7 +355,7 @@ def same_alpha(res: dict, config, space, table, gt: dict, budget: float, frac: f
     this budget with the search's own settings. None where that does not hold (another loss, α-sampled weight
     steps, a derivation by shared weights) or no search of this seed has run."""
     if (config.loss != "mul" or config.weight_sampling != "uniform" or config.derive != "argmax"
-            or SAMPLING is not None or BN is not None):
+            or SAMPLING is not None):
         return None
     import numpy as np
 
