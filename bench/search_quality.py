@@ -352,10 +352,10 @@ def same_alpha(res: dict, config, space, table, gt: dict, budget: float, frac: f
     depend on α either. So one seed's searches at every budget end with the same probabilities and shared weights
     (the 18 searches of ``mul-uniform``, 6 seeds at 3 budgets, run one by one: probabilities equal within the 1e-6
     they are stored to, every net's shared-weight accuracy equal) and differ only in the derivation, done here at
-    this budget with the search's own settings. None where that does not hold (another loss, α-sampled weight
-    steps, a derivation by shared weights) or no search of this seed has run."""
-    if (config.loss != "mul" or config.weight_sampling != "uniform" or config.derive != "argmax"
-            or SAMPLING is not None):
+    this budget with the search's own settings. None where that does not hold (another loss, α by REINFORCE,
+    α-sampled weight steps, a derivation by shared weights) or no search of this seed has run."""
+    if (config.loss != "mul" or config.arch_update != "gradient" or config.weight_sampling != "uniform"
+            or config.derive != "argmax" or SAMPLING is not None):
         return None
     import numpy as np
 
