@@ -95,6 +95,9 @@ VARIANTS = {
     # supernet (as DARTS searches), so a branch keeps its size; the nets trained alone keep theirs. Bench-only
     # (:func:`fixed_batchnorm`) until the ground truth supports it
     "mul-bn-fixed": {"loss": "mul", "weight_sampling": "uniform", "bench_bn": "fixed"},
+    # the "weight of the latency term" candidate: under Adam only the exponent b weighs latency against
+    # accuracy in the multiplicative form (a is a constant factor); twice the default 0.3
+    "mul-b-0.6": {"loss": "mul", "weight_sampling": "uniform", "mul_b": 0.6},
 }
 BENCH_ONLY = ("bench_sampling", "bench_bn")
 SAMPLING = None  # the variant's bench_sampling, set by main()
