@@ -266,6 +266,11 @@ def score(ops: list[str], budget: float, gt: dict, space) -> dict:
             "best_feasible": best}
 
 
+def in_top10(scored: dict) -> bool:
+    """A :func:`score` among the top 10% of the nets that meet its budget (at least the best one)."""
+    return scored["rank"] <= max(1, round(0.1 * scored["feasible"]))
+
+
 def run_search(space, table, data, config, workdir: Path):
     from tvm_nas.search import ProxylessSearch
 
@@ -618,7 +623,7 @@ def paired(mine: dict, theirs: dict) -> None:
     better = sum(x < y - 1e-9 for x, y in zip(a, b, strict=True))
     worse = sum(x > y + 1e-9 for x, y in zip(a, b, strict=True))
     p = stats.binomtest(better, better + worse).pvalue if better + worse else 1.0
-    top = [sum(q["rank"] <= max(1, round(0.1 * q["feasible"])) for q in side) for side in zip(*pairs, strict=True)]
+    top = [sum(map(in_top10, side)) for side in zip(*pairs, strict=True)]
     print(f"  against {theirs['variant']} ({len(pairs)} searches of both, derived by measurement, {m}% margin): "
           f"regret median {100 * statistics.median(a):.2f} vs {100 * statistics.median(b):.2f}, worst "
           f"{100 * max(a):.2f} vs {100 * max(b):.2f}, mean {100 * statistics.mean(a):.2f} vs "
@@ -661,7 +666,7 @@ def report(res: dict) -> None:
         return
     reg = [r["search"]["regret"] for r in rows]
     rnd = [r["random"]["regret"] for r in rows if r.get("random")]
-    top = sum(r["search"]["rank"] <= max(1, round(0.1 * r["search"]["feasible"])) for r in rows)
+    top = sum(in_top10(r["search"]) for r in rows)
     noise = res["noise_sd"]
     print(f"{res['space']} / {res['variant']}: {len(rows)} searches; {load()}")
     for name, r in sorted(res["searches"].items()):
@@ -693,7 +698,7 @@ def report(res: dict) -> None:
                 picked = [r[field][m] for r in with_p]
                 reg = [p["regret"] for p in picked]
                 strict = sum(p["latency_us"] <= r["budget_us"] for p, r in zip(picked, with_p, strict=True))
-                top_p = sum(p["rank"] <= max(1, round(0.1 * p["feasible"])) for p in picked)
+                top_p = sum(map(in_top10, picked))
                 print(f"  derived with a {m}% budget margin{how}: regret median {100 * statistics.median(reg):.2f}, "
                       f"worst {100 * max(reg):.2f}, top 10% {top_p}; measured median under the budget {strict} of "
                       f"{len(picked)}, within the protocol's spread {sum(p['budget_met'] for p in picked)}")

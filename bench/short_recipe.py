@@ -32,6 +32,7 @@ from search_quality import (  # noqa: E402
     SEEDS,
     SHORT_EPOCHS,
     ground_truth,
+    in_top10,
     measured_pick,
     meets,
     random_order,
@@ -117,7 +118,7 @@ def report(space, variant: str, table, gt: dict, short: dict) -> None:
     def line(label, picks):
         scored = [score(gt[k]["ops"], r["budget_us"], gt, space) for r, k in zip(rows, picks, strict=True)]
         reg = [100 * s["regret"] for s in scored]
-        top = sum(s["rank"] <= max(1, round(0.1 * s["feasible"])) for s in scored)
+        top = sum(map(in_top10, scored))
         print(f"  {label:58s} regret median {statistics.median(reg):5.2f}, worst {max(reg):5.2f}; top 10% {top} of "
               f"{len(rows)}; " + " ".join(f"{x:.2f}" for x in reg))
 
