@@ -5,12 +5,16 @@ A *layer* is one op of the net: the stem (with the input transpose), the first b
 is not ``zero``, the head and the classifier; the latency table has one entry for each.
 
 - **TVM**: TVM 0.27 has no per-op profiler for the Relax VM (``vm.profile``, ``profile=True`` and
-  ``tvm.runtime.profiling`` are gone; the VM offers only ``set_instrument``, a callback around every call). The
-  module the build wrote (``model.so``) is run once with an instrument that records every kernel it calls, in
-  order, with a copy of its arguments; then every kernel is timed alone on those copies with TVM's own
-  ``time_evaluator`` on the library module that holds it, under the measurement protocol (interleaved rounds,
-  stability check; the target's windows, :data:`SAMPLES` samples a round). A kernel timed alone pays none of the
-  VM's dispatch and allocation, so the kernels of a net sum to a little less than the net.
+  ``tvm.runtime.profiling`` are gone; the VM offers only ``set_instrument``, a callback around every call, and
+  only while it interprets ``main``). The shipped module's ``main`` is compiled to machine code, which has no such
+  hook, so the net is lowered again and built as a *bytecode twin* with the same tuning database: the same
+  kernels under the same names, called in the same order. The twin is run once with an instrument that records
+  every kernel it calls, in order, with a copy of its arguments; then every kernel *of the library the build
+  wrote* (``model.so``) is timed alone on those copies with TVM's own ``time_evaluator`` on the library module
+  that holds it, under the measurement protocol (interleaved rounds, stability check; the target's windows,
+  :data:`SAMPLES` samples a round). A kernel timed alone pays none of the calls between kernels, so the kernels of
+  a net sum to a little less than the net. A database tuned further since the build can give the twin other
+  weight layouts than the library's: that is an error that says to compile again.
 - **Which kernels make a layer**: the fused kernels of the net are matched to its ops by their structural hash,
   the key MetaSchedule tunes them by. The table records the keys of each op's kernels (``tasks``); an op the table
   lacks is lowered alone through the same pipeline as the profile does. Walking the kernels in call order, a kernel
@@ -83,11 +87,12 @@ def _modules(m):
         yield from _modules(i)
 
 
-def kernel_calls(library: str | os.PathLike, x: np.ndarray, spec: TargetSpec) -> tuple[list[tuple], object]:
-    """Run `main` of the built library once with an instrument: every kernel it calls, in order.
+def kernel_calls(library: str | os.PathLike, twin, x: np.ndarray, spec: TargetSpec) -> tuple[list[tuple], object]:
+    """Run `main` of the bytecode twin once with an instrument: every kernel it calls, in order, found in the
+    built library.
 
     Returns:
-        ``([(kernel name, module holding it, copies of its arguments)], device)``.
+        ``([(kernel name, module of `library` holding it, copies of its arguments)], device)``.
     """
     from tvm import runtime
 
@@ -95,7 +100,7 @@ def kernel_calls(library: str | os.PathLike, x: np.ndarray, spec: TargetSpec) ->
     from ..backend.trust import open_library
 
     lib = open_library(library)  # a library this tvm-nas built (or one --trust'ed)
-    m = measure.load(lib, [x], spec)
+    m = measure.load(twin, [x], spec)
     owners = {}
     calls: list[tuple] = []
 
@@ -113,7 +118,23 @@ def kernel_calls(library: str | os.PathLike, x: np.ndarray, spec: TargetSpec) ->
 
     m.vm.set_instrument(instrument)
     m.outputs()
+    if not calls:
+        raise TvmNasError(f"{library}: none of the net's kernels is in this library: it was not built from this "
+                          "architecture and database; compile it again")
     return calls, m.dev
+
+
+def _check_args(library, calls: list[tuple], dev) -> None:
+    """Each kernel of the library runs on the twin's arguments (a database tuned since the build can pack the
+    weights otherwise, and a kernel then refuses them)."""
+    for name, mod, args in calls:
+        try:
+            mod[name](*args)
+        except Exception as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise TvmNasError(f"{library}: kernel {name} does not take the arguments of the net built again with "
+                              f"the target's database (tuned further since this build?): compile it again "
+                              f"({first})") from None
 
 
 def time_kernels(calls: list[tuple], dev, spec: TargetSpec) -> list:
@@ -132,11 +153,16 @@ def time_kernels(calls: list[tuple], dev, spec: TargetSpec) -> list:
     return [timings[f"{i}:{c[0]}"] for i, c in enumerate(calls)]
 
 
-def kernel_keys(model, a: Arch, onnx_path: Path | None, tvm_target) -> dict[str, str]:
-    """Kernel name -> structural key (as the table's ``tasks`` record it) of the net lowered as the build did."""
-    from .compile import lower_network
+def bytecode_twin(fused, spec: TargetSpec, manifest: dict):
+    """The net built again as the build did (the database its manifest names, or none) but with an interpreted
+    ``main``, whose kernel calls an instrument can see."""
+    from ..backend import tuning
+    from ..backend.pipeline import build
+    from ..backend.target import to_tvm_target
 
-    return _keys(lower_network(model, a, onnx_path, tvm_target, prepack=True))
+    folder = (manifest.get("tuning") or {}).get("database")
+    db = tuning.open_database(Path(folder), spec) if folder and Path(folder).is_dir() else None
+    return build(fused, to_tvm_target(spec), db, gpu=False, prepack=True, vm_mode="bytecode")
 
 
 def _keys(fused) -> dict[str, str]:
@@ -327,7 +353,7 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
     from ..backend.target import to_tvm_target
     from ..backend.trust import inside
     from ..profile.table import LatencyTable
-    from .compile import MANIFEST, ONNX_FILE
+    from .compile import MANIFEST, ONNX_FILE, lower_network
     from .model import build_network_from_arch, example_input
     from .peers import installed, not_run_reason
 
@@ -344,8 +370,11 @@ def per_layer(a: Arch, spec: TargetSpec, build_dir: str | os.PathLike, manifest:
 
     layers = net_layers(a)
     model = build_network_from_arch(a, weights, 0)
-    keys = kernel_keys(model, a, onnx_path if manifest.get("frontend") == "onnx" else None, tvm_target)
-    calls, dev = kernel_calls(library, x, spec)
+    fused = lower_network(model, a, onnx_path if manifest.get("frontend") == "onnx" else None, tvm_target,
+                          prepack=True)
+    keys = _keys(fused)
+    calls, dev = kernel_calls(library, bytecode_twin(fused, spec, manifest), x, spec)
+    _check_args(library, calls, dev)
     timings = time_kernels(calls, dev, spec)
     for (name, _, _), t, (j, matched) in zip(calls, timings, assign([_key_of(c[0], keys) for c in calls],
                                                                      [op_keys(lay.key, table, tvm_target)
