@@ -23,7 +23,9 @@ VM_MODE = "compiled"
 directly, or ``"bytecode"``, interpreted by the Relax VM instruction by instruction. Compiled saves the VM's
 dispatch between kernels (about 0.5 µs a kernel on the project's 2-core VM: 13% of a 50 µs net, nothing measurable
 on a 1.6 ms one; ``bench/vm_mode.py``). A compiled ``main`` has no instrument hook, so per-layer timing records
-the kernel calls from a bytecode twin (:mod:`tvm_nas.deploy.perlayer`). CUDA modules stay bytecode: unmeasured."""
+the kernel calls from a bytecode twin (:mod:`tvm_nas.deploy.perlayer`). The plain table sum then over-predicts
+nets of tens of µs by about 5% (each block's entry counts ~0.8 µs it does not add in a net; docs/measurement.md),
+which validate's calibration removes. CUDA modules stay bytecode: unmeasured."""
 
 
 class _NHWCEdges(torch.nn.Module):
