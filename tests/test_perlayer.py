@@ -71,3 +71,24 @@ def test_compare_per_layer_on_the_searched_net(host, tiny_host_logs, arch_file, 
     out = capsys.readouterr().out
     assert "per layer: a on host" in out and "loss" in out and "ort" in out
     assert all(layer in out for layer in expected)
+
+
+@pytest.mark.slow
+def test_per_layer_says_to_compile_again_when_the_database_is_not_the_builds(host, tiny_host_logs, arch_file,
+                                                                             tmp_path):
+    """The shipped library's `main` is compiled, so per-layer records the kernel calls from a bytecode twin built
+    with the database the manifest names. A twin built otherwise (here: that database gone, so default schedules
+    and no pre-packed weights) does not call the library's kernels as they were built: one clear error, never
+    figures of other kernels."""
+    from tvm_nas.arch import load_architecture
+    from tvm_nas.deploy.compile import compile_arch
+    from tvm_nas.deploy.perlayer import per_layer
+    from tvm_nas.errors import TvmNasError
+    from tvm_nas.targets import load_target
+
+    out = tmp_path / "build"
+    manifest = compile_arch(arch_file, host, out=out, logs_dir=tiny_host_logs, measure=False, verify=False)
+    assert manifest["tuning"]["database"]
+    moved = {**manifest, "tuning": {**manifest["tuning"], "database": str(tmp_path / "gone")}}
+    with pytest.raises(TvmNasError, match=r"model\.so: .*compile it again"):
+        per_layer(load_architecture(arch_file), load_target(host), out, moved, peers=())

@@ -103,6 +103,7 @@ def kernel_calls(library: str | os.PathLike, twin, x: np.ndarray, spec: TargetSp
     m = measure.load(twin, [x], spec)
     owners = {}
     calls: list[tuple] = []
+    missing: list[str] = []
 
     def owner(name):
         if name not in owners:
@@ -111,16 +112,22 @@ def kernel_calls(library: str | os.PathLike, twin, x: np.ndarray, spec: TargetSp
         return owners[name]
 
     def instrument(func, name, before, ret, *args):
-        if before and not name.startswith("vm.") and owner(name) is not None:
-            calls.append((name, owners[name], [runtime.tensor(v.numpy(), m.dev) if hasattr(v, "numpy") else v
-                                               for v in args]))
+        if before and not name.startswith("vm."):
+            if owner(name) is None:
+                missing.append(name)
+            else:
+                calls.append((name, owners[name], [runtime.tensor(v.numpy(), m.dev) if hasattr(v, "numpy") else v
+                                                   for v in args]))
         return 0
 
     m.vm.set_instrument(instrument)
     m.outputs()
+    if missing:
+        raise TvmNasError(f"{library}: {len(missing)} of the {len(missing) + len(calls)} kernels of the net built "
+                          f"again with the target's database are not in this library (first: {missing[0]}): the "
+                          "database is not the one it was built with; compile it again")
     if not calls:
-        raise TvmNasError(f"{library}: none of the net's kernels is in this library: it was not built from this "
-                          "architecture and database; compile it again")
+        raise TvmNasError(f"{library}: the net built again calls no kernel of this library; compile it again")
     return calls, m.dev
 
 
